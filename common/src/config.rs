@@ -1,0 +1,420 @@
+//! Configuration: a TOML file, then `WARREN_*` environment variables, into
+//! typed settings; then validated once, at start-up, into the types the code
+//! uses. A bad value fails before any connection, with the file and the key
+//! in the message.
+//!
+//! Environment names are the key path in upper case, joined with `__` and
+//! prefixed with `WARREN_`: `broker.url` is `WARREN_BROKER__URL`,
+//! `worker.slots` is `WARREN_WORKER__SLOTS`. Lists are comma-separated.
+
+use crate::topology::{DEFAULT_DELIVERY_LIMIT, Topology};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Prefix of every environment variable Warren reads.
+pub const ENV_PREFIX: &str = "WARREN";
+
+/// Why a configuration was refused. The component exits non-zero, before
+/// connecting to anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a value has the wrong type,
+    /// or a key is unknown.
+    #[error("{source_name}: {message}")]
+    Load {
+        source_name: String,
+        message: String,
+    },
+    /// A value has the right type but is not acceptable.
+    #[error("{source_name}: `{key}` (env {env}): {message}")]
+    Invalid {
+        source_name: String,
+        key: String,
+        env: String,
+        message: String,
+    },
+}
+
+/// Where settings came from, for error messages.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    name: String,
+}
+
+impl ConfigSource {
+    /// An error about `key` (a dotted path such as `worker.slots`).
+    pub fn invalid(&self, key: &str, message: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            source_name: self.name.clone(),
+            key: key.to_owned(),
+            env: env_name(key),
+            message: message.to_string(),
+        }
+    }
+
+    /// The name of the file (or "defaults and environment").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The environment variable that overrides `key`.
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}_{}", key.replace('.', "__").to_uppercase())
+}
+
+/// Reads `path` (if given) and then the environment into `S`.
+///
+/// `list_keys` names the keys whose environment values are comma-separated
+/// lists. Unknown keys are errors when `S` denies unknown fields (all of
+/// Warren's settings do): a typo must not pass silently.
+pub fn load<S: DeserializeOwned>(
+    path: Option<&Path>,
+    list_keys: &[&str],
+) -> Result<(S, ConfigSource), ConfigError> {
+    let source = ConfigSource {
+        name: path.map_or_else(
+            || "defaults and environment".to_owned(),
+            |path| path.display().to_string(),
+        ),
+    };
+    let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+        .separator("__")
+        .prefix_separator("_")
+        .try_parsing(true)
+        .list_separator(",");
+    for key in list_keys {
+        environment = environment.with_list_parse_key(key);
+    }
+    let mut builder = config::Config::builder();
+    if let Some(path) = path {
+        if !path.is_file() {
+            return Err(ConfigError::Load {
+                source_name: source.name,
+                message: "file not found (or not a regular file)".into(),
+            });
+        }
+        builder = builder.add_source(
+            config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
+        );
+    }
+    let settings = builder
+        .add_source(environment)
+        .build()
+        .and_then(|config| config.try_deserialize::<S>())
+        .map_err(|error| ConfigError::Load {
+            source_name: source.name.clone(),
+            message: error.to_string(),
+        })?;
+    Ok((settings, source))
+}
+
+/// `[broker]`: how to reach RabbitMQ.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// `amqp://user:password@host:port/vhost` or `amqps://…`.
+    #[serde(default = "default_url")]
+    pub url: SecretString,
+    /// Prefix of every exchange and queue name.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// AMQP heartbeat: a dead peer is noticed after about twice this.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Deliveries of one message before the broker dead-letters it.
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+    /// Longest wait between two reconnection attempts.
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            url: default_url(),
+            prefix: default_prefix(),
+            heartbeat: default_heartbeat(),
+            delivery_limit: default_delivery_limit(),
+            reconnect_max_delay: default_reconnect_max(),
+        }
+    }
+}
+
+/// The broker URL a fresh machine's RabbitMQ accepts.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn default_url() -> SecretString {
+    SecretString::from(DEFAULT_BROKER_URL)
+}
+fn default_prefix() -> String {
+    "warren".into()
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_delivery_limit() -> u32 {
+    DEFAULT_DELIVERY_LIMIT
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Validated broker settings.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    uri: AMQPUri,
+    url: SecretString,
+    /// The exchanges and queues.
+    pub topology: Topology,
+    /// Longest wait between two reconnection attempts.
+    pub reconnect_max_delay: Duration,
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.safe_url())
+            .field("topology", &self.topology)
+            .finish()
+    }
+}
+
+impl BrokerConfig {
+    /// Checks `settings` (found in `source`, under the `[broker]` table).
+    pub fn from_settings(
+        settings: &BrokerSettings,
+        source: &ConfigSource,
+    ) -> Result<Self, ConfigError> {
+        let raw = settings.url.expose_secret();
+        let mut uri = AMQPUri::from_str(raw).map_err(|error| {
+            // The parser's message may quote the URL; say only what is wrong.
+            let _ = error;
+            source.invalid(
+                "broker.url",
+                "not a valid amqp:// or amqps:// URL (amqp://user:password@host:port/vhost)",
+            )
+        })?;
+        if !raw.starts_with("amqp://") && !raw.starts_with("amqps://") {
+            return Err(source.invalid("broker.url", "must start with amqp:// or amqps://"));
+        }
+        validate_prefix(&settings.prefix).map_err(|m| source.invalid("broker.prefix", m))?;
+        let heartbeat = settings.heartbeat.as_secs();
+        if !(1..=600).contains(&heartbeat) {
+            return Err(source.invalid(
+                "broker.heartbeat",
+                format!("must be between 1s and 600s, got {heartbeat}s"),
+            ));
+        }
+        if !(1..=1000).contains(&settings.delivery_limit) {
+            return Err(source.invalid(
+                "broker.delivery_limit",
+                format!("must be between 1 and 1000, got {}", settings.delivery_limit),
+            ));
+        }
+        if settings.reconnect_max_delay < Duration::from_millis(100)
+            || settings.reconnect_max_delay > Duration::from_secs(600)
+        {
+            return Err(source.invalid(
+                "broker.reconnect_max_delay",
+                "must be between 100ms and 10m",
+            ));
+        }
+        // Heartbeats from the URL's query win only if the config says nothing
+        // different; the config value is the documented one.
+        uri.query.heartbeat = Some(heartbeat as u16);
+        uri.query.connection_timeout = Some(10_000);
+        Ok(Self {
+            uri,
+            url: settings.url.clone(),
+            topology: Topology::new(settings.prefix.clone(), settings.delivery_limit),
+            reconnect_max_delay: settings.reconnect_max_delay,
+        })
+    }
+
+    /// The parsed URI to connect with (holds the password).
+    pub fn uri(&self) -> &AMQPUri {
+        &self.uri
+    }
+
+    /// Whether the connection uses TLS.
+    pub fn is_tls(&self) -> bool {
+        self.uri.scheme == AMQPScheme::AMQPS
+    }
+
+    /// The URL with its password masked, for logs.
+    pub fn safe_url(&self) -> String {
+        safe_url(self.url.expose_secret())
+    }
+}
+
+/// `url` with the password (the part between `:` and `@` in the authority)
+/// replaced by `***`.
+pub fn safe_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return "***".into();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{}:***@{}",
+                &url[..scheme_end + 3],
+                user,
+                &rest[at + 1..]
+            )
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Prefixes are used in queue names: `[A-Za-z0-9._-]{1,100}`.
+fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty()
+        || prefix.len() > 100
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "expected 1 to 100 ASCII letters, digits, '.', '_' or '-', got {prefix:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// `[log]`: how to write logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (default) or `json` (one JSON object per line).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `warren_worker=debug,info`;
+    /// `RUST_LOG` wins when set.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Makes a relative path in a config file relative to the current directory
+/// (where the component was started), and refuses empty paths.
+pub fn validate_dir(path: &Path, key: &str, source: &ConfigSource) -> Result<PathBuf, ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(source.invalid(key, "must not be empty"));
+    }
+    Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[serde(default)]
+        broker: BrokerSettings,
+        #[serde(default)]
+        names: Vec<String>,
+    }
+
+    fn write(contents: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(contents.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn safe_url_masks_the_password() {
+        assert_eq!(
+            safe_url("amqp://warren:s3cr3t@mq:5672/%2f"),
+            "amqp://warren:***@mq:5672/%2f"
+        );
+        assert_eq!(safe_url("amqps://host/vh"), "amqps://host/vh");
+        assert_eq!(safe_url("garbage"), "***");
+        assert!(!safe_url("amqp://u:p@ss@h/").contains("p@ss"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_file_and_key() {
+        let file = write("[broker]\nprefx = \"x\"\n");
+        let err = load::<Sample>(Some(file.path()), &[]).unwrap_err().to_string();
+        assert!(err.contains("prefx"), "{err}");
+        assert!(err.contains(&file.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let file = write("[broker]\ndelivery_limit = \"many\"\n");
+        let err = load::<Sample>(Some(file.path()), &[]).unwrap_err().to_string();
+        assert!(err.contains("delivery_limit"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = load::<Sample>(Some(Path::new("/nonexistent/w.toml")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/w.toml") && err.contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key_and_the_variable() {
+        let file = write("[broker]\nprefix = \"a b\"\n");
+        let (settings, source) = load::<Sample>(Some(file.path()), &[]).unwrap();
+        let err = BrokerConfig::from_settings(&settings.broker, &source)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broker.prefix"), "{err}");
+        assert!(err.contains("WARREN_BROKER__PREFIX"), "{err}");
+
+        let file = write("[broker]\nurl = \"http://user:hunter2@x/\"\n");
+        let (settings, source) = load::<Sample>(Some(file.path()), &[]).unwrap();
+        let err = BrokerConfig::from_settings(&settings.broker, &source)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broker.url") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn defaults_give_the_local_broker() {
+        let (settings, source) = load::<Sample>(None, &[]).unwrap();
+        let broker = BrokerConfig::from_settings(&settings.broker, &source).unwrap();
+        assert_eq!(broker.safe_url(), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(broker.topology.prefix(), "warren");
+        assert!(settings.names.is_empty());
+    }
+
+    #[test]
+    fn env_names_follow_the_key_path() {
+        assert_eq!(env_name("broker.url"), "WARREN_BROKER__URL");
+        assert_eq!(env_name("worker.allowed_repos"), "WARREN_WORKER__ALLOWED_REPOS");
+    }
+}

@@ -1,0 +1,28 @@
+//! What every Warren component shares.
+//!
+//! - [`ids`]: validated identifiers (commit ids, repository and branch names,
+//!   URLs, worker and job ids); nothing unvalidated reaches a path or a command.
+//! - [`messages`]: the versioned JSON messages and their strict decoder.
+//! - [`topology`]: every exchange and queue, under a configurable prefix.
+//! - [`session`]: a broker connection with publisher confirms and dead-lettering.
+//! - [`config`]: file-then-environment settings and the `[broker]`/`[log]` tables.
+//! - [`backoff`], [`shutdown`], [`telemetry`], [`atomic_file`]: the small
+//!   pieces every long-running component needs.
+
+pub mod atomic_file;
+pub mod backoff;
+pub mod config;
+pub mod ids;
+pub mod messages;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
+
+/// The host name, for worker ids and connection names.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}

@@ -1,0 +1,503 @@
+//! The messages that travel through the broker, as versioned JSON.
+//!
+//! Every body is a JSON object with two envelope fields, `schema` (the version,
+//! [`SCHEMA_VERSION`]) and `type` (the message type), beside the message's own
+//! fields, so that a person reading a queue in the management UI sees what a
+//! message is. Decoding is strict: wrong version, wrong type, unknown or
+//! missing fields, invalid ids and oversize bodies are all [`DecodeError`]s,
+//! which consumers dead-letter with the error as the reason.
+
+use crate::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, WorkerId};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of the message schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Largest body any consumer accepts, in bytes. The biggest legitimate message
+/// is a job result with its capped output (1 MiB by default, at most
+/// 16 MiB by config, and JSON escaping can double it).
+pub const MAX_BODY_BYTES: usize = 40 * 1024 * 1024;
+
+/// A message type: a struct with a fixed `type` name and optional checks that
+/// span several fields.
+pub trait Message: Serialize + DeserializeOwned {
+    /// The `type` field of the body and the AMQP `type` property.
+    const TYPE: &'static str;
+
+    /// Checks that field types cannot express. Called by [`decode`].
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Why a body was not accepted. Every variant means: dead-letter the message
+/// with this text as the reason and go on with the next one.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body is {len} bytes, more than the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("body is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("unsupported schema version {found:?} (this build reads {SCHEMA_VERSION})")]
+    WrongSchema { found: serde_json::Value },
+    #[error("message type {found:?} where {expected:?} was expected")]
+    WrongType {
+        found: serde_json::Value,
+        expected: &'static str,
+    },
+    #[error("invalid {kind} message: {reason}")]
+    Invalid { kind: &'static str, reason: String },
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, M> {
+    schema: u32,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    body: &'a M,
+}
+
+/// Serialises a message with its envelope fields.
+pub fn encode<M: Message>(message: &M) -> Vec<u8> {
+    let envelope = Envelope {
+        schema: SCHEMA_VERSION,
+        kind: M::TYPE,
+        body: message,
+    };
+    // Serialising our own structs (strings, numbers, maps with string keys)
+    // cannot fail.
+    serde_json::to_vec(&envelope).expect("messages always serialise")
+}
+
+/// Parses and validates a body as message type `M`.
+pub fn decode<M: Message>(body: &[u8]) -> Result<M, DecodeError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: body.len(),
+            max: MAX_BODY_BYTES,
+        });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let serde_json::Value::Object(mut fields) = value else {
+        return Err(DecodeError::NotJson("top-level value is not an object".into()));
+    };
+    let schema = fields.remove("schema").unwrap_or(serde_json::Value::Null);
+    if schema != serde_json::Value::from(SCHEMA_VERSION) {
+        return Err(DecodeError::WrongSchema { found: schema });
+    }
+    let kind = fields.remove("type").unwrap_or(serde_json::Value::Null);
+    if kind != serde_json::Value::from(M::TYPE) {
+        return Err(DecodeError::WrongType {
+            found: kind,
+            expected: M::TYPE,
+        });
+    }
+    let message: M =
+        serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| {
+            DecodeError::Invalid {
+                kind: M::TYPE,
+                reason: e.to_string(),
+            }
+        })?;
+    message.validate().map_err(|reason| DecodeError::Invalid {
+        kind: M::TYPE,
+        reason,
+    })?;
+    Ok(message)
+}
+
+/// A new commit on a watched branch, published by the watcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitEvent {
+    pub repo: RepoName,
+    pub url: RepoUrl,
+    pub branch: BranchName,
+    pub sha: CommitId,
+    pub parents: Vec<CommitId>,
+    /// `Name <email>` of the author.
+    pub author: String,
+    /// First line of the commit message.
+    pub summary: String,
+    pub committed_at: DateTime<Utc>,
+    /// When the watcher saw the commit for the first time.
+    pub detected_at: DateTime<Utc>,
+}
+
+impl Message for CommitEvent {
+    const TYPE: &'static str = "commit";
+}
+
+/// How a job's command is run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TestCommand {
+    /// A script for `sh -c`, written by the repository's owner in `warren.toml`.
+    Shell(String),
+    /// A program and its arguments, run without a shell.
+    Argv(Vec<String>),
+}
+
+impl TestCommand {
+    /// Refuses empty commands and NUL bytes (which cannot be passed to exec).
+    pub fn validate(&self) -> Result<(), String> {
+        let parts: Vec<&str> = match self {
+            Self::Shell(script) => vec![script.as_str()],
+            Self::Argv(argv) => argv.iter().map(String::as_str).collect(),
+        };
+        if parts.first().is_none_or(|first| first.trim().is_empty()) {
+            return Err("command is empty".into());
+        }
+        if parts.iter().any(|part| part.contains('\0')) {
+            return Err("command contains a NUL byte".into());
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for TestCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Shell(script) => f.write_str(script),
+            Self::Argv(argv) => f.write_str(&argv.join(" ")),
+        }
+    }
+}
+
+/// Which part of a commit's suite a job runs: shard `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// Most shards one commit may be split into.
+pub const MAX_SHARDS: u32 = 1024;
+
+impl Shard {
+    /// The whole suite as one job.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    fn validate(&self) -> Result<(), String> {
+        if self.count == 0 || self.count > MAX_SHARDS || self.index >= self.count {
+            return Err(format!(
+                "shard {} of {} is out of range (count 1..={MAX_SHARDS}, index < count)",
+                self.index, self.count
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Longest job timeout a message may carry, in milliseconds (one day).
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// One attempt at running one job, published by the dispatcher to workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub job_id: JobId,
+    /// 1 for the first attempt; a re-issued job carries the next number.
+    pub attempt: u32,
+    pub repo: RepoName,
+    pub url: RepoUrl,
+    pub branch: BranchName,
+    pub sha: CommitId,
+    pub shard: Shard,
+    pub command: TestCommand,
+    pub timeout_ms: u64,
+    /// Extra environment for the command, from `warren.toml`.
+    pub env: BTreeMap<String, String>,
+    pub published_at: DateTime<Utc>,
+}
+
+impl Message for Job {
+    const TYPE: &'static str = "job";
+
+    fn validate(&self) -> Result<(), String> {
+        self.shard.validate()?;
+        self.command.validate()?;
+        if self.attempt == 0 {
+            return Err("attempt numbers start at 1".into());
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(format!(
+                "timeout_ms {} is out of range (1..={MAX_TIMEOUT_MS})",
+                self.timeout_ms
+            ));
+        }
+        for name in self.env.keys() {
+            validate_env_name(name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Environment variable names a job may set: `[A-Za-z_][A-Za-z0-9_]*`, and
+/// not `WARREN_*`, which the worker sets itself.
+pub fn validate_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("environment variable name {name:?} is not valid"));
+    }
+    if name.starts_with("WARREN_") {
+        return Err(format!(
+            "environment variable {name:?} is reserved (WARREN_* is set by the worker)"
+        ));
+    }
+    Ok(())
+}
+
+/// What a worker reports while it holds a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobEventKind {
+    /// The worker took the job and is checking out the commit.
+    Started,
+    /// The job is still running (sent every `heartbeat_interval`).
+    Heartbeat,
+}
+
+/// A transient progress report from a worker about one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobEvent {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub worker: WorkerId,
+    pub host: String,
+    pub event: JobEventKind,
+    pub at: DateTime<Utc>,
+}
+
+impl Message for JobEvent {
+    const TYPE: &'static str = "job_event";
+}
+
+/// The verdict of one job (and of a commit, aggregated over its jobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// The command exited with status 0.
+    Passed,
+    /// The command exited with another status or was killed by a signal.
+    Failed,
+    /// The command ran past its timeout and was killed.
+    TimedOut,
+    /// The test could not be run: bad config, missing commit, command not found…
+    Error,
+}
+
+impl JobStatus {
+    /// The name used in messages, the database and result files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Error => "error",
+        }
+    }
+
+    /// Parses the name written by [`JobStatus::as_str`].
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Passed, Self::Failed, Self::TimedOut, Self::Error]
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
+
+    /// The commit's verdict from its jobs': the worst one wins
+    /// (error > timed_out > failed > passed). No jobs means passed.
+    pub fn aggregate(statuses: impl IntoIterator<Item = JobStatus>) -> JobStatus {
+        statuses
+            .into_iter()
+            .max_by_key(|status| match status {
+                Self::Passed => 0,
+                Self::Failed => 1,
+                Self::TimedOut => 2,
+                Self::Error => 3,
+            })
+            .unwrap_or(Self::Passed)
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of one attempt, published by the worker that ran it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobResult {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub worker: WorkerId,
+    pub host: String,
+    pub repo: RepoName,
+    pub sha: CommitId,
+    pub status: JobStatus,
+    /// The command's exit status, when it exited by itself.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the command, when one did.
+    pub signal: Option<i32>,
+    /// Why the job errored or timed out, for people.
+    pub message: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// Time spent fetching and checking out the commit, in milliseconds.
+    pub checkout_ms: u64,
+    /// Time the command ran, in milliseconds.
+    pub duration_ms: u64,
+    /// stdout and stderr interleaved, capped (head and tail kept), invalid
+    /// UTF-8 replaced with U+FFFD.
+    pub output: String,
+    /// Whether bytes were left out of `output`.
+    pub output_truncated: bool,
+    /// How many bytes the command wrote in all.
+    pub output_bytes: u64,
+}
+
+impl Message for JobResult {
+    const TYPE: &'static str = "job_result";
+
+    fn validate(&self) -> Result<(), String> {
+        if self.attempt == 0 {
+            return Err("attempt numbers start at 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_job() -> Job {
+        Job {
+            job_id: JobId::new(),
+            attempt: 1,
+            repo: RepoName::parse("api").unwrap(),
+            url: RepoUrl::parse("file:///srv/git/api").unwrap(),
+            branch: BranchName::parse("main").unwrap(),
+            sha: CommitId::parse(&"ab".repeat(20)).unwrap(),
+            shard: Shard::WHOLE,
+            command: TestCommand::Shell("make test".into()),
+            timeout_ms: 60_000,
+            env: BTreeMap::from([("CI".to_string(), "1".to_string())]),
+            published_at: Utc::now(),
+        }
+    }
+
+    fn reencode(job: &Job, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Vec<u8> {
+        let mut value: serde_json::Value = serde_json::from_slice(&encode(job)).unwrap();
+        edit(value.as_object_mut().unwrap());
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    #[test]
+    fn a_job_round_trips_with_its_envelope() {
+        let job = sample_job();
+        let body = encode(&job);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["schema"], 1);
+        assert_eq!(value["type"], "job");
+        assert_eq!(decode::<Job>(&body).unwrap(), job);
+    }
+
+    #[test]
+    fn argv_commands_round_trip() {
+        let mut job = sample_job();
+        job.command = TestCommand::Argv(vec!["cargo".into(), "test".into()]);
+        assert_eq!(decode::<Job>(&encode(&job)).unwrap().command, job.command);
+    }
+
+    #[test]
+    fn decoding_refuses_what_it_does_not_understand() {
+        let job = sample_job();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not json".to_vec(), "not a JSON object"),
+            (b"[1,2]".to_vec(), "not a JSON object"),
+            (reencode(&job, |m| { m.insert("schema".into(), 2.into()); }), "schema version"),
+            (reencode(&job, |m| { m.remove("schema"); }), "schema version"),
+            (reencode(&job, |m| { m.insert("type".into(), "commit".into()); }), "message type"),
+            (reencode(&job, |m| { m.insert("extra".into(), 1.into()); }), "unknown field"),
+            (reencode(&job, |m| { m.remove("sha"); }), "missing field"),
+            (reencode(&job, |m| { m.insert("sha".into(), "../../x".into()); }), "commit id"),
+            (reencode(&job, |m| { m.insert("repo".into(), "a/b".into()); }), "repository name"),
+            (reencode(&job, |m| { m.insert("shard".into(), serde_json::json!({"index": 3, "count": 2})); }), "out of range"),
+            (reencode(&job, |m| { m.insert("attempt".into(), 0.into()); }), "attempt"),
+            (reencode(&job, |m| { m.insert("timeout_ms".into(), 0.into()); }), "timeout_ms"),
+            (reencode(&job, |m| { m.insert("command".into(), "".into()); }), "command is empty"),
+            (reencode(&job, |m| { m.insert("env".into(), serde_json::json!({"WARREN_X": "1"})); }), "reserved"),
+            (reencode(&job, |m| { m.insert("env".into(), serde_json::json!({"A=B": "1"})); }), "not valid"),
+        ];
+        for (body, expected) in cases {
+            let err = decode::<Job>(&body).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn oversize_bodies_are_refused_before_parsing() {
+        let body = vec![b' '; MAX_BODY_BYTES + 1];
+        assert!(matches!(decode::<Job>(&body), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn aggregate_takes_the_worst_status() {
+        use JobStatus::*;
+        assert_eq!(JobStatus::aggregate([]), Passed);
+        assert_eq!(JobStatus::aggregate([Passed, Failed, Passed]), Failed);
+        assert_eq!(JobStatus::aggregate([Failed, TimedOut]), TimedOut);
+        assert_eq!(JobStatus::aggregate([TimedOut, Error, Passed]), Error);
+        for status in [Passed, Failed, TimedOut, Error] {
+            assert_eq!(JobStatus::parse(status.as_str()), Some(status));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn decoders_never_panic_on_arbitrary_bytes(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<CommitEvent>(&body);
+            let _ = decode::<Job>(&body);
+            let _ = decode::<JobEvent>(&body);
+            let _ = decode::<JobResult>(&body);
+        }
+
+        #[test]
+        fn decoders_never_panic_on_json_garbage(
+            keys in proptest::collection::vec("[a-z_]{1,12}", 0..12),
+            values in proptest::collection::vec(prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<i64>().prop_map(serde_json::Value::from),
+                ".{0,50}".prop_map(serde_json::Value::from),
+                Just(serde_json::json!({"index": 5, "count": 1})),
+                Just(serde_json::json!([])),
+            ], 0..12),
+        ) {
+            let mut fields = serde_json::Map::new();
+            fields.insert("schema".into(), 1.into());
+            fields.insert("type".into(), "job".into());
+            for (key, value) in keys.into_iter().zip(values) {
+                fields.insert(key, value);
+            }
+            let body = serde_json::to_vec(&fields).unwrap();
+            prop_assert!(decode::<Job>(&body).is_err());
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! A connection to the broker, with publisher confirms.
+//!
+//! A [`Session`] is one AMQP connection with two publishing channels: one in
+//! confirm mode, for everything that must not be lost (a publish returns only
+//! once the broker has taken responsibility for the message, and a message
+//! that no queue would receive is an error, not a success), and one without
+//! confirms for transient events. Consumers get channels of their own, each
+//! with its prefetch.
+//!
+//! Sessions do not recover by themselves: lapin's automatic recovery does not
+//! restore everything (a channel the server closed, prefetch). When a session
+//! fails, its owner drops it and builds a new one (see [`crate::backoff`]),
+//! which redeclares the topology, sets prefetch again and consumes again.
+
+use crate::config::BrokerConfig;
+use crate::messages::{Message, encode};
+use crate::topology::{Queue, Topology};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::{Confirmation, PublisherConfirm};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use tracing::{debug, warn};
+
+/// AMQP header naming why a message was dead-lettered by Warren.
+pub const REASON_HEADER: &str = "x-warren-reason";
+/// AMQP header naming the queue a dead-lettered message came from.
+pub const ORIGINAL_QUEUE_HEADER: &str = "x-warren-original-queue";
+/// AMQP header with the schema version of a message.
+pub const SCHEMA_HEADER: &str = "x-warren-schema";
+
+/// What went wrong talking to the broker. The session is unusable afterwards:
+/// drop it, wait (with backoff) and connect again.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connecting to {url}: {source}")]
+    Connect { url: String, source: lapin::Error },
+    #[error("{what}: {source}")]
+    Broker {
+        what: &'static str,
+        source: lapin::Error,
+    },
+}
+
+/// Why a publish did not succeed. Nothing was confirmed: the caller still owns
+/// the message and must publish it again (after reconnecting) or give up.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker connection failed during publish: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for {exchange:?} with routing key {routing_key:?} ({reply})")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+        reply: String,
+    },
+}
+
+/// Options of one publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    /// Routing key (Warren uses the repository name).
+    pub routing_key: &'a str,
+    /// The AMQP message id; shows in the management UI and in logs.
+    pub message_id: String,
+    /// Survive a broker restart (delivery mode 2). Transient events say no.
+    pub persistent: bool,
+    /// Extra headers for people reading the queue.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// One connection to the broker.
+pub struct Session {
+    connection: Connection,
+    confirmed: Channel,
+    transient: Channel,
+    topology: Topology,
+    app_id: &'static str,
+}
+
+impl Session {
+    /// Connects, declares the whole topology and opens the publishing
+    /// channels. `app_id` is the component (`warren-worker`), `name` shows as
+    /// the connection name in the management UI.
+    pub async fn connect(
+        broker: &BrokerConfig,
+        app_id: &'static str,
+        name: &str,
+    ) -> Result<Self, SessionError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from(name.to_owned()));
+        let connection = Connection::connect_uri(broker.uri().clone(), properties)
+            .await
+            .map_err(|source| SessionError::Connect {
+                url: broker.safe_url(),
+                source,
+            })?;
+        let broker_error = |what| move |source| SessionError::Broker { what, source };
+        let confirmed = connection
+            .create_channel()
+            .await
+            .map_err(broker_error("opening a channel"))?;
+        broker
+            .topology
+            .declare(&confirmed)
+            .await
+            .map_err(broker_error("declaring the topology"))?;
+        confirmed
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker_error("enabling publisher confirms"))?;
+        let transient = connection
+            .create_channel()
+            .await
+            .map_err(broker_error("opening a channel"))?;
+        debug!(url = %broker.safe_url(), name, "connected to the broker");
+        Ok(Self {
+            connection,
+            confirmed,
+            transient,
+            topology: broker.topology.clone(),
+            app_id,
+        })
+    }
+
+    /// The names of the exchanges and queues.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Publishes `message` to the exchange of `queue` and waits until the
+    /// broker confirms it. Returns an error if the broker nacks it or no
+    /// queue would receive it.
+    pub async fn publish<M: Message>(
+        &self,
+        queue: Queue,
+        message: &M,
+        outgoing: Outgoing<'_>,
+    ) -> Result<(), PublishError> {
+        self.start_publish(queue, message, outgoing).await?.wait().await
+    }
+
+    /// Sends `message` and returns without waiting for the confirm, so that
+    /// many publishes can be in flight; call [`PendingConfirm::wait`] on each.
+    pub async fn start_publish<M: Message>(
+        &self,
+        queue: Queue,
+        message: &M,
+        outgoing: Outgoing<'_>,
+    ) -> Result<PendingConfirm, PublishError> {
+        let exchange = self.topology.exchange(queue);
+        let properties = self.properties(M::TYPE, &outgoing);
+        let confirm = self
+            .confirmed
+            .basic_publish(
+                ShortString::from(exchange.clone()),
+                ShortString::from(outgoing.routing_key.to_owned()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &encode(message),
+                properties,
+            )
+            .await?;
+        Ok(PendingConfirm {
+            confirm,
+            exchange,
+            routing_key: outgoing.routing_key.to_owned(),
+        })
+    }
+
+    /// Publishes a transient message (job events): no confirm, no
+    /// persistence. Losing one is harmless; the next heartbeat replaces it.
+    pub async fn publish_transient<M: Message>(
+        &self,
+        queue: Queue,
+        message: &M,
+        outgoing: Outgoing<'_>,
+    ) -> Result<(), PublishError> {
+        let properties = self.properties(M::TYPE, &outgoing);
+        self.transient
+            .basic_publish(
+                ShortString::from(self.topology.exchange(queue)),
+                ShortString::from(outgoing.routing_key.to_owned()),
+                BasicPublishOptions::default(),
+                &encode(message),
+                properties,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a channel with `prefetch` unacknowledged deliveries at most and
+    /// starts consuming `queue` with manual acks.
+    pub async fn consume(
+        &self,
+        queue: Queue,
+        prefetch: u16,
+        consumer_tag: &str,
+    ) -> Result<(Channel, Consumer), SessionError> {
+        let broker_error = |what| move |source| SessionError::Broker { what, source };
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(broker_error("opening a consumer channel"))?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker_error("setting prefetch"))?;
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(self.topology.queue(queue)),
+                ShortString::from(consumer_tag.to_owned()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker_error("starting a consumer"))?;
+        Ok((channel, consumer))
+    }
+
+    /// Moves a delivery that cannot be processed to the dead-letter queue with
+    /// `reason` in the [`REASON_HEADER`] header, then acks the original. The
+    /// copy is confirmed before the ack, so the message is never lost; if the
+    /// connection fails in between, the broker redelivers the original.
+    pub async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        from: Queue,
+        reason: &str,
+    ) -> Result<(), PublishError> {
+        let mut headers = delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        headers.insert(
+            ShortString::from(REASON_HEADER),
+            AMQPValue::LongString(LongString::from(reason.to_owned())),
+        );
+        headers.insert(
+            ShortString::from(ORIGINAL_QUEUE_HEADER),
+            AMQPValue::LongString(LongString::from(self.topology.queue(from))),
+        );
+        let properties = delivery.properties.clone().with_headers(headers);
+        let exchange = self.topology.exchange(Queue::Dead);
+        let confirm = self
+            .confirmed
+            .basic_publish(
+                ShortString::from(exchange.clone()),
+                ShortString::from(self.topology.queue(from)),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                properties,
+            )
+            .await?;
+        PendingConfirm {
+            confirm,
+            exchange,
+            routing_key: self.topology.queue(from),
+        }
+        .wait()
+        .await?;
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Closes the connection politely (the broker requeues unacked deliveries).
+    pub async fn close(&self) {
+        if self.is_connected() {
+            if let Err(error) = self.connection.close(200, ShortString::from("bye")).await {
+                warn!(%error, "closing the broker connection");
+            }
+        }
+    }
+
+    fn properties(&self, kind: &'static str, outgoing: &Outgoing<'_>) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(SCHEMA_HEADER),
+            AMQPValue::LongUInt(crate::messages::SCHEMA_VERSION),
+        );
+        for (key, value) in &outgoing.headers {
+            headers.insert(
+                ShortString::from(*key),
+                AMQPValue::LongString(LongString::from(value.clone())),
+            );
+        }
+        let timestamp = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
+        BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_type(ShortString::from(kind))
+            .with_message_id(ShortString::from(outgoing.message_id.clone()))
+            .with_app_id(ShortString::from(self.app_id))
+            .with_timestamp(timestamp)
+            .with_delivery_mode(if outgoing.persistent { 2 } else { 1 })
+            .with_headers(headers)
+    }
+}
+
+/// A publish whose confirm has not been awaited yet.
+#[must_use = "a publish is not safe until its confirm was awaited"]
+pub struct PendingConfirm {
+    confirm: PublisherConfirm,
+    exchange: String,
+    routing_key: String,
+}
+
+impl PendingConfirm {
+    /// Waits for the broker's answer: `Ok` only for an ack of a routed message.
+    pub async fn wait(self) -> Result<(), PublishError> {
+        match self.confirm.await? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(PublishError::Unroutable {
+                    exchange: self.exchange,
+                    routing_key: self.routing_key,
+                    reply: returned.reply_text.to_string(),
+                })
+            }
+            Confirmation::Nack(None) => Err(PublishError::Nacked),
+            // The confirmed channel is always in confirm mode.
+            Confirmation::NotRequested => Ok(()),
+        }
+    }
+}
+
+/// The text of a header of a delivery, for logs (`message_id`, `type`).
+pub fn message_id(delivery: &Delivery) -> String {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), ToString::to_string)
+}

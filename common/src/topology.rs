@@ -1,0 +1,222 @@
+//! Every exchange and queue Warren uses, declared in one place.
+//!
+//! All names start with a configurable prefix (`warren` by default), so that
+//! several installations, and every test, can share one broker without seeing
+//! each other. Every component declares the whole topology when it connects
+//! (declarations are idempotent), so components can start in any order.
+//!
+//! ```text
+//! P.commits (topic) ──#──▶ P.commits  quorum, single active consumer ──▶ dispatcher
+//! P.jobs    (topic) ──#──▶ P.jobs     quorum, delivery limit, DLX     ──▶ workers
+//! P.results (topic) ──#──▶ P.results  quorum, single active consumer ──▶ dispatcher
+//! P.events  (topic) ──#──▶ P.events   classic, TTL, bounded           ──▶ dispatcher
+//! P.dead    (fanout) ─────▶ P.dead     classic durable                 ──▶ people
+//! ```
+//!
+//! Routing keys are repository names, so an operator can bind extra queues
+//! (for one repository's commits, say) without touching Warren.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+/// How long a transient job event (started, heartbeat) may wait in its
+/// queue before the broker drops it, in milliseconds. Events older than a
+/// lease are useless; the bound keeps a stopped dispatcher from piling them up.
+pub const EVENT_TTL_MS: i64 = 5 * 60 * 1000;
+
+/// Most transient job events kept while the dispatcher is away (oldest are
+/// dropped first). 100k events is about 30 MB.
+pub const EVENT_QUEUE_MAX_LENGTH: i64 = 100_000;
+
+/// Default for how many times the broker may deliver one message before it
+/// dead-letters it (quorum queue `x-delivery-limit`).
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+
+/// The names of everything under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+    delivery_limit: u32,
+}
+
+/// One of Warren's queues, each fed by the exchange of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Commit events from watchers to the dispatcher.
+    Commits,
+    /// Job attempts from the dispatcher to workers.
+    Jobs,
+    /// Job results from workers to the dispatcher.
+    Results,
+    /// Transient job events (started, heartbeat) from workers to the dispatcher.
+    Events,
+    /// Messages that could not be processed, with the reason in a header.
+    Dead,
+}
+
+impl Queue {
+    /// Every queue, in declaration order.
+    pub const ALL: [Queue; 5] = [
+        Queue::Dead,
+        Queue::Commits,
+        Queue::Jobs,
+        Queue::Results,
+        Queue::Events,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Queue::Commits => "commits",
+            Queue::Jobs => "jobs",
+            Queue::Results => "results",
+            Queue::Events => "events",
+            Queue::Dead => "dead",
+        }
+    }
+}
+
+impl Topology {
+    /// A topology under `prefix` (validated by the config layer) whose
+    /// quorum queues dead-letter a message after `delivery_limit` deliveries.
+    pub fn new(prefix: impl Into<String>, delivery_limit: u32) -> Self {
+        Self {
+            prefix: prefix.into(),
+            delivery_limit,
+        }
+    }
+
+    /// The name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The exchange that feeds `queue` (same name as the queue).
+    pub fn exchange(&self, queue: Queue) -> String {
+        self.queue(queue)
+    }
+
+    /// The full name of `queue`.
+    pub fn queue(&self, queue: Queue) -> String {
+        format!("{}.{}", self.prefix, queue.suffix())
+    }
+
+    /// Declares every exchange, queue and binding. Idempotent; fails with a
+    /// PRECONDITION_FAILED channel error if a queue exists with other
+    /// arguments (for example a different delivery limit).
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        for queue in Queue::ALL {
+            let name = self.queue(queue);
+            let kind = if queue == Queue::Dead {
+                ExchangeKind::Fanout
+            } else {
+                ExchangeKind::Topic
+            };
+            channel
+                .exchange_declare(
+                    ShortString::from(name.clone()),
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_declare(
+                    ShortString::from(name.clone()),
+                    QueueDeclareOptions::durable(),
+                    self.queue_arguments(queue),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    ShortString::from(name.clone()),
+                    ShortString::from(name),
+                    ShortString::from("#"),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every queue and exchange of this prefix. For tests and for
+    /// operators tearing an installation down; messages in the queues are lost.
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        for queue in Queue::ALL {
+            let name = self.queue(queue);
+            channel
+                .queue_delete(ShortString::from(name.clone()), Default::default())
+                .await?;
+            channel
+                .exchange_delete(ShortString::from(name), Default::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn queue_arguments(&self, queue: Queue) -> FieldTable {
+        let mut args = FieldTable::default();
+        let mut set = |key: &str, value: AMQPValue| {
+            args.insert(ShortString::from(key), value);
+        };
+        let text = |value: &str| AMQPValue::LongString(LongString::from(value));
+        match queue {
+            Queue::Commits | Queue::Jobs | Queue::Results => {
+                // Quorum queues: replicated, durable, and they count deliveries,
+                // so a message that keeps failing ends in the dead-letter queue
+                // instead of looping.
+                set("x-queue-type", text("quorum"));
+                set(
+                    "x-delivery-limit",
+                    AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+                );
+                set("x-dead-letter-exchange", text(&self.exchange(Queue::Dead)));
+                if queue != Queue::Jobs {
+                    // The dispatcher keeps its state in a local database, so only
+                    // one dispatcher may consume at a time; a second one waits as
+                    // a hot standby.
+                    set("x-single-active-consumer", AMQPValue::Boolean(true));
+                }
+            }
+            Queue::Events => {
+                set("x-message-ttl", AMQPValue::LongLongInt(EVENT_TTL_MS));
+                set("x-max-length", AMQPValue::LongLongInt(EVENT_QUEUE_MAX_LENGTH));
+                set("x-single-active-consumer", AMQPValue::Boolean(true));
+            }
+            Queue::Dead => {}
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_live_under_the_prefix() {
+        let topology = Topology::new("ci-a", 3);
+        assert_eq!(topology.queue(Queue::Jobs), "ci-a.jobs");
+        assert_eq!(topology.exchange(Queue::Dead), "ci-a.dead");
+    }
+
+    #[test]
+    fn work_queues_are_quorum_with_a_delivery_limit_and_dead_lettering() {
+        let topology = Topology::new("p", 7);
+        let args = topology.queue_arguments(Queue::Jobs);
+        let args = args.inner();
+        assert_eq!(
+            args.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(args.get("x-delivery-limit"), Some(&AMQPValue::LongLongInt(7)));
+        assert_eq!(
+            args.get("x-dead-letter-exchange"),
+            Some(&AMQPValue::LongString("p.dead".into()))
+        );
+    }
+}

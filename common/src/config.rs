@@ -48,6 +48,11 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
+    /// A source with a name of the caller's choosing (settings built in code).
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
     /// An error about `key` (a dotted path such as `worker.slots`).
     pub fn invalid(&self, key: &str, message: impl fmt::Display) -> ConfigError {
         ConfigError::Invalid {

@@ -1,0 +1,154 @@
+//! A private corner of the real broker for one test.
+
+use futures_util::StreamExt;
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use std::time::Duration;
+use warren_common::config::{BrokerConfig, BrokerSettings, ConfigSource};
+use warren_common::session::{REASON_HEADER, Session};
+use warren_common::topology::Queue;
+
+/// The broker URL tests use: `WARREN_TEST_BROKER_URL` or the local default.
+pub fn broker_url() -> String {
+    std::env::var("WARREN_TEST_BROKER_URL")
+        .unwrap_or_else(|_| warren_common::config::DEFAULT_BROKER_URL.to_owned())
+}
+
+/// A unique prefix on the shared broker: tests never see each other's queues.
+pub struct TestBroker {
+    /// The prefix of every exchange and queue of this test.
+    pub prefix: String,
+    /// Validated broker config with that prefix.
+    pub config: BrokerConfig,
+}
+
+impl TestBroker {
+    /// A fresh prefix `t-<name>-<random>`.
+    pub fn new(name: &str) -> Self {
+        let prefix = format!("t-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let settings = BrokerSettings {
+            url: broker_url().into(),
+            prefix: prefix.clone(),
+            heartbeat: Duration::from_secs(5),
+            ..BrokerSettings::default()
+        };
+        let config = BrokerConfig::from_settings(&settings, &source())
+            .expect("the test broker settings are valid");
+        Self { prefix, config }
+    }
+
+    /// The `[broker]` table for a component's TOML config file.
+    pub fn toml(&self) -> String {
+        format!(
+            "[broker]\nurl = {:?}\nprefix = {:?}\nheartbeat = \"5s\"\nreconnect_max_delay = \"2s\"\n",
+            broker_url(),
+            self.prefix
+        )
+    }
+
+    /// A session of the test itself (to publish or inspect).
+    pub async fn session(&self) -> Session {
+        Session::connect(&self.config, "warren-test", &format!("test {}", self.prefix))
+            .await
+            .expect("the broker at 127.0.0.1:5672 is reachable (see README: starting RabbitMQ)")
+    }
+
+    /// (messages ready, consumers) of one queue, by a passive declare.
+    pub async fn queue_depth(&self, queue: Queue) -> (u32, u32) {
+        let connection = lapin::Connection::connect_uri(
+            self.config.uri().clone(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                ShortString::from(self.config.topology.queue(queue)),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare");
+        let _ = connection.close(200, "bye".into()).await;
+        (declared.message_count(), declared.consumer_count())
+    }
+
+    /// Takes every message from the dead-letter queue: (reason header, body).
+    pub async fn take_dead_letters(&self) -> Vec<(String, Vec<u8>)> {
+        let session = self.session().await;
+        let connection = lapin::Connection::connect_uri(
+            self.config.uri().clone(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        let mut letters = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                ShortString::from(self.config.topology.queue(Queue::Dead)),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            let reason = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| headers.inner().get(REASON_HEADER).cloned())
+                .map(|value| match value {
+                    AMQPValue::LongString(text) => text.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            letters.push((reason, message.delivery.data));
+        }
+        let _ = connection.close(200, "bye".into()).await;
+        session.close().await;
+        letters
+    }
+
+    /// Consumes up to `n` messages of `queue` within `timeout`, acking them.
+    pub async fn take(&self, queue: Queue, n: usize, timeout: Duration) -> Vec<lapin::message::Delivery> {
+        let session = self.session().await;
+        let (_channel, mut consumer) = session.consume(queue, 100, "test-take").await.expect("consume");
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    delivery.ack(Default::default()).await.expect("ack");
+                    out.push(delivery);
+                }
+                _ => break,
+            }
+        }
+        session.close().await;
+        out
+    }
+
+    /// Deletes this test's queues and exchanges.
+    pub async fn cleanup(&self) {
+        let session = self.session().await;
+        let connection = lapin::Connection::connect_uri(
+            self.config.uri().clone(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        let _ = self.config.topology.delete(&channel).await;
+        let _ = connection.close(200, "bye".into()).await;
+        session.close().await;
+    }
+}
+
+fn source() -> ConfigSource {
+    ConfigSource::named("test settings")
+}

@@ -1,0 +1,11 @@
+//! The harness that tests, the demo and the benchmarks share.
+//!
+//! - [`broker`]: a unique name prefix per test on the real broker, with
+//!   helpers to read queue depths and dead letters, and clean-up.
+//! - [`git`]: real git repositories to commit to (bare, like a forge).
+//! - [`process`]: start the real binaries with a config file, stop them,
+//!   and wait for files with a deadline instead of sleeping.
+
+pub mod broker;
+pub mod git;
+pub mod process;

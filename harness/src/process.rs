@@ -1,0 +1,176 @@
+//! Starting the real binaries, and waiting for what they produce.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The folder with the `warren-*` binaries: `WARREN_BIN_DIR`, or the cargo
+/// target folder this test binary was built into (after building the
+/// binaries there, so a test never runs a stale one).
+pub fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("WARREN_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> or target/<profile>/<bin>
+        let mut dir = exe.parent().expect("exe folder").to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        build_binaries(&dir);
+        dir
+    })
+    .clone()
+}
+
+fn build_binaries(profile_dir: &Path) {
+    let release = profile_dir.file_name().is_some_and(|name| name == "release");
+    let mut command = Command::new(env!("CARGO"));
+    command.args(["build", "--quiet", "--bins"]);
+    for package in ["warren-watcher", "warren-dispatcher", "warren-worker"] {
+        command.args(["-p", package]);
+    }
+    if release {
+        command.arg("--release");
+    }
+    if let Some(target) = profile_dir.parent() {
+        command.env("CARGO_TARGET_DIR", target);
+    }
+    let status = command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("running cargo build for the warren binaries");
+    assert!(status.success(), "cargo build of the warren binaries failed");
+}
+
+/// A running component; killed when dropped.
+pub struct Component {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Whether component logs go to the terminal (`TEST_LOG=1`) or to files.
+fn show_logs() -> bool {
+    std::env::var_os("TEST_LOG").is_some()
+}
+
+impl Component {
+    /// Starts `binary` (`warren-worker`…) with `args`, logging to
+    /// `log_dir/<name>.log` (or to the terminal with `TEST_LOG=1`).
+    pub fn start(binary: &str, name: &str, args: &[&str], log_dir: &Path) -> Self {
+        Self::start_with_env(binary, name, args, log_dir, &[])
+    }
+
+    /// Like [`Component::start`], with extra environment variables.
+    pub fn start_with_env(
+        binary: &str,
+        name: &str,
+        args: &[&str],
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        std::fs::create_dir_all(log_dir).expect("log dir");
+        let log = log_dir.join(format!("{name}.log"));
+        let mut command = Command::new(bin_dir().join(binary));
+        command.args(args).stdin(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        if show_logs() {
+            command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        } else {
+            let file = std::fs::File::create(&log).expect("log file");
+            command
+                .stdout(file.try_clone().expect("log file"))
+                .stderr(file);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {binary}: {error}"));
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// What the component logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit; returns the exit
+    /// code (None if it had to be killed or died of a signal).
+    pub fn stop(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; kills it
+    /// after that. Returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    eprintln!("{} did not exit in {timeout:?}; killing it", self.name);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `condition` every 20 ms until it is true or `timeout` passes;
+/// returns whether it became true. Tests wait for conditions, not for time.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

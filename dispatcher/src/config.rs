@@ -1,0 +1,228 @@
+//! The dispatcher's configuration: `[broker]`, `[dispatcher]`, `[defaults]`,
+//! `[log]`, read from a TOML file and `WARREN_*` variables, validated once.
+
+use crate::spec::TestSpec;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use warren_common::config::{
+    BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogSettings, load, validate_dir,
+};
+use warren_common::messages::{MAX_TIMEOUT_MS, TestCommand};
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub broker: BrokerSettings,
+    #[serde(default)]
+    pub dispatcher: DispatcherSettings,
+    #[serde(default)]
+    pub defaults: DefaultsSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// `[dispatcher]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherSettings {
+    /// The SQLite database with commits, jobs and attempts.
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// Where `<repo>/<sha>.json` result files are written.
+    #[serde(default = "default_results_dir")]
+    pub results_dir: PathBuf,
+    /// Bare mirrors used to read `warren.toml` from each commit's tree.
+    #[serde(default = "default_mirror_dir")]
+    pub mirror_dir: PathBuf,
+    /// Unacknowledged deliveries per consumer.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// `full` (default: every recorded result survives a power cut) or
+    /// `normal` (survives a crash of the process, not of the machine).
+    #[serde(default)]
+    pub sync: SyncMode,
+}
+
+impl Default for DispatcherSettings {
+    fn default() -> Self {
+        Self {
+            database: default_database(),
+            results_dir: default_results_dir(),
+            mirror_dir: default_mirror_dir(),
+            prefetch: default_prefetch(),
+            sync: SyncMode::default(),
+        }
+    }
+}
+
+/// SQLite `synchronous` setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    #[default]
+    Full,
+    Normal,
+}
+
+fn default_database() -> PathBuf {
+    "var/dispatcher/warren.db".into()
+}
+fn default_results_dir() -> PathBuf {
+    "var/results".into()
+}
+fn default_mirror_dir() -> PathBuf {
+    "var/dispatcher/mirrors".into()
+}
+fn default_prefetch() -> u16 {
+    64
+}
+
+/// `[defaults]`: what a commit gets when its `warren.toml` does not say.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsSettings {
+    /// Command for commits without a `warren.toml` (or without `command`).
+    #[serde(default)]
+    pub command: Option<TestCommand>,
+    /// Job timeout when `warren.toml` gives none.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest timeout a `warren.toml` may ask for.
+    #[serde(default = "default_max_timeout", with = "humantime_serde")]
+    pub max_timeout: Duration,
+}
+
+impl Default for DefaultsSettings {
+    fn default() -> Self {
+        Self {
+            command: None,
+            timeout: default_timeout(),
+            max_timeout: default_max_timeout(),
+        }
+    }
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_max_timeout() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    pub broker: BrokerConfig,
+    pub database: PathBuf,
+    pub results_dir: PathBuf,
+    pub mirror_dir: PathBuf,
+    pub prefetch: u16,
+    pub sync: SyncMode,
+    /// Defaults applied to every commit's `warren.toml`.
+    pub defaults: TestSpec,
+    /// Longest timeout a `warren.toml` may ask for.
+    pub max_timeout: Duration,
+    pub log: LogSettings,
+}
+
+impl DispatcherConfig {
+    /// Reads and validates `path` (if any) and the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (settings, source) = load::<Settings>(path, &[])?;
+        Self::from_settings(settings, &source)
+    }
+
+    /// Validates settings read from `source`.
+    pub fn from_settings(settings: Settings, source: &ConfigSource) -> Result<Self, ConfigError> {
+        let broker = BrokerConfig::from_settings(&settings.broker, source)?;
+        let dispatcher = settings.dispatcher;
+        if dispatcher.prefetch == 0 {
+            return Err(source.invalid("dispatcher.prefetch", "must be at least 1"));
+        }
+        let defaults = settings.defaults;
+        let max_timeout_ms = duration_ms(defaults.max_timeout);
+        if max_timeout_ms == 0 || max_timeout_ms > MAX_TIMEOUT_MS {
+            return Err(source.invalid("defaults.max_timeout", "must be between 1ms and 24h"));
+        }
+        if defaults.timeout.is_zero() || defaults.timeout > defaults.max_timeout {
+            return Err(source.invalid(
+                "defaults.timeout",
+                format!(
+                    "must be more than 0 and at most defaults.max_timeout ({})",
+                    humantime::format_duration(defaults.max_timeout)
+                ),
+            ));
+        }
+        if let Some(command) = &defaults.command {
+            command
+                .validate()
+                .map_err(|message| source.invalid("defaults.command", message))?;
+        }
+        Ok(Self {
+            broker,
+            database: validate_dir(&dispatcher.database, "dispatcher.database", source)?,
+            results_dir: validate_dir(&dispatcher.results_dir, "dispatcher.results_dir", source)?,
+            mirror_dir: validate_dir(&dispatcher.mirror_dir, "dispatcher.mirror_dir", source)?,
+            prefetch: dispatcher.prefetch,
+            sync: dispatcher.sync,
+            defaults: TestSpec {
+                command: defaults.command,
+                timeout: defaults.timeout,
+                env: Default::default(),
+            },
+            max_timeout: defaults.max_timeout,
+            log: settings.log,
+        })
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+pub(crate) fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(contents: &str) -> Result<DispatcherConfig, ConfigError> {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(contents.as_bytes()).unwrap();
+        DispatcherConfig::load(Some(file.path()))
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dispatcher.toml");
+        let config = DispatcherConfig::load(Some(&path)).unwrap();
+        assert_eq!(config.broker.topology.prefix(), "warren");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[dispatcher]\nprefetch = 0\n", "dispatcher.prefetch"),
+            ("[defaults]\ntimeout = \"3h\"\n", "defaults.timeout"),
+            ("[defaults]\ncommand = \"\"\n", "defaults.command"),
+            ("[defaults]\ntimeout = \"soon\"\n", "timeout"),
+            ("[dispatcher]\nresults = \"x\"\n", "results"),
+        ];
+        for (contents, key) in cases {
+            let err = load_str(contents).unwrap_err().to_string();
+            assert!(err.contains(key), "expected {key:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn commands_may_be_a_string_or_a_list() {
+        let config = load_str("[defaults]\ncommand = [\"make\", \"test\"]\n").unwrap();
+        assert_eq!(
+            config.defaults.command,
+            Some(TestCommand::Argv(vec!["make".into(), "test".into()]))
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! The dispatcher: turns each commit into test jobs, keeps the books, and
+//! writes one result file per commit.
+//!
+//! - [`config`]: `[broker]`, `[dispatcher]`, `[defaults]`, `[log]`.
+//! - [`spec`]: the commit's own `warren.toml`, with defaults applied.
+//! - [`mirror`]: reading `warren.toml` from the commit's tree via a bare mirror.
+//! - [`store`]: commits, jobs and attempts in SQLite; the source of truth.
+//! - [`report`]: the result file, `<results_dir>/<repo>/<sha>.json`.
+//! - [`service`]: the consume loop, reconnection and recovery.
+
+pub mod config;
+pub mod mirror;
+pub mod report;
+pub mod service;
+pub mod spec;
+pub mod store;
+
+pub use config::DispatcherConfig;
+pub use service::run;

@@ -1,0 +1,172 @@
+//! Reading `warren.toml` from a commit's tree through a bare mirror, without
+//! a checkout. The mirror is fetched only when it lacks the commit, so a burst
+//! of commits costs one fetch.
+
+use crate::spec::SPEC_FILE;
+use git2::{ErrorCode, FetchOptions, Oid, Repository};
+use std::path::{Path, PathBuf};
+use warren_common::ids::{CommitId, RepoName, RepoUrl};
+
+/// Why the commit's `warren.toml` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// The repository could not be fetched (unreachable, refused, not a
+    /// repository). May be temporary: retry a few times, then give the
+    /// commit an `error` result with this message.
+    #[error("could not fetch {url}: {message}")]
+    Fetch { url: String, message: String },
+    /// The fetch worked but the commit is not in the repository (force-pushed
+    /// away?). Permanent: the commit gets an `error` result.
+    #[error("commit {sha} is not in {url} (was it force-pushed away?)")]
+    CommitNotFound { sha: String, url: String },
+    /// `warren.toml` is a folder (or a submodule), not a file. Permanent.
+    #[error("{SPEC_FILE} at the repository root is not a file")]
+    SpecNotAFile,
+    /// The mirror on disk could not be opened or created. Permanent for this
+    /// commit, and worth an operator's look.
+    #[error("mirror {path}: {message}")]
+    Local { path: PathBuf, message: String },
+}
+
+impl MirrorError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Fetch { .. })
+    }
+}
+
+/// Returns the contents of `warren.toml` at the root of commit `sha` (or
+/// `None` if the commit has no such file), fetching `url` into the mirror at
+/// `<mirror_dir>/<repo>.git` first if the commit is not there yet.
+pub fn read_spec(
+    mirror_dir: &Path,
+    repo: &RepoName,
+    url: &RepoUrl,
+    sha: &CommitId,
+) -> Result<Option<Vec<u8>>, MirrorError> {
+    let path = mirror_dir.join(format!("{repo}.git"));
+    let mirror = open_or_init(&path)?;
+    let oid = Oid::from_str(sha.as_str()).map_err(|error| MirrorError::Local {
+        path: path.clone(),
+        message: error.message().to_owned(),
+    })?;
+    if mirror.find_commit(oid).is_err() {
+        fetch(&mirror, url)?;
+    }
+    let commit = mirror
+        .find_commit(oid)
+        .map_err(|_| MirrorError::CommitNotFound {
+            sha: sha.to_string(),
+            url: url.to_string(),
+        })?;
+    let local = |error: git2::Error| MirrorError::Local {
+        path: path.clone(),
+        message: error.message().to_owned(),
+    };
+    let tree = commit.tree().map_err(local)?;
+    let entry = match tree.get_path(Path::new(SPEC_FILE)) {
+        Ok(entry) => entry,
+        Err(error) if error.code() == ErrorCode::NotFound => return Ok(None),
+        Err(error) => return Err(local(error)),
+    };
+    let object = entry.to_object(&mirror).map_err(local)?;
+    match object.as_blob() {
+        Some(blob) => Ok(Some(blob.content().to_vec())),
+        None => Err(MirrorError::SpecNotAFile),
+    }
+}
+
+/// Opens the mirror, or creates it; a mirror that cannot be opened (deleted
+/// files, corruption) is removed and created again: it is only a cache.
+fn open_or_init(path: &Path) -> Result<Repository, MirrorError> {
+    if path.exists() {
+        if let Ok(repo) = Repository::open_bare(path) {
+            return Ok(repo);
+        }
+        tracing::warn!(path = %path.display(), "mirror is unreadable; recreating it");
+        std::fs::remove_dir_all(path).map_err(|error| MirrorError::Local {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })?;
+    }
+    Repository::init_bare(path).map_err(|error| MirrorError::Local {
+        path: path.to_path_buf(),
+        message: error.message().to_owned(),
+    })
+}
+
+fn fetch(mirror: &Repository, url: &RepoUrl) -> Result<(), MirrorError> {
+    let mut remote = mirror
+        .remote_anonymous(url.as_str())
+        .map_err(|error| MirrorError::Fetch {
+            url: url.to_string(),
+            message: error.message().to_owned(),
+        })?;
+    let mut options = FetchOptions::new();
+    options.prune(git2::FetchPrune::On);
+    remote
+        .fetch(&["+refs/heads/*:refs/heads/*"], Some(&mut options), None)
+        .map_err(|error| MirrorError::Fetch {
+            url: url.to_string(),
+            message: error.message().to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_harness::git::Upstream;
+
+    fn ids(upstream: &Upstream, sha: &str) -> (RepoName, RepoUrl, CommitId) {
+        (
+            RepoName::parse("sample").unwrap(),
+            RepoUrl::parse(&upstream.url()).unwrap(),
+            CommitId::parse(sha).unwrap(),
+        )
+    }
+
+    #[test]
+    fn reads_the_spec_of_each_commit_fetching_only_when_needed() {
+        let upstream = Upstream::new();
+        let first = upstream.commit("main", "one", &[("warren.toml", Some("command = \"a\""))]);
+        let second = upstream.commit("main", "two", &[("warren.toml", None)]);
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, url, sha) = ids(&upstream, &first);
+        assert_eq!(
+            read_spec(dir.path(), &repo, &url, &sha).unwrap().unwrap(),
+            b"command = \"a\""
+        );
+        let (_, _, sha) = ids(&upstream, &second);
+        assert_eq!(read_spec(dir.path(), &repo, &url, &sha).unwrap(), None);
+    }
+
+    #[test]
+    fn missing_commits_and_unreachable_urls_are_distinct_errors() {
+        let upstream = Upstream::new();
+        upstream.commit("main", "one", &[("a", Some("a"))]);
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, url, _) = ids(&upstream, &"0".repeat(40));
+        let missing = CommitId::parse(&"1".repeat(40)).unwrap();
+        let err = read_spec(dir.path(), &repo, &url, &missing).unwrap_err();
+        assert!(matches!(err, MirrorError::CommitNotFound { .. }), "{err}");
+        assert!(!err.is_retryable());
+
+        let nowhere = RepoUrl::parse("/nonexistent/repo.git").unwrap();
+        let err = read_spec(dir.path(), &repo, &nowhere, &missing).unwrap_err();
+        assert!(matches!(err, MirrorError::Fetch { .. }), "{err}");
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn a_corrupt_mirror_is_recreated() {
+        let upstream = Upstream::new();
+        let sha = upstream.commit("main", "one", &[("warren.toml", Some("x"))]);
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, url, sha) = ids(&upstream, &sha);
+        read_spec(dir.path(), &repo, &url, &sha).unwrap();
+        let mirror = dir.path().join("sample.git");
+        std::fs::remove_dir_all(mirror.join("objects")).unwrap();
+        std::fs::remove_file(mirror.join("HEAD")).unwrap();
+        assert!(read_spec(dir.path(), &repo, &url, &sha).unwrap().is_some());
+    }
+}

@@ -1,0 +1,307 @@
+//! The dispatcher's loop: consume commit events, job events and results;
+//! keep the books; publish jobs; write result files.
+//!
+//! Everything runs on one task, one message at a time, so the database has a
+//! single writer and needs no locks. Its calls are short (a few small
+//! transactions per message) and are made inline; only git work (a fetch)
+//! goes to a blocking thread.
+//!
+//! Every ack follows the work it acknowledges: a commit event is acked once
+//! its jobs are in the database and confirmed by the broker (or its error
+//! result is recorded); a result once it is recorded. A crash in between
+//! means a redelivery, which the database deduplicates.
+
+use crate::config::DispatcherConfig;
+use crate::mirror::{self, MirrorError};
+use crate::spec;
+use crate::store::{CommitSeen, ResultRecorded, Store, StoreError};
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+use warren_common::backoff::Backoff;
+use warren_common::messages::{CommitEvent, Job, JobEvent, JobResult, decode};
+use warren_common::session::{Outgoing, PublishError, Session, SessionError, message_id};
+use warren_common::shutdown::Shutdown;
+use warren_common::topology::Queue;
+
+/// The `app_id` of everything the dispatcher publishes.
+pub const APP_ID: &str = "warren-dispatcher";
+
+/// Fetch attempts for one commit before it gets an `error` result: a
+/// repository that is unreachable three times over about three seconds is
+/// reported, not waited for.
+const FETCH_ATTEMPTS: u32 = 3;
+
+/// How often result files that could not be written (disk full, permissions)
+/// are tried again, in seconds.
+const REWRITE_INTERVAL_SECS: u64 = 30;
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    /// The broker connection failed: reconnect.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the {0} consumer was cancelled by the broker")]
+    ConsumerGone(&'static str),
+    /// The database failed: stop; nothing can be recorded safely.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs the dispatcher until `shutdown` (reconnecting to the broker as long
+/// as needed). Returns an error only if the database fails.
+pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut store = Store::open(&config.database, config.sync).map_err(|error| {
+        anyhow::anyhow!("opening the database {}: {error}", config.database.display())
+    })?;
+    let mut dispatcher = Dispatcher {
+        config,
+        store: &mut store,
+    };
+    let name = format!("{APP_ID} {}", warren_common::hostname());
+    let mut backoff = Backoff::new(dispatcher.config.broker.reconnect_max_delay);
+    while !shutdown.graceful.is_cancelled() {
+        match Session::connect(&dispatcher.config.broker, APP_ID, &name).await {
+            Ok(session) => {
+                info!(url = %dispatcher.config.broker.safe_url(), "connected to the broker");
+                backoff.reset();
+                let outcome = dispatcher.serve(&session, &shutdown).await;
+                session.close().await;
+                match outcome {
+                    Ok(()) => break,
+                    Err(ServeError::Store(error)) => {
+                        return Err(anyhow::anyhow!("database failure: {error}"));
+                    }
+                    Err(error) => warn!(%error, "lost the broker; reconnecting"),
+                }
+            }
+            Err(error) => warn!(%error, "cannot reach the broker; retrying"),
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.graceful.cancelled() => break,
+        }
+    }
+    info!("dispatcher stopped");
+    Ok(())
+}
+
+struct Dispatcher<'a> {
+    config: DispatcherConfig,
+    store: &'a mut Store,
+}
+
+impl Dispatcher<'_> {
+    /// Serves one session until shutdown (`Ok`) or a failure.
+    async fn serve(&mut self, session: &Session, shutdown: &Shutdown) -> Result<(), ServeError> {
+        self.recover(session).await?;
+        let prefetch = self.config.prefetch;
+        let (_commits_channel, mut commits) =
+            session.consume(Queue::Commits, prefetch, "dispatcher-commits").await?;
+        let (_results_channel, mut results) =
+            session.consume(Queue::Results, prefetch, "dispatcher-results").await?;
+        let (_events_channel, mut events) =
+            session.consume(Queue::Events, prefetch, "dispatcher-events").await?;
+        let mut rewrite = tokio::time::interval(Duration::from_secs(REWRITE_INTERVAL_SECS));
+        loop {
+            // Results first: they finish commits, which is what users wait for.
+            tokio::select! {
+                biased;
+                () = shutdown.graceful.cancelled() => return Ok(()),
+                delivery = results.next() => {
+                    let delivery = delivery.ok_or(ServeError::ConsumerGone("results"))??;
+                    self.on_result(session, delivery).await?;
+                }
+                delivery = events.next() => {
+                    let delivery = delivery.ok_or(ServeError::ConsumerGone("events"))??;
+                    self.on_event(session, delivery).await?;
+                }
+                delivery = commits.next() => {
+                    let delivery = delivery.ok_or(ServeError::ConsumerGone("commits"))??;
+                    self.on_commit(session, delivery).await?;
+                }
+                _ = rewrite.tick() => self.write_pending_results()?,
+            }
+        }
+    }
+
+    /// After (re)connecting: publish job attempts whose publish was never
+    /// confirmed, and write result files that were not written.
+    async fn recover(&mut self, session: &Session) -> Result<(), ServeError> {
+        let jobs = self.store.unpublished_jobs(Utc::now())?;
+        if !jobs.is_empty() {
+            info!(jobs = jobs.len(), "publishing jobs whose publish was not confirmed");
+            self.publish_jobs(session, &jobs).await?;
+        }
+        self.write_pending_results()?;
+        Ok(())
+    }
+
+    async fn on_commit(&mut self, session: &Session, delivery: Delivery) -> Result<(), ServeError> {
+        let event = match decode::<CommitEvent>(&delivery.data) {
+            Ok(event) => event,
+            Err(error) => return reject(session, &delivery, Queue::Commits, &error).await,
+        };
+        if let CommitSeen::Duplicate { commit_id } = self.store.see_commit(&event.repo, &event.sha)? {
+            debug!(repo = %event.repo, sha = %event.sha, commit_id, "duplicate commit event");
+            delivery.ack(BasicAckOptions::default()).await?;
+            return Ok(());
+        }
+        let now = Utc::now();
+        match self.plan(&event).await {
+            Ok(plan) => {
+                let jobs = self.store.insert_planned(&event, &plan, now)?;
+                self.publish_jobs(session, &jobs).await?;
+                info!(repo = %event.repo, branch = %event.branch, sha = %event.sha, jobs = jobs.len(), "commit queued");
+            }
+            Err(message) => {
+                warn!(repo = %event.repo, sha = %event.sha, %message, "commit cannot be tested");
+                let commit_id = self.store.insert_errored(&event, &message, now)?;
+                self.write_result(commit_id)?;
+            }
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Reads the commit's `warren.toml` (retrying fetch failures a few
+    /// times) and plans its jobs, or says why it cannot be tested.
+    async fn plan(&self, event: &CommitEvent) -> Result<spec::Plan, String> {
+        let mut backoff = Backoff::new(Duration::from_secs(2));
+        let mut attempt = 1;
+        let contents = loop {
+            let mirror_dir = self.config.mirror_dir.clone();
+            let (repo, url, sha) = (event.repo.clone(), event.url.clone(), event.sha.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                mirror::read_spec(&mirror_dir, &repo, &url, &sha)
+            })
+            .await
+            .map_err(|error| format!("reading {}: {error}", spec::SPEC_FILE))?;
+            match read {
+                Ok(contents) => break contents,
+                Err(error) if error.is_retryable() && attempt < FETCH_ATTEMPTS => {
+                    warn!(repo = %event.repo, %error, attempt, "fetch failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(backoff.next_delay() * 5).await;
+                }
+                Err(error @ MirrorError::Fetch { .. }) => {
+                    return Err(format!("{error} (after {FETCH_ATTEMPTS} attempts)"));
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        };
+        spec::plan(contents.as_deref(), &self.config.defaults, self.config.max_timeout)
+    }
+
+    /// Publishes job attempts (pipelined) and records their confirms.
+    async fn publish_jobs(&mut self, session: &Session, jobs: &[Job]) -> Result<(), ServeError> {
+        let mut pending = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let outgoing = Outgoing {
+                routing_key: job.repo.as_str(),
+                message_id: format!("{}.{}", job.job_id, job.attempt),
+                persistent: true,
+                headers: vec![
+                    ("x-warren-repo", job.repo.to_string()),
+                    ("x-warren-sha", job.sha.to_string()),
+                    ("x-warren-attempt", job.attempt.to_string()),
+                ],
+            };
+            pending.push(session.start_publish(Queue::Jobs, job, outgoing).await?);
+        }
+        for confirm in pending {
+            confirm.wait().await?;
+        }
+        self.store.mark_published(jobs)?;
+        Ok(())
+    }
+
+    async fn on_result(&mut self, session: &Session, delivery: Delivery) -> Result<(), ServeError> {
+        let result = match decode::<JobResult>(&delivery.data) {
+            Ok(result) => result,
+            Err(error) => return reject(session, &delivery, Queue::Results, &error).await,
+        };
+        match self.store.record_result(&result, Utc::now())? {
+            ResultRecorded::Decided { commit_finished } => {
+                info!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
+                      attempt = result.attempt, worker = %result.worker,
+                      status = %result.status, "job finished");
+                if let Some(commit_id) = commit_finished {
+                    self.write_result(commit_id)?;
+                }
+            }
+            ResultRecorded::Late => {
+                info!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
+                      attempt = result.attempt, worker = %result.worker,
+                      "late result ignored: the job was already decided");
+            }
+            ResultRecorded::Rejected(reason) => {
+                return reject(session, &delivery, Queue::Results, &reason).await;
+            }
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    async fn on_event(&mut self, session: &Session, delivery: Delivery) -> Result<(), ServeError> {
+        let event = match decode::<JobEvent>(&delivery.data) {
+            Ok(event) => event,
+            Err(error) => return reject(session, &delivery, Queue::Events, &error).await,
+        };
+        if !self.store.record_event(&event)? {
+            let reason = format!("event for job {}, which this dispatcher never planned", event.job_id);
+            return reject(session, &delivery, Queue::Events, &reason).await;
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Writes the result file of a finished commit and notes it. A failed
+    /// write is logged and retried later; the database already holds the
+    /// result, so nothing is lost.
+    fn write_result(&mut self, commit_id: i64) -> Result<(), StoreError> {
+        let report = self.store.commit_report(commit_id)?.explain();
+        match report.write(&self.config.results_dir) {
+            Ok(path) => {
+                self.store.mark_written(commit_id)?;
+                info!(repo = %report.repo, sha = %report.sha,
+                      status = %report.status.map_or("running", |s| s.as_str()),
+                      path = %path.display(), "result written");
+            }
+            Err(error) => {
+                error!(repo = %report.repo, sha = %report.sha, %error,
+                       "cannot write the result file; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    fn write_pending_results(&mut self) -> Result<(), StoreError> {
+        for commit_id in self.store.unwritten_results()? {
+            self.write_result(commit_id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Dead-letters a delivery that cannot be processed, logging it once.
+async fn reject(
+    session: &Session,
+    delivery: &Delivery,
+    from: Queue,
+    reason: &dyn std::fmt::Display,
+) -> Result<(), ServeError> {
+    let reason = reason.to_string();
+    warn!(queue = ?from, message_id = %message_id(delivery), %reason, "message rejected to the dead-letter queue");
+    session.dead_letter(delivery, from, &reason).await?;
+    Ok(())
+}

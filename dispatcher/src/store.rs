@@ -1,0 +1,861 @@
+//! The dispatcher's books: commits, jobs and attempts in SQLite (WAL).
+//!
+//! A commit has many jobs (one per shard); a job has many attempts (one per
+//! run on a worker). The store is the source of truth: result files are
+//! written from it, and after a crash the dispatcher finds in it the jobs
+//! whose publish was never confirmed and the results never written.
+//!
+//! ```text
+//! commits  running ─▶ passed | failed | timed_out | error
+//! jobs     queued  ─▶ passed | failed | timed_out | error   (first finished attempt wins)
+//! attempts running ─▶ finished | late (a result after the job was decided)
+//! ```
+
+use crate::config::SyncMode;
+use crate::report::{AttemptReport, CommitReport, JobReport};
+use crate::spec::Plan;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::path::Path;
+use std::time::Duration;
+use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl};
+use warren_common::messages::{
+    CommitEvent, Job, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand,
+};
+
+/// A database error. The dispatcher cannot record anything safely after one:
+/// it stops consuming (unacknowledged messages stay with the broker).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database holds an invalid value in {column}: {message}")]
+    Corrupt { column: &'static str, message: String },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// How long a writer waits for the database lock before failing, in ms.
+/// Only one dispatcher writes; this covers an operator's `sqlite3` reading.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS commits (
+    id               INTEGER PRIMARY KEY,
+    repo             TEXT NOT NULL,
+    sha              TEXT NOT NULL,
+    branch           TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    author           TEXT NOT NULL,
+    summary          TEXT NOT NULL,
+    committed_at     TEXT NOT NULL,
+    detected_at      TEXT NOT NULL,
+    received_at      TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    message          TEXT,
+    finished_at      TEXT,
+    result_written   INTEGER NOT NULL DEFAULT 0,
+    duplicate_events INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (repo, sha)
+);
+CREATE INDEX IF NOT EXISTS commits_unwritten ON commits (result_written) WHERE result_written = 0;
+CREATE TABLE IF NOT EXISTS jobs (
+    id                TEXT PRIMARY KEY,
+    commit_id         INTEGER NOT NULL REFERENCES commits (id),
+    shard_index       INTEGER NOT NULL,
+    shard_count       INTEGER NOT NULL,
+    command           TEXT NOT NULL,
+    timeout_ms        INTEGER NOT NULL,
+    env               TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    attempt           INTEGER NOT NULL,
+    published         INTEGER NOT NULL DEFAULT 0,
+    published_at      TEXT,
+    decided_attempt   INTEGER,
+    decided_worker    TEXT,
+    finished_at       TEXT,
+    late_results      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_commit ON jobs (commit_id);
+CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs (published) WHERE published = 0;
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id           TEXT NOT NULL REFERENCES jobs (id),
+    attempt          INTEGER NOT NULL,
+    worker           TEXT NOT NULL,
+    host             TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    started_at       TEXT,
+    last_heartbeat   TEXT,
+    finished_at      TEXT,
+    status           TEXT,
+    exit_code        INTEGER,
+    signal           INTEGER,
+    message          TEXT,
+    checkout_ms      INTEGER,
+    duration_ms      INTEGER,
+    output           TEXT,
+    output_truncated INTEGER,
+    output_bytes     INTEGER,
+    PRIMARY KEY (job_id, attempt, worker)
+);
+";
+
+/// Commit status while its jobs run.
+const RUNNING: &str = "running";
+/// Job status until its first result.
+const QUEUED: &str = "queued";
+
+/// What happened to a commit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitSeen {
+    /// First time: planning is up to the caller.
+    New,
+    /// Seen before (a redelivery or a second branch with the same commit).
+    Duplicate { commit_id: i64 },
+}
+
+/// What happened to a job result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultRecorded {
+    /// The first result of the job; `commit_finished` when it was the last
+    /// job of its commit (the result file is due).
+    Decided { commit_finished: Option<i64> },
+    /// The job already had a result; this one was counted and kept as a late
+    /// attempt.
+    Late,
+    /// No such job, or it belongs to another commit: dead-letter the message.
+    Rejected(String),
+}
+
+/// The SQLite database.
+pub struct Store {
+    conn: Connection,
+}
+
+fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_ts(column: &'static str, value: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|error| StoreError::Corrupt {
+            column,
+            message: error.to_string(),
+        })
+}
+
+fn parse_opt_ts(column: &'static str, value: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    value.map(|v| parse_ts(column, &v)).transpose()
+}
+
+fn corrupt(column: &'static str, message: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        column,
+        message: message.to_string(),
+    }
+}
+
+fn parse_status(column: &'static str, value: &str) -> Result<JobStatus> {
+    JobStatus::parse(value).ok_or_else(|| corrupt(column, format!("unknown status {value:?}")))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path, sync: SyncMode) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|error| corrupt("path", error))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                SyncMode::Full => "FULL",
+                SyncMode::Normal => "NORMAL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Whether `(repo, sha)` is known; counts the duplicate if it is.
+    pub fn see_commit(&mut self, repo: &RepoName, sha: &CommitId) -> Result<CommitSeen> {
+        let id: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM commits WHERE repo = ?1 AND sha = ?2",
+                params![repo.as_str(), sha.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match id {
+            None => Ok(CommitSeen::New),
+            Some(commit_id) => {
+                self.conn.execute(
+                    "UPDATE commits SET duplicate_events = duplicate_events + 1 WHERE id = ?1",
+                    params![commit_id],
+                )?;
+                Ok(CommitSeen::Duplicate { commit_id })
+            }
+        }
+    }
+
+    /// Records a new commit with its jobs (not yet published) and returns the
+    /// job messages to publish.
+    pub fn insert_planned(
+        &mut self,
+        event: &CommitEvent,
+        plan: &Plan,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Job>> {
+        let tx = self.conn.transaction()?;
+        let commit_id = insert_commit(&tx, event, RUNNING, None, None, now)?;
+        let job_id = JobId::new();
+        let shard = Shard::WHOLE;
+        tx.execute(
+            "INSERT INTO jobs (id, commit_id, shard_index, shard_count, command, timeout_ms, env,
+                               status, attempt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1)",
+            params![
+                job_id.to_string(),
+                commit_id,
+                shard.index,
+                shard.count,
+                serde_json::to_string(&plan.command).map_err(|e| corrupt("command", e))?,
+                crate::config::duration_ms(plan.timeout),
+                serde_json::to_string(&plan.env).map_err(|e| corrupt("env", e))?,
+                QUEUED,
+            ],
+        )?;
+        let jobs = unpublished_jobs(&tx, Some(commit_id), now)?;
+        tx.commit()?;
+        Ok(jobs)
+    }
+
+    /// Records a commit that cannot be tested (broken `warren.toml`, missing
+    /// commit…) as finished with status `error` and `message`.
+    pub fn insert_errored(
+        &mut self,
+        event: &CommitEvent,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        let id = insert_commit(
+            &tx,
+            event,
+            JobStatus::Error.as_str(),
+            Some(message),
+            Some(now),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Every job attempt whose publish was not confirmed (after a crash or a
+    /// lost connection), as messages to publish again.
+    pub fn unpublished_jobs(&mut self, now: DateTime<Utc>) -> Result<Vec<Job>> {
+        let tx = self.conn.transaction()?;
+        let jobs = unpublished_jobs(&tx, None, now)?;
+        tx.commit()?;
+        Ok(jobs)
+    }
+
+    /// Notes that the broker confirmed the publish of `attempt` of `job`.
+    pub fn mark_published(&mut self, jobs: &[Job]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for job in jobs {
+            tx.execute(
+                "UPDATE jobs SET published = 1 WHERE id = ?1 AND attempt = ?2",
+                params![job.job_id.to_string(), job.attempt],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a started or heartbeat event. Returns false for an unknown job.
+    pub fn record_event(&mut self, event: &JobEvent) -> Result<bool> {
+        let job_id = event.job_id.to_string();
+        let known: Option<i64> = self
+            .conn
+            .query_row("SELECT 1 FROM jobs WHERE id = ?1", params![job_id], |row| row.get(0))
+            .optional()?;
+        if known.is_none() {
+            return Ok(false);
+        }
+        let at = ts(event.at);
+        let started_at = (event.event == JobEventKind::Started).then(|| at.clone());
+        // The heartbeat may arrive first (events are transient and unordered
+        // across a reconnect), so both kinds upsert.
+        self.conn.execute(
+            "INSERT INTO attempts (job_id, attempt, worker, host, state, started_at, last_heartbeat)
+             VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6)
+             ON CONFLICT (job_id, attempt, worker) DO UPDATE SET
+                 started_at = COALESCE(attempts.started_at, excluded.started_at),
+                 last_heartbeat = excluded.last_heartbeat",
+            params![
+                job_id,
+                event.attempt,
+                event.worker.as_str(),
+                event.host,
+                started_at,
+                at
+            ],
+        )?;
+        Ok(true)
+    }
+
+    /// Records a job result: the first one decides the job, later ones are
+    /// kept as late attempts and counted.
+    pub fn record_result(&mut self, result: &JobResult, now: DateTime<Utc>) -> Result<ResultRecorded> {
+        let tx = self.conn.transaction()?;
+        let job_id = result.job_id.to_string();
+        let job: Option<(i64, String, String, String, u32)> = tx
+            .query_row(
+                "SELECT j.commit_id, j.status, c.repo, c.sha, j.attempt
+                 FROM jobs j JOIN commits c ON c.id = j.commit_id WHERE j.id = ?1",
+                params![job_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+            )
+            .optional()?;
+        let Some((commit_id, status, repo, sha, latest_attempt)) = job else {
+            return Ok(ResultRecorded::Rejected(format!(
+                "result for job {job_id}, which this dispatcher never planned"
+            )));
+        };
+        if repo != result.repo.as_str() || sha != result.sha.as_str() {
+            return Ok(ResultRecorded::Rejected(format!(
+                "result for job {job_id} names {}@{}, but the job belongs to {repo}@{sha}",
+                result.repo, result.sha
+            )));
+        }
+        if result.attempt > latest_attempt {
+            return Ok(ResultRecorded::Rejected(format!(
+                "result for attempt {} of job {job_id}, which has only {latest_attempt} attempts",
+                result.attempt
+            )));
+        }
+        let decided = status == QUEUED;
+        let state = if decided { "finished" } else { "late" };
+        tx.execute(
+            "INSERT INTO attempts (job_id, attempt, worker, host, state, started_at, finished_at,
+                                   status, exit_code, signal, message, checkout_ms, duration_ms,
+                                   output, output_truncated, output_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT (job_id, attempt, worker) DO UPDATE SET
+                 state = excluded.state, host = excluded.host,
+                 started_at = COALESCE(attempts.started_at, excluded.started_at),
+                 finished_at = excluded.finished_at, status = excluded.status,
+                 exit_code = excluded.exit_code, signal = excluded.signal,
+                 message = excluded.message, checkout_ms = excluded.checkout_ms,
+                 duration_ms = excluded.duration_ms, output = excluded.output,
+                 output_truncated = excluded.output_truncated,
+                 output_bytes = excluded.output_bytes",
+            params![
+                job_id,
+                result.attempt,
+                result.worker.as_str(),
+                result.host,
+                state,
+                ts(result.started_at),
+                ts(result.finished_at),
+                result.status.as_str(),
+                result.exit_code,
+                result.signal,
+                result.message,
+                result.checkout_ms,
+                result.duration_ms,
+                // A late result's output is not part of any verdict; keep
+                // the database small.
+                if decided { Some(result.output.as_str()) } else { None },
+                result.output_truncated,
+                result.output_bytes,
+            ],
+        )?;
+        if !decided {
+            tx.execute(
+                "UPDATE jobs SET late_results = late_results + 1 WHERE id = ?1",
+                params![job_id],
+            )?;
+            tx.commit()?;
+            return Ok(ResultRecorded::Late);
+        }
+        tx.execute(
+            "UPDATE jobs SET status = ?2, decided_attempt = ?3, decided_worker = ?4, finished_at = ?5
+             WHERE id = ?1",
+            params![
+                job_id,
+                result.status.as_str(),
+                result.attempt,
+                result.worker.as_str(),
+                ts(now)
+            ],
+        )?;
+        let commit_finished = finish_commit_if_done(&tx, commit_id, now)?;
+        tx.commit()?;
+        Ok(ResultRecorded::Decided { commit_finished })
+    }
+
+    /// Finished commits whose result file has not been written yet.
+    pub fn unwritten_results(&self) -> Result<Vec<i64>> {
+        let mut statement = self.conn.prepare(
+            "SELECT id FROM commits WHERE result_written = 0 AND finished_at IS NOT NULL ORDER BY id",
+        )?;
+        let ids = statement
+            .query_map([], |row| row.get(0))?
+            .collect::<std::result::Result<Vec<i64>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Notes that the result file of `commit_id` is on disk.
+    pub fn mark_written(&mut self, commit_id: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE commits SET result_written = 1 WHERE id = ?1",
+            params![commit_id],
+        )?;
+        Ok(())
+    }
+
+    /// Everything the result file of `commit_id` says.
+    pub fn commit_report(&self, commit_id: i64) -> Result<CommitReport> {
+        let mut report = self.conn.query_row(
+            "SELECT repo, sha, branch, author, summary, committed_at, detected_at, received_at,
+                    status, message, finished_at, duplicate_events
+             FROM commits WHERE id = ?1",
+            params![commit_id],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, String>(7)?,
+                    row.get::<_, String>(8)?,
+                    row.get::<_, Option<String>>(9)?,
+                    row.get::<_, Option<String>>(10)?,
+                    row.get::<_, u64>(11)?,
+                ))
+            },
+        )
+        .map_err(StoreError::from)
+        .and_then(|row| {
+            Ok(CommitReport {
+                schema: 1,
+                repo: RepoName::parse(&row.0).map_err(|e| corrupt("repo", e))?,
+                sha: CommitId::parse(&row.1).map_err(|e| corrupt("sha", e))?,
+                branch: BranchName::parse(&row.2).map_err(|e| corrupt("branch", e))?,
+                author: row.3,
+                summary: row.4,
+                committed_at: parse_ts("committed_at", &row.5)?,
+                detected_at: parse_ts("detected_at", &row.6)?,
+                received_at: parse_ts("received_at", &row.7)?,
+                status: if row.8 == RUNNING {
+                    None
+                } else {
+                    Some(parse_status("status", &row.8)?)
+                },
+                message: row.9,
+                started_at: None,
+                finished_at: parse_opt_ts("finished_at", row.10)?,
+                duration_ms: None,
+                duplicate_events: row.11,
+                jobs: Vec::new(),
+            })
+        })?;
+        report.jobs = self.job_reports(commit_id)?;
+        report.started_at = report
+            .jobs
+            .iter()
+            .flat_map(|job| job.attempts.iter().filter_map(|a| a.started_at))
+            .min();
+        report.duration_ms = match (report.started_at.or(Some(report.received_at)), report.finished_at) {
+            (Some(start), Some(end)) => Some(u64::try_from((end - start).num_milliseconds()).unwrap_or(0)),
+            _ => None,
+        };
+        Ok(report)
+    }
+
+    fn job_reports(&self, commit_id: i64) -> Result<Vec<JobReport>> {
+        let mut statement = self.conn.prepare(
+            "SELECT id, shard_index, shard_count, command, timeout_ms, status, attempt,
+                    decided_attempt, decided_worker, late_results
+             FROM jobs WHERE commit_id = ?1 ORDER BY shard_index",
+        )?;
+        let rows = statement
+            .query_map(params![commit_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, u32>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, u64>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, u32>(6)?,
+                    row.get::<_, Option<u32>>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, u64>(9)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attempts = self.attempt_reports(&row.0)?;
+            let decided = attempts
+                .iter()
+                .find(|a| Some(a.attempt) == row.7 && Some(&a.worker) == row.8.as_ref());
+            let command: TestCommand =
+                serde_json::from_str(&row.3).map_err(|e| corrupt("command", e))?;
+            jobs.push(JobReport {
+                id: row.0.parse().map_err(|e| corrupt("jobs.id", e))?,
+                shard: Shard {
+                    index: row.1,
+                    count: row.2,
+                },
+                command: command.to_string(),
+                timeout_ms: row.4,
+                status: if row.5 == QUEUED {
+                    None
+                } else {
+                    Some(parse_status("jobs.status", &row.5)?)
+                },
+                attempt: row.7.unwrap_or(row.6),
+                worker: decided.map(|a| a.worker.clone()),
+                exit_code: decided.and_then(|a| a.exit_code),
+                signal: decided.and_then(|a| a.signal),
+                message: decided.and_then(|a| a.message.clone()),
+                checkout_ms: decided.and_then(|a| a.checkout_ms),
+                duration_ms: decided.and_then(|a| a.duration_ms),
+                output: decided.and_then(|a| a.output.clone()).unwrap_or_default(),
+                output_truncated: decided.is_some_and(|a| a.output_truncated),
+                output_bytes: decided.and_then(|a| a.output_bytes).unwrap_or(0),
+                late_results: row.9,
+                attempts,
+            });
+        }
+        Ok(jobs)
+    }
+
+    fn attempt_reports(&self, job_id: &str) -> Result<Vec<AttemptReport>> {
+        let mut statement = self.conn.prepare(
+            "SELECT attempt, worker, host, state, started_at, last_heartbeat, finished_at, status,
+                    exit_code, signal, message, checkout_ms, duration_ms, output, output_truncated,
+                    output_bytes
+             FROM attempts WHERE job_id = ?1 ORDER BY attempt, COALESCE(started_at, finished_at)",
+        )?;
+        let rows = statement
+            .query_map(params![job_id], |row| {
+                Ok((
+                    row.get::<_, u32>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                    row.get::<_, Option<String>>(7)?,
+                    row.get::<_, Option<i32>>(8)?,
+                    row.get::<_, Option<i32>>(9)?,
+                    row.get::<_, Option<String>>(10)?,
+                    row.get::<_, Option<u64>>(11)?,
+                    row.get::<_, Option<u64>>(12)?,
+                    row.get::<_, Option<String>>(13)?,
+                    row.get::<_, Option<bool>>(14)?,
+                    row.get::<_, Option<u64>>(15)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(AttemptReport {
+                    attempt: row.0,
+                    worker: row.1,
+                    host: row.2,
+                    state: row.3,
+                    started_at: parse_opt_ts("attempts.started_at", row.4)?,
+                    last_heartbeat: parse_opt_ts("attempts.last_heartbeat", row.5)?,
+                    finished_at: parse_opt_ts("attempts.finished_at", row.6)?,
+                    status: row.7.map(|s| parse_status("attempts.status", &s)).transpose()?,
+                    exit_code: row.8,
+                    signal: row.9,
+                    message: row.10,
+                    checkout_ms: row.11,
+                    duration_ms: row.12,
+                    output: row.13,
+                    output_truncated: row.14.unwrap_or(false),
+                    output_bytes: row.15,
+                })
+            })
+            .collect()
+    }
+}
+
+fn insert_commit(
+    tx: &Transaction<'_>,
+    event: &CommitEvent,
+    status: &str,
+    message: Option<&str>,
+    finished_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO commits (repo, sha, branch, url, author, summary, committed_at, detected_at,
+                              received_at, status, message, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            event.repo.as_str(),
+            event.sha.as_str(),
+            event.branch.as_str(),
+            event.url.as_str(),
+            event.author,
+            event.summary,
+            ts(event.committed_at),
+            ts(event.detected_at),
+            ts(now),
+            status,
+            message,
+            finished_at.map(ts),
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Jobs whose current attempt is not confirmed, optionally of one commit;
+/// stamps their `published_at`.
+fn unpublished_jobs(tx: &Transaction<'_>, commit_id: Option<i64>, now: DateTime<Utc>) -> Result<Vec<Job>> {
+    let mut statement = tx.prepare(
+        "SELECT j.id, j.attempt, c.repo, c.url, c.branch, c.sha, j.shard_index, j.shard_count,
+                j.command, j.timeout_ms, j.env
+         FROM jobs j JOIN commits c ON c.id = j.commit_id
+         WHERE j.published = 0 AND j.status = 'queued' AND (?1 IS NULL OR j.commit_id = ?1)
+         ORDER BY j.commit_id, j.shard_index",
+    )?;
+    let rows = statement
+        .query_map(params![commit_id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, u32>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, u32>(6)?,
+                row.get::<_, u32>(7)?,
+                row.get::<_, String>(8)?,
+                row.get::<_, u64>(9)?,
+                row.get::<_, String>(10)?,
+            ))
+        })?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        tx.execute(
+            "UPDATE jobs SET published_at = ?2 WHERE id = ?1",
+            params![row.0, ts(now)],
+        )?;
+        jobs.push(Job {
+            job_id: row.0.parse().map_err(|e| corrupt("jobs.id", e))?,
+            attempt: row.1,
+            repo: RepoName::parse(&row.2).map_err(|e| corrupt("repo", e))?,
+            url: RepoUrl::parse(&row.3).map_err(|e| corrupt("url", e))?,
+            branch: BranchName::parse(&row.4).map_err(|e| corrupt("branch", e))?,
+            sha: CommitId::parse(&row.5).map_err(|e| corrupt("sha", e))?,
+            shard: Shard {
+                index: row.6,
+                count: row.7,
+            },
+            command: serde_json::from_str(&row.8).map_err(|e| corrupt("command", e))?,
+            timeout_ms: row.9,
+            env: serde_json::from_str(&row.10).map_err(|e| corrupt("env", e))?,
+            published_at: now,
+        });
+    }
+    Ok(jobs)
+}
+
+/// If every job of the commit has a status, gives the commit the aggregate
+/// status and returns its id.
+fn finish_commit_if_done(tx: &Transaction<'_>, commit_id: i64, now: DateTime<Utc>) -> Result<Option<i64>> {
+    let mut statement = tx.prepare("SELECT status FROM jobs WHERE commit_id = ?1")?;
+    let statuses = statement
+        .query_map(params![commit_id], |row| row.get::<_, String>(0))?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if statuses.iter().any(|status| status == QUEUED) {
+        return Ok(None);
+    }
+    let statuses = statuses
+        .iter()
+        .map(|status| parse_status("jobs.status", status))
+        .collect::<Result<Vec<_>>>()?;
+    let status = JobStatus::aggregate(statuses);
+    tx.execute(
+        "UPDATE commits SET status = ?2, finished_at = ?3 WHERE id = ?1",
+        params![commit_id, status.as_str(), ts(now)],
+    )?;
+    Ok(Some(commit_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use warren_common::ids::WorkerId;
+
+    fn event(sha: &str) -> CommitEvent {
+        CommitEvent {
+            repo: RepoName::parse("api").unwrap(),
+            url: RepoUrl::parse("/srv/api.git").unwrap(),
+            branch: BranchName::parse("main").unwrap(),
+            sha: CommitId::parse(&sha.repeat(40)).unwrap(),
+            parents: vec![],
+            author: "A <a@x>".into(),
+            summary: "change".into(),
+            committed_at: Utc::now(),
+            detected_at: Utc::now(),
+        }
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            command: TestCommand::Shell("make test".into()),
+            timeout: Duration::from_secs(60),
+            env: BTreeMap::new(),
+        }
+    }
+
+    fn result(job: &Job, worker: &str, status: JobStatus) -> JobResult {
+        JobResult {
+            job_id: job.job_id,
+            attempt: job.attempt,
+            worker: WorkerId::parse(worker).unwrap(),
+            host: "h".into(),
+            repo: job.repo.clone(),
+            sha: job.sha.clone(),
+            status,
+            exit_code: Some(if status == JobStatus::Passed { 0 } else { 1 }),
+            signal: None,
+            message: None,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            checkout_ms: 3,
+            duration_ms: 10,
+            output: format!("output of {worker}"),
+            output_truncated: false,
+            output_bytes: 12,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db/warren.db"), SyncMode::Normal).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn commits_are_deduplicated_by_repo_and_sha() {
+        let (_dir, mut store) = store();
+        let e = event("a");
+        assert_eq!(store.see_commit(&e.repo, &e.sha).unwrap(), CommitSeen::New);
+        store.insert_planned(&e, &plan(), Utc::now()).unwrap();
+        assert!(matches!(store.see_commit(&e.repo, &e.sha).unwrap(), CommitSeen::Duplicate { .. }));
+        assert!(store.insert_planned(&e, &plan(), Utc::now()).is_err(), "unique (repo, sha)");
+    }
+
+    #[test]
+    fn unconfirmed_jobs_are_found_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.db");
+        let jobs = {
+            let mut store = Store::open(&path, SyncMode::Normal).unwrap();
+            store.insert_planned(&event("b"), &plan(), Utc::now()).unwrap()
+        };
+        let mut store = Store::open(&path, SyncMode::Normal).unwrap();
+        let again = store.unpublished_jobs(Utc::now()).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].job_id, jobs[0].job_id);
+        store.mark_published(&again).unwrap();
+        assert!(store.unpublished_jobs(Utc::now()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_first_result_decides_and_later_ones_are_counted() {
+        let (_dir, mut store) = store();
+        let jobs = store.insert_planned(&event("c"), &plan(), Utc::now()).unwrap();
+        let job = &jobs[0];
+        let first = store
+            .record_result(&result(job, "w1", JobStatus::Failed), Utc::now())
+            .unwrap();
+        let ResultRecorded::Decided { commit_finished: Some(commit_id) } = first else {
+            panic!("expected the commit to finish, got {first:?}");
+        };
+        let late = store
+            .record_result(&result(job, "w2", JobStatus::Passed), Utc::now())
+            .unwrap();
+        assert_eq!(late, ResultRecorded::Late);
+        let report = store.commit_report(commit_id).unwrap().explain();
+        assert_eq!(report.status, Some(JobStatus::Failed));
+        assert_eq!(report.message.as_deref(), Some("the command exited with status 1"));
+        let job = &report.jobs[0];
+        assert_eq!(job.worker.as_deref(), Some("w1"));
+        assert_eq!(job.output, "output of w1");
+        assert_eq!(job.late_results, 1);
+        let states: Vec<_> = job.attempts.iter().map(|a| (a.worker.as_str(), a.state.as_str())).collect();
+        assert_eq!(states, [("w1", "finished"), ("w2", "late")]);
+        assert_eq!(store.unwritten_results().unwrap(), [commit_id]);
+        store.mark_written(commit_id).unwrap();
+        assert!(store.unwritten_results().unwrap().is_empty());
+    }
+
+    #[test]
+    fn results_for_unknown_or_mismatched_jobs_are_rejected() {
+        let (_dir, mut store) = store();
+        let jobs = store.insert_planned(&event("d"), &plan(), Utc::now()).unwrap();
+        let mut stranger = result(&jobs[0], "w", JobStatus::Passed);
+        stranger.job_id = JobId::new();
+        assert!(matches!(store.record_result(&stranger, Utc::now()).unwrap(), ResultRecorded::Rejected(_)));
+        let mut wrong_sha = result(&jobs[0], "w", JobStatus::Passed);
+        wrong_sha.sha = CommitId::parse(&"e".repeat(40)).unwrap();
+        assert!(matches!(store.record_result(&wrong_sha, Utc::now()).unwrap(), ResultRecorded::Rejected(_)));
+        let mut future = result(&jobs[0], "w", JobStatus::Passed);
+        future.attempt = 9;
+        assert!(matches!(store.record_result(&future, Utc::now()).unwrap(), ResultRecorded::Rejected(_)));
+    }
+
+    #[test]
+    fn events_open_attempts_and_heartbeats_renew_them() {
+        let (_dir, mut store) = store();
+        let jobs = store.insert_planned(&event("f"), &plan(), Utc::now()).unwrap();
+        let mut e = JobEvent {
+            job_id: jobs[0].job_id,
+            attempt: 1,
+            worker: WorkerId::parse("w1").unwrap(),
+            host: "h".into(),
+            event: JobEventKind::Heartbeat,
+            at: Utc::now(),
+        };
+        assert!(store.record_event(&e).unwrap(), "a heartbeat before started still counts");
+        e.event = JobEventKind::Started;
+        assert!(store.record_event(&e).unwrap());
+        e.job_id = JobId::new();
+        assert!(!store.record_event(&e).unwrap());
+    }
+
+    #[test]
+    fn errored_commits_are_finished_at_once() {
+        let (_dir, mut store) = store();
+        let id = store.insert_errored(&event("9"), "warren.toml is invalid", Utc::now()).unwrap();
+        let report = store.commit_report(id).unwrap();
+        assert_eq!(report.status, Some(JobStatus::Error));
+        assert_eq!(report.message.as_deref(), Some("warren.toml is invalid"));
+        assert!(report.jobs.is_empty());
+        assert_eq!(store.unwritten_results().unwrap(), [id]);
+    }
+}

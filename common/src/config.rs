@@ -105,9 +105,8 @@ pub fn load<S: DeserializeOwned>(
                 message: "file not found (or not a regular file)".into(),
             });
         }
-        builder = builder.add_source(
-            config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
-        );
+        builder = builder
+            .add_source(config::File::from(path.to_path_buf()).format(config::FileFormat::Toml));
     }
     let settings = builder
         .add_source(environment)
@@ -221,7 +220,10 @@ impl BrokerConfig {
         if !(1..=1000).contains(&settings.delivery_limit) {
             return Err(source.invalid(
                 "broker.delivery_limit",
-                format!("must be between 1 and 1000, got {}", settings.delivery_limit),
+                format!(
+                    "must be between 1 and 1000, got {}",
+                    settings.delivery_limit
+                ),
             ));
         }
         if settings.reconnect_max_delay < Duration::from_millis(100)
@@ -273,12 +275,7 @@ pub fn safe_url(url: &str) -> String {
         Some(at) => {
             let userinfo = &authority[..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{}{}:***@{}",
-                &url[..scheme_end + 3],
-                user,
-                &rest[at + 1..]
-            )
+            format!("{}{}:***@{}", &url[..scheme_end + 3], user, &rest[at + 1..])
         }
         None => url.to_owned(),
     }
@@ -370,7 +367,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_that_name_the_file_and_key() {
         let file = write("[broker]\nprefx = \"x\"\n");
-        let err = load::<Sample>(Some(file.path()), &[]).unwrap_err().to_string();
+        let err = load::<Sample>(Some(file.path()), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("prefx"), "{err}");
         assert!(err.contains(&file.path().display().to_string()), "{err}");
     }
@@ -378,7 +377,9 @@ mod tests {
     #[test]
     fn wrong_types_name_the_key() {
         let file = write("[broker]\ndelivery_limit = \"many\"\n");
-        let err = load::<Sample>(Some(file.path()), &[]).unwrap_err().to_string();
+        let err = load::<Sample>(Some(file.path()), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("delivery_limit"), "{err}");
     }
 
@@ -387,7 +388,10 @@ mod tests {
         let err = load::<Sample>(Some(Path::new("/nonexistent/w.toml")), &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("/nonexistent/w.toml") && err.contains("not found"), "{err}");
+        assert!(
+            err.contains("/nonexistent/w.toml") && err.contains("not found"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -405,7 +409,10 @@ mod tests {
         let err = BrokerConfig::from_settings(&settings.broker, &source)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("broker.url") && !err.contains("hunter2"), "{err}");
+        assert!(
+            err.contains("broker.url") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -420,6 +427,9 @@ mod tests {
     #[test]
     fn env_names_follow_the_key_path() {
         assert_eq!(env_name("broker.url"), "WARREN_BROKER__URL");
-        assert_eq!(env_name("worker.allowed_repos"), "WARREN_WORKER__ALLOWED_REPOS");
+        assert_eq!(
+            env_name("worker.allowed_repos"),
+            "WARREN_WORKER__ALLOWED_REPOS"
+        );
     }
 }

@@ -212,7 +212,11 @@ fn validate_branch_name(value: &str) -> Result<String, InvalidId> {
         ));
     }
     if value.contains("..") || value.contains("@{") || value == "@" {
-        return Err(invalid(KIND, value, "must not contain '..' or '@{' or be '@'"));
+        return Err(invalid(
+            KIND,
+            value,
+            "must not contain '..' or '@{' or be '@'",
+        ));
     }
     if value.starts_with('-') {
         return Err(invalid(KIND, value, "must not start with '-'"));

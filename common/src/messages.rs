@@ -84,7 +84,9 @@ pub fn decode<M: Message>(body: &[u8]) -> Result<M, DecodeError> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let serde_json::Value::Object(mut fields) = value else {
-        return Err(DecodeError::NotJson("top-level value is not an object".into()));
+        return Err(DecodeError::NotJson(
+            "top-level value is not an object".into(),
+        ));
     };
     let schema = fields.remove("schema").unwrap_or(serde_json::Value::Null);
     if schema != serde_json::Value::from(SCHEMA_VERSION) {
@@ -97,13 +99,12 @@ pub fn decode<M: Message>(body: &[u8]) -> Result<M, DecodeError> {
             expected: M::TYPE,
         });
     }
-    let message: M =
-        serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| {
-            DecodeError::Invalid {
-                kind: M::TYPE,
-                reason: e.to_string(),
-            }
-        })?;
+    let message: M = serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| {
+        DecodeError::Invalid {
+            kind: M::TYPE,
+            reason: e.to_string(),
+        }
+    })?;
     message.validate().map_err(|reason| DecodeError::Invalid {
         kind: M::TYPE,
         reason,
@@ -401,7 +402,10 @@ mod tests {
         }
     }
 
-    fn reencode(job: &Job, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Vec<u8> {
+    fn reencode(
+        job: &Job,
+        edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+    ) -> Vec<u8> {
         let mut value: serde_json::Value = serde_json::from_slice(&encode(job)).unwrap();
         edit(value.as_object_mut().unwrap());
         serde_json::to_vec(&value).unwrap()
@@ -430,19 +434,84 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"not json".to_vec(), "not a JSON object"),
             (b"[1,2]".to_vec(), "not a JSON object"),
-            (reencode(&job, |m| { m.insert("schema".into(), 2.into()); }), "schema version"),
-            (reencode(&job, |m| { m.remove("schema"); }), "schema version"),
-            (reencode(&job, |m| { m.insert("type".into(), "commit".into()); }), "message type"),
-            (reencode(&job, |m| { m.insert("extra".into(), 1.into()); }), "unknown field"),
-            (reencode(&job, |m| { m.remove("sha"); }), "missing field"),
-            (reencode(&job, |m| { m.insert("sha".into(), "../../x".into()); }), "commit id"),
-            (reencode(&job, |m| { m.insert("repo".into(), "a/b".into()); }), "repository name"),
-            (reencode(&job, |m| { m.insert("shard".into(), serde_json::json!({"index": 3, "count": 2})); }), "out of range"),
-            (reencode(&job, |m| { m.insert("attempt".into(), 0.into()); }), "attempt"),
-            (reencode(&job, |m| { m.insert("timeout_ms".into(), 0.into()); }), "timeout_ms"),
-            (reencode(&job, |m| { m.insert("command".into(), "".into()); }), "command is empty"),
-            (reencode(&job, |m| { m.insert("env".into(), serde_json::json!({"WARREN_X": "1"})); }), "reserved"),
-            (reencode(&job, |m| { m.insert("env".into(), serde_json::json!({"A=B": "1"})); }), "not valid"),
+            (
+                reencode(&job, |m| {
+                    m.insert("schema".into(), 2.into());
+                }),
+                "schema version",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.remove("schema");
+                }),
+                "schema version",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("type".into(), "commit".into());
+                }),
+                "message type",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("extra".into(), 1.into());
+                }),
+                "unknown field",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.remove("sha");
+                }),
+                "missing field",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("sha".into(), "../../x".into());
+                }),
+                "commit id",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("repo".into(), "a/b".into());
+                }),
+                "repository name",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("shard".into(), serde_json::json!({"index": 3, "count": 2}));
+                }),
+                "out of range",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("attempt".into(), 0.into());
+                }),
+                "attempt",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("timeout_ms".into(), 0.into());
+                }),
+                "timeout_ms",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("command".into(), "".into());
+                }),
+                "command is empty",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("env".into(), serde_json::json!({"WARREN_X": "1"}));
+                }),
+                "reserved",
+            ),
+            (
+                reencode(&job, |m| {
+                    m.insert("env".into(), serde_json::json!({"A=B": "1"}));
+                }),
+                "not valid",
+            ),
         ];
         for (body, expected) in cases {
             let err = decode::<Job>(&body).unwrap_err().to_string();
@@ -453,7 +522,10 @@ mod tests {
     #[test]
     fn oversize_bodies_are_refused_before_parsing() {
         let body = vec![b' '; MAX_BODY_BYTES + 1];
-        assert!(matches!(decode::<Job>(&body), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode::<Job>(&body),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -20,9 +20,9 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Confirmation, PublisherConfirm};
 use tracing::{debug, warn};
 
 /// AMQP header naming why a message was dead-lettered by Warren.
@@ -92,8 +92,8 @@ impl Session {
         app_id: &'static str,
         name: &str,
     ) -> Result<Self, SessionError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(LongString::from(name.to_owned()));
+        let properties =
+            ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
         let connection = Connection::connect_uri(broker.uri().clone(), properties)
             .await
             .map_err(|source| SessionError::Connect {
@@ -147,7 +147,10 @@ impl Session {
         message: &M,
         outgoing: Outgoing<'_>,
     ) -> Result<(), PublishError> {
-        self.start_publish(queue, message, outgoing).await?.wait().await
+        self.start_publish(queue, message, outgoing)
+            .await?
+            .wait()
+            .await
     }
 
     /// Sends `message` and returns without waiting for the confirm, so that
@@ -241,11 +244,7 @@ impl Session {
         from: Queue,
         reason: &str,
     ) -> Result<(), PublishError> {
-        let mut headers = delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(
             ShortString::from(REASON_HEADER),
             AMQPValue::LongString(LongString::from(reason.to_owned())),

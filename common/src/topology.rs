@@ -184,7 +184,10 @@ impl Topology {
             }
             Queue::Events => {
                 set("x-message-ttl", AMQPValue::LongLongInt(EVENT_TTL_MS));
-                set("x-max-length", AMQPValue::LongLongInt(EVENT_QUEUE_MAX_LENGTH));
+                set(
+                    "x-max-length",
+                    AMQPValue::LongLongInt(EVENT_QUEUE_MAX_LENGTH),
+                );
                 set("x-single-active-consumer", AMQPValue::Boolean(true));
             }
             Queue::Dead => {}
@@ -213,7 +216,10 @@ mod tests {
             args.get("x-queue-type"),
             Some(&AMQPValue::LongString("quorum".into()))
         );
-        assert_eq!(args.get("x-delivery-limit"), Some(&AMQPValue::LongLongInt(7)));
+        assert_eq!(
+            args.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(7))
+        );
         assert_eq!(
             args.get("x-dead-letter-exchange"),
             Some(&AMQPValue::LongString("p.dead".into()))

@@ -60,7 +60,10 @@ enum ServeError {
 /// as needed). Returns an error only if the database fails.
 pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut store = Store::open(&config.database, config.sync).map_err(|error| {
-        anyhow::anyhow!("opening the database {}: {error}", config.database.display())
+        anyhow::anyhow!(
+            "opening the database {}: {error}",
+            config.database.display()
+        )
     })?;
     let mut dispatcher = Dispatcher {
         config,
@@ -105,12 +108,15 @@ impl Dispatcher<'_> {
     async fn serve(&mut self, session: &Session, shutdown: &Shutdown) -> Result<(), ServeError> {
         self.recover(session).await?;
         let prefetch = self.config.prefetch;
-        let (_commits_channel, mut commits) =
-            session.consume(Queue::Commits, prefetch, "dispatcher-commits").await?;
-        let (_results_channel, mut results) =
-            session.consume(Queue::Results, prefetch, "dispatcher-results").await?;
-        let (_events_channel, mut events) =
-            session.consume(Queue::Events, prefetch, "dispatcher-events").await?;
+        let (_commits_channel, mut commits) = session
+            .consume(Queue::Commits, prefetch, "dispatcher-commits")
+            .await?;
+        let (_results_channel, mut results) = session
+            .consume(Queue::Results, prefetch, "dispatcher-results")
+            .await?;
+        let (_events_channel, mut events) = session
+            .consume(Queue::Events, prefetch, "dispatcher-events")
+            .await?;
         let mut rewrite = tokio::time::interval(Duration::from_secs(REWRITE_INTERVAL_SECS));
         loop {
             // Results first: they finish commits, which is what users wait for.
@@ -139,7 +145,10 @@ impl Dispatcher<'_> {
     async fn recover(&mut self, session: &Session) -> Result<(), ServeError> {
         let jobs = self.store.unpublished_jobs(Utc::now())?;
         if !jobs.is_empty() {
-            info!(jobs = jobs.len(), "publishing jobs whose publish was not confirmed");
+            info!(
+                jobs = jobs.len(),
+                "publishing jobs whose publish was not confirmed"
+            );
             self.publish_jobs(session, &jobs).await?;
         }
         self.write_pending_results()?;
@@ -149,15 +158,17 @@ impl Dispatcher<'_> {
     async fn on_commit(&mut self, session: &Session, delivery: Delivery) -> Result<(), ServeError> {
         let event = match decode::<CommitEvent>(&delivery.data) {
             Ok(event) => event,
-            Err(error) => return reject(session, &delivery, Queue::Commits, &error).await,
+            Err(error) => return reject(session, &delivery, Queue::Commits, error).await,
         };
-        if let CommitSeen::Duplicate { commit_id } = self.store.see_commit(&event.repo, &event.sha)? {
+        if let CommitSeen::Duplicate { commit_id } =
+            self.store.see_commit(&event.repo, &event.sha)?
+        {
             debug!(repo = %event.repo, sha = %event.sha, commit_id, "duplicate commit event");
             delivery.ack(BasicAckOptions::default()).await?;
             return Ok(());
         }
         let now = Utc::now();
-        match self.plan(&event).await {
+        match plan(&self.config, &event).await {
             Ok(plan) => {
                 let jobs = self.store.insert_planned(&event, &plan, now)?;
                 self.publish_jobs(session, &jobs).await?;
@@ -171,35 +182,6 @@ impl Dispatcher<'_> {
         }
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(())
-    }
-
-    /// Reads the commit's `warren.toml` (retrying fetch failures a few
-    /// times) and plans its jobs, or says why it cannot be tested.
-    async fn plan(&self, event: &CommitEvent) -> Result<spec::Plan, String> {
-        let mut backoff = Backoff::new(Duration::from_secs(2));
-        let mut attempt = 1;
-        let contents = loop {
-            let mirror_dir = self.config.mirror_dir.clone();
-            let (repo, url, sha) = (event.repo.clone(), event.url.clone(), event.sha.clone());
-            let read = tokio::task::spawn_blocking(move || {
-                mirror::read_spec(&mirror_dir, &repo, &url, &sha)
-            })
-            .await
-            .map_err(|error| format!("reading {}: {error}", spec::SPEC_FILE))?;
-            match read {
-                Ok(contents) => break contents,
-                Err(error) if error.is_retryable() && attempt < FETCH_ATTEMPTS => {
-                    warn!(repo = %event.repo, %error, attempt, "fetch failed; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(backoff.next_delay() * 5).await;
-                }
-                Err(error @ MirrorError::Fetch { .. }) => {
-                    return Err(format!("{error} (after {FETCH_ATTEMPTS} attempts)"));
-                }
-                Err(error) => return Err(error.to_string()),
-            }
-        };
-        spec::plan(contents.as_deref(), &self.config.defaults, self.config.max_timeout)
     }
 
     /// Publishes job attempts (pipelined) and records their confirms.
@@ -228,7 +210,7 @@ impl Dispatcher<'_> {
     async fn on_result(&mut self, session: &Session, delivery: Delivery) -> Result<(), ServeError> {
         let result = match decode::<JobResult>(&delivery.data) {
             Ok(result) => result,
-            Err(error) => return reject(session, &delivery, Queue::Results, &error).await,
+            Err(error) => return reject(session, &delivery, Queue::Results, error).await,
         };
         match self.store.record_result(&result, Utc::now())? {
             ResultRecorded::Decided { commit_finished } => {
@@ -245,7 +227,7 @@ impl Dispatcher<'_> {
                       "late result ignored: the job was already decided");
             }
             ResultRecorded::Rejected(reason) => {
-                return reject(session, &delivery, Queue::Results, &reason).await;
+                return reject(session, &delivery, Queue::Results, reason).await;
             }
         }
         delivery.ack(BasicAckOptions::default()).await?;
@@ -255,11 +237,14 @@ impl Dispatcher<'_> {
     async fn on_event(&mut self, session: &Session, delivery: Delivery) -> Result<(), ServeError> {
         let event = match decode::<JobEvent>(&delivery.data) {
             Ok(event) => event,
-            Err(error) => return reject(session, &delivery, Queue::Events, &error).await,
+            Err(error) => return reject(session, &delivery, Queue::Events, error).await,
         };
         if !self.store.record_event(&event)? {
-            let reason = format!("event for job {}, which this dispatcher never planned", event.job_id);
-            return reject(session, &delivery, Queue::Events, &reason).await;
+            let reason = format!(
+                "event for job {}, which this dispatcher never planned",
+                event.job_id
+            );
+            return reject(session, &delivery, Queue::Events, reason).await;
         }
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(())
@@ -293,12 +278,40 @@ impl Dispatcher<'_> {
     }
 }
 
+/// Reads the commit's `warren.toml` (retrying fetch failures a few
+/// times) and plans its jobs, or says why it cannot be tested.
+async fn plan(config: &DispatcherConfig, event: &CommitEvent) -> Result<spec::Plan, String> {
+    let mut backoff = Backoff::new(Duration::from_secs(2));
+    let mut attempt = 1;
+    let contents = loop {
+        let mirror_dir = config.mirror_dir.clone();
+        let (repo, url, sha) = (event.repo.clone(), event.url.clone(), event.sha.clone());
+        let read =
+            tokio::task::spawn_blocking(move || mirror::read_spec(&mirror_dir, &repo, &url, &sha))
+                .await
+                .map_err(|error| format!("reading {}: {error}", spec::SPEC_FILE))?;
+        match read {
+            Ok(contents) => break contents,
+            Err(error) if error.is_retryable() && attempt < FETCH_ATTEMPTS => {
+                warn!(repo = %event.repo, %error, attempt, "fetch failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(backoff.next_delay() * 5).await;
+            }
+            Err(error @ MirrorError::Fetch { .. }) => {
+                return Err(format!("{error} (after {FETCH_ATTEMPTS} attempts)"));
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    };
+    spec::plan(contents.as_deref(), &config.defaults, config.max_timeout)
+}
+
 /// Dead-letters a delivery that cannot be processed, logging it once.
 async fn reject(
     session: &Session,
     delivery: &Delivery,
     from: Queue,
-    reason: &dyn std::fmt::Display,
+    reason: impl std::fmt::Display,
 ) -> Result<(), ServeError> {
     let reason = reason.to_string();
     warn!(queue = ?from, message_id = %message_id(delivery), %reason, "message rejected to the dead-letter queue");

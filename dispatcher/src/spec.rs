@@ -59,40 +59,42 @@ pub fn plan(
     defaults: &TestSpec,
     max_timeout: Duration,
 ) -> Result<Plan, String> {
-    let file = match contents {
-        None => None,
-        Some(bytes) if bytes.len() > MAX_SPEC_BYTES => {
-            return Err(format!(
-                "{SPEC_FILE} is {} bytes, more than the limit of {MAX_SPEC_BYTES}",
-                bytes.len()
-            ));
-        }
-        Some(bytes) => {
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| format!("{SPEC_FILE} is not valid UTF-8"))?;
-            Some(
-                toml::from_str::<SpecFile>(text)
-                    .map_err(|error| format!("{SPEC_FILE} is invalid: {}", error.to_string().trim()))?,
-            )
-        }
-    };
+    let file =
+        match contents {
+            None => None,
+            Some(bytes) if bytes.len() > MAX_SPEC_BYTES => {
+                return Err(format!(
+                    "{SPEC_FILE} is {} bytes, more than the limit of {MAX_SPEC_BYTES}",
+                    bytes.len()
+                ));
+            }
+            Some(bytes) => {
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| format!("{SPEC_FILE} is not valid UTF-8"))?;
+                Some(toml::from_str::<SpecFile>(text).map_err(|error| {
+                    format!("{SPEC_FILE} is invalid: {}", error.to_string().trim())
+                })?)
+            }
+        };
     let (command, timeout, env) = match file {
         Some(file) => (file.command, file.timeout, file.env),
         None => (None, None, BTreeMap::new()),
     };
-    let command = command.or_else(|| defaults.command.clone()).ok_or_else(|| {
-        if contents.is_some() {
-            format!(
-                "{SPEC_FILE} has no `command` and the dispatcher has no default \
+    let command = command
+        .or_else(|| defaults.command.clone())
+        .ok_or_else(|| {
+            if contents.is_some() {
+                format!(
+                    "{SPEC_FILE} has no `command` and the dispatcher has no default \
                  (defaults.command)"
-            )
-        } else {
-            format!(
-                "the commit has no {SPEC_FILE} at its root and the dispatcher has no \
+                )
+            } else {
+                format!(
+                    "the commit has no {SPEC_FILE} at its root and the dispatcher has no \
                  default command (defaults.command)"
-            )
-        }
-    })?;
+                )
+            }
+        })?;
     command
         .validate()
         .map_err(|message| format!("{SPEC_FILE}: `command`: {message}"))?;
@@ -159,7 +161,10 @@ mod tests {
             (b"command = \"x\"\ntimeout = \"2h\"", "at most 1h"),
             (b"command = \"x\"\ntimeout = \"soon\"", "invalid"),
             (b"command = []", "command is empty"),
-            (b"command = \"x\"\n[env]\nWARREN_BROKER__URL = \"x\"", "reserved"),
+            (
+                b"command = \"x\"\n[env]\nWARREN_BROKER__URL = \"x\"",
+                "reserved",
+            ),
         ];
         for (contents, expected) in cases {
             let err = plan(Some(contents), &defaults(None), MAX).unwrap_err();
@@ -170,6 +175,10 @@ mod tests {
         let err = plan(Some(&[0xff, 0xfe]), &defaults(None), MAX).unwrap_err();
         assert!(err.contains("UTF-8"), "{err}");
         let big = vec![b'#'; MAX_SPEC_BYTES + 1];
-        assert!(plan(Some(&big), &defaults(None), MAX).unwrap_err().contains("limit"));
+        assert!(
+            plan(Some(&big), &defaults(None), MAX)
+                .unwrap_err()
+                .contains("limit")
+        );
     }
 }

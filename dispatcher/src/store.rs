@@ -30,7 +30,10 @@ pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("database holds an invalid value in {column}: {message}")]
-    Corrupt { column: &'static str, message: String },
+    Corrupt {
+        column: &'static str,
+        message: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -284,7 +287,9 @@ impl Store {
         let job_id = event.job_id.to_string();
         let known: Option<i64> = self
             .conn
-            .query_row("SELECT 1 FROM jobs WHERE id = ?1", params![job_id], |row| row.get(0))
+            .query_row("SELECT 1 FROM jobs WHERE id = ?1", params![job_id], |row| {
+                row.get(0)
+            })
             .optional()?;
         if known.is_none() {
             return Ok(false);
@@ -313,7 +318,11 @@ impl Store {
 
     /// Records a job result: the first one decides the job, later ones are
     /// kept as late attempts and counted.
-    pub fn record_result(&mut self, result: &JobResult, now: DateTime<Utc>) -> Result<ResultRecorded> {
+    pub fn record_result(
+        &mut self,
+        result: &JobResult,
+        now: DateTime<Utc>,
+    ) -> Result<ResultRecorded> {
         let tx = self.conn.transaction()?;
         let job_id = result.job_id.to_string();
         let job: Option<(i64, String, String, String, u32)> = tx
@@ -321,7 +330,15 @@ impl Store {
                 "SELECT j.commit_id, j.status, c.repo, c.sha, j.attempt
                  FROM jobs j JOIN commits c ON c.id = j.commit_id WHERE j.id = ?1",
                 params![job_id],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                },
             )
             .optional()?;
         let Some((commit_id, status, repo, sha, latest_attempt)) = job else {
@@ -373,7 +390,11 @@ impl Store {
                 result.duration_ms,
                 // A late result's output is not part of any verdict; keep
                 // the database small.
-                if decided { Some(result.output.as_str()) } else { None },
+                if decided {
+                    Some(result.output.as_str())
+                } else {
+                    None
+                },
                 result.output_truncated,
                 result.output_bytes,
             ],
@@ -424,61 +445,68 @@ impl Store {
 
     /// Everything the result file of `commit_id` says.
     pub fn commit_report(&self, commit_id: i64) -> Result<CommitReport> {
-        let mut report = self.conn.query_row(
-            "SELECT repo, sha, branch, author, summary, committed_at, detected_at, received_at,
+        let mut report = self
+            .conn
+            .query_row(
+                "SELECT repo, sha, branch, author, summary, committed_at, detected_at, received_at,
                     status, message, finished_at, duplicate_events
              FROM commits WHERE id = ?1",
-            params![commit_id],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, String>(6)?,
-                    row.get::<_, String>(7)?,
-                    row.get::<_, String>(8)?,
-                    row.get::<_, Option<String>>(9)?,
-                    row.get::<_, Option<String>>(10)?,
-                    row.get::<_, u64>(11)?,
-                ))
-            },
-        )
-        .map_err(StoreError::from)
-        .and_then(|row| {
-            Ok(CommitReport {
-                schema: 1,
-                repo: RepoName::parse(&row.0).map_err(|e| corrupt("repo", e))?,
-                sha: CommitId::parse(&row.1).map_err(|e| corrupt("sha", e))?,
-                branch: BranchName::parse(&row.2).map_err(|e| corrupt("branch", e))?,
-                author: row.3,
-                summary: row.4,
-                committed_at: parse_ts("committed_at", &row.5)?,
-                detected_at: parse_ts("detected_at", &row.6)?,
-                received_at: parse_ts("received_at", &row.7)?,
-                status: if row.8 == RUNNING {
-                    None
-                } else {
-                    Some(parse_status("status", &row.8)?)
+                params![commit_id],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                        row.get::<_, String>(6)?,
+                        row.get::<_, String>(7)?,
+                        row.get::<_, String>(8)?,
+                        row.get::<_, Option<String>>(9)?,
+                        row.get::<_, Option<String>>(10)?,
+                        row.get::<_, u64>(11)?,
+                    ))
                 },
-                message: row.9,
-                started_at: None,
-                finished_at: parse_opt_ts("finished_at", row.10)?,
-                duration_ms: None,
-                duplicate_events: row.11,
-                jobs: Vec::new(),
-            })
-        })?;
+            )
+            .map_err(StoreError::from)
+            .and_then(|row| {
+                Ok(CommitReport {
+                    schema: 1,
+                    repo: RepoName::parse(&row.0).map_err(|e| corrupt("repo", e))?,
+                    sha: CommitId::parse(&row.1).map_err(|e| corrupt("sha", e))?,
+                    branch: BranchName::parse(&row.2).map_err(|e| corrupt("branch", e))?,
+                    author: row.3,
+                    summary: row.4,
+                    committed_at: parse_ts("committed_at", &row.5)?,
+                    detected_at: parse_ts("detected_at", &row.6)?,
+                    received_at: parse_ts("received_at", &row.7)?,
+                    status: if row.8 == RUNNING {
+                        None
+                    } else {
+                        Some(parse_status("status", &row.8)?)
+                    },
+                    message: row.9,
+                    started_at: None,
+                    finished_at: parse_opt_ts("finished_at", row.10)?,
+                    duration_ms: None,
+                    duplicate_events: row.11,
+                    jobs: Vec::new(),
+                })
+            })?;
         report.jobs = self.job_reports(commit_id)?;
         report.started_at = report
             .jobs
             .iter()
             .flat_map(|job| job.attempts.iter().filter_map(|a| a.started_at))
             .min();
-        report.duration_ms = match (report.started_at.or(Some(report.received_at)), report.finished_at) {
-            (Some(start), Some(end)) => Some(u64::try_from((end - start).num_milliseconds()).unwrap_or(0)),
+        report.duration_ms = match (
+            report.started_at.or(Some(report.received_at)),
+            report.finished_at,
+        ) {
+            (Some(start), Some(end)) => {
+                Some(u64::try_from((end - start).num_milliseconds()).unwrap_or(0))
+            }
             _ => None,
         };
         Ok(report)
@@ -583,7 +611,10 @@ impl Store {
                     started_at: parse_opt_ts("attempts.started_at", row.4)?,
                     last_heartbeat: parse_opt_ts("attempts.last_heartbeat", row.5)?,
                     finished_at: parse_opt_ts("attempts.finished_at", row.6)?,
-                    status: row.7.map(|s| parse_status("attempts.status", &s)).transpose()?,
+                    status: row
+                        .7
+                        .map(|s| parse_status("attempts.status", &s))
+                        .transpose()?,
                     exit_code: row.8,
                     signal: row.9,
                     message: row.10,
@@ -630,7 +661,11 @@ fn insert_commit(
 
 /// Jobs whose current attempt is not confirmed, optionally of one commit;
 /// stamps their `published_at`.
-fn unpublished_jobs(tx: &Transaction<'_>, commit_id: Option<i64>, now: DateTime<Utc>) -> Result<Vec<Job>> {
+fn unpublished_jobs(
+    tx: &Transaction<'_>,
+    commit_id: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Job>> {
     let mut statement = tx.prepare(
         "SELECT j.id, j.attempt, c.repo, c.url, c.branch, c.sha, j.shard_index, j.shard_count,
                 j.command, j.timeout_ms, j.env
@@ -683,7 +718,11 @@ fn unpublished_jobs(tx: &Transaction<'_>, commit_id: Option<i64>, now: DateTime<
 
 /// If every job of the commit has a status, gives the commit the aggregate
 /// status and returns its id.
-fn finish_commit_if_done(tx: &Transaction<'_>, commit_id: i64, now: DateTime<Utc>) -> Result<Option<i64>> {
+fn finish_commit_if_done(
+    tx: &Transaction<'_>,
+    commit_id: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>> {
     let mut statement = tx.prepare("SELECT status FROM jobs WHERE commit_id = ?1")?;
     let statuses = statement
         .query_map(params![commit_id], |row| row.get::<_, String>(0))?
@@ -765,8 +804,14 @@ mod tests {
         let e = event("a");
         assert_eq!(store.see_commit(&e.repo, &e.sha).unwrap(), CommitSeen::New);
         store.insert_planned(&e, &plan(), Utc::now()).unwrap();
-        assert!(matches!(store.see_commit(&e.repo, &e.sha).unwrap(), CommitSeen::Duplicate { .. }));
-        assert!(store.insert_planned(&e, &plan(), Utc::now()).is_err(), "unique (repo, sha)");
+        assert!(matches!(
+            store.see_commit(&e.repo, &e.sha).unwrap(),
+            CommitSeen::Duplicate { .. }
+        ));
+        assert!(
+            store.insert_planned(&e, &plan(), Utc::now()).is_err(),
+            "unique (repo, sha)"
+        );
     }
 
     #[test]
@@ -775,7 +820,9 @@ mod tests {
         let path = dir.path().join("warren.db");
         let jobs = {
             let mut store = Store::open(&path, SyncMode::Normal).unwrap();
-            store.insert_planned(&event("b"), &plan(), Utc::now()).unwrap()
+            store
+                .insert_planned(&event("b"), &plan(), Utc::now())
+                .unwrap()
         };
         let mut store = Store::open(&path, SyncMode::Normal).unwrap();
         let again = store.unpublished_jobs(Utc::now()).unwrap();
@@ -788,12 +835,17 @@ mod tests {
     #[test]
     fn the_first_result_decides_and_later_ones_are_counted() {
         let (_dir, mut store) = store();
-        let jobs = store.insert_planned(&event("c"), &plan(), Utc::now()).unwrap();
+        let jobs = store
+            .insert_planned(&event("c"), &plan(), Utc::now())
+            .unwrap();
         let job = &jobs[0];
         let first = store
             .record_result(&result(job, "w1", JobStatus::Failed), Utc::now())
             .unwrap();
-        let ResultRecorded::Decided { commit_finished: Some(commit_id) } = first else {
+        let ResultRecorded::Decided {
+            commit_finished: Some(commit_id),
+        } = first
+        else {
             panic!("expected the commit to finish, got {first:?}");
         };
         let late = store
@@ -802,12 +854,19 @@ mod tests {
         assert_eq!(late, ResultRecorded::Late);
         let report = store.commit_report(commit_id).unwrap().explain();
         assert_eq!(report.status, Some(JobStatus::Failed));
-        assert_eq!(report.message.as_deref(), Some("the command exited with status 1"));
+        assert_eq!(
+            report.message.as_deref(),
+            Some("the command exited with status 1")
+        );
         let job = &report.jobs[0];
         assert_eq!(job.worker.as_deref(), Some("w1"));
         assert_eq!(job.output, "output of w1");
         assert_eq!(job.late_results, 1);
-        let states: Vec<_> = job.attempts.iter().map(|a| (a.worker.as_str(), a.state.as_str())).collect();
+        let states: Vec<_> = job
+            .attempts
+            .iter()
+            .map(|a| (a.worker.as_str(), a.state.as_str()))
+            .collect();
         assert_eq!(states, [("w1", "finished"), ("w2", "late")]);
         assert_eq!(store.unwritten_results().unwrap(), [commit_id]);
         store.mark_written(commit_id).unwrap();
@@ -817,22 +876,35 @@ mod tests {
     #[test]
     fn results_for_unknown_or_mismatched_jobs_are_rejected() {
         let (_dir, mut store) = store();
-        let jobs = store.insert_planned(&event("d"), &plan(), Utc::now()).unwrap();
+        let jobs = store
+            .insert_planned(&event("d"), &plan(), Utc::now())
+            .unwrap();
         let mut stranger = result(&jobs[0], "w", JobStatus::Passed);
         stranger.job_id = JobId::new();
-        assert!(matches!(store.record_result(&stranger, Utc::now()).unwrap(), ResultRecorded::Rejected(_)));
+        assert!(matches!(
+            store.record_result(&stranger, Utc::now()).unwrap(),
+            ResultRecorded::Rejected(_)
+        ));
         let mut wrong_sha = result(&jobs[0], "w", JobStatus::Passed);
         wrong_sha.sha = CommitId::parse(&"e".repeat(40)).unwrap();
-        assert!(matches!(store.record_result(&wrong_sha, Utc::now()).unwrap(), ResultRecorded::Rejected(_)));
+        assert!(matches!(
+            store.record_result(&wrong_sha, Utc::now()).unwrap(),
+            ResultRecorded::Rejected(_)
+        ));
         let mut future = result(&jobs[0], "w", JobStatus::Passed);
         future.attempt = 9;
-        assert!(matches!(store.record_result(&future, Utc::now()).unwrap(), ResultRecorded::Rejected(_)));
+        assert!(matches!(
+            store.record_result(&future, Utc::now()).unwrap(),
+            ResultRecorded::Rejected(_)
+        ));
     }
 
     #[test]
     fn events_open_attempts_and_heartbeats_renew_them() {
         let (_dir, mut store) = store();
-        let jobs = store.insert_planned(&event("f"), &plan(), Utc::now()).unwrap();
+        let jobs = store
+            .insert_planned(&event("f"), &plan(), Utc::now())
+            .unwrap();
         let mut e = JobEvent {
             job_id: jobs[0].job_id,
             attempt: 1,
@@ -841,7 +913,10 @@ mod tests {
             event: JobEventKind::Heartbeat,
             at: Utc::now(),
         };
-        assert!(store.record_event(&e).unwrap(), "a heartbeat before started still counts");
+        assert!(
+            store.record_event(&e).unwrap(),
+            "a heartbeat before started still counts"
+        );
         e.event = JobEventKind::Started;
         assert!(store.record_event(&e).unwrap());
         e.job_id = JobId::new();
@@ -851,7 +926,9 @@ mod tests {
     #[test]
     fn errored_commits_are_finished_at_once() {
         let (_dir, mut store) = store();
-        let id = store.insert_errored(&event("9"), "warren.toml is invalid", Utc::now()).unwrap();
+        let id = store
+            .insert_errored(&event("9"), "warren.toml is invalid", Utc::now())
+            .unwrap();
         let report = store.commit_report(id).unwrap();
         assert_eq!(report.status, Some(JobStatus::Error));
         assert_eq!(report.message.as_deref(), Some("warren.toml is invalid"));

@@ -25,7 +25,10 @@ pub struct TestBroker {
 impl TestBroker {
     /// A fresh prefix `t-<name>-<random>`.
     pub fn new(name: &str) -> Self {
-        let prefix = format!("t-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let prefix = format!(
+            "t-{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let settings = BrokerSettings {
             url: broker_url().into(),
             prefix: prefix.clone(),
@@ -48,9 +51,13 @@ impl TestBroker {
 
     /// A session of the test itself (to publish or inspect).
     pub async fn session(&self) -> Session {
-        Session::connect(&self.config, "warren-test", &format!("test {}", self.prefix))
-            .await
-            .expect("the broker at 127.0.0.1:5672 is reachable (see README: starting RabbitMQ)")
+        Session::connect(
+            &self.config,
+            "warren-test",
+            &format!("test {}", self.prefix),
+        )
+        .await
+        .expect("the broker at 127.0.0.1:5672 is reachable (see README: starting RabbitMQ)")
     }
 
     /// (messages ready, consumers) of one queue, by a passive declare.
@@ -115,9 +122,17 @@ impl TestBroker {
     }
 
     /// Consumes up to `n` messages of `queue` within `timeout`, acking them.
-    pub async fn take(&self, queue: Queue, n: usize, timeout: Duration) -> Vec<lapin::message::Delivery> {
+    pub async fn take(
+        &self,
+        queue: Queue,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<lapin::message::Delivery> {
         let session = self.session().await;
-        let (_channel, mut consumer) = session.consume(queue, 100, "test-take").await.expect("consume");
+        let (_channel, mut consumer) = session
+            .consume(queue, 100, "test-take")
+            .await
+            .expect("consume");
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
         while out.len() < n {

@@ -120,7 +120,12 @@ impl Default for Upstream {
     }
 }
 
-fn collect_files(repo: &Repository, tree: &git2::Tree<'_>, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
+fn collect_files(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    prefix: &str,
+    out: &mut BTreeMap<String, Vec<u8>>,
+) {
     for entry in tree.iter() {
         let name = format!("{prefix}{}", entry.name().expect("utf-8 name"));
         match entry.kind() {
@@ -140,7 +145,9 @@ fn write_tree(repo: &Repository, files: &BTreeMap<String, Vec<u8>>, prefix: &str
     let mut builder = repo.treebuilder(None).expect("treebuilder");
     let mut subdirs: BTreeMap<&str, ()> = BTreeMap::new();
     for (path, contents) in files.range(prefix.to_owned()..) {
-        let Some(rest) = path.strip_prefix(prefix) else { break };
+        let Some(rest) = path.strip_prefix(prefix) else {
+            break;
+        };
         match rest.split_once('/') {
             Some((dir, _)) => {
                 subdirs.insert(dir, ());
@@ -152,13 +159,17 @@ fn write_tree(repo: &Repository, files: &BTreeMap<String, Vec<u8>>, prefix: &str
                 } else {
                     FileMode::Blob
                 };
-                builder.insert(rest, blob, mode.into()).expect("insert blob");
+                builder
+                    .insert(rest, blob, mode.into())
+                    .expect("insert blob");
             }
         }
     }
     for dir in subdirs.keys() {
         let oid = write_tree(repo, files, &format!("{prefix}{dir}/"));
-        builder.insert(dir, oid, FileMode::Tree.into()).expect("insert tree");
+        builder
+            .insert(dir, oid, FileMode::Tree.into())
+            .expect("insert tree");
     }
     builder.write().expect("write tree")
 }
@@ -170,13 +181,24 @@ mod tests {
     #[test]
     fn commits_keep_earlier_files_and_nest_folders() {
         let upstream = Upstream::new();
-        upstream.commit("main", "one", &[("a.txt", Some("a")), ("tests/t.sh", Some("#!/bin/sh\n"))]);
+        upstream.commit(
+            "main",
+            "one",
+            &[("a.txt", Some("a")), ("tests/t.sh", Some("#!/bin/sh\n"))],
+        );
         let second = upstream.commit("main", "two", &[("a.txt", None), ("b/c/d.txt", Some("d"))]);
         let repo = Repository::open_bare(upstream.url()).unwrap();
-        let tree = repo.find_commit(Oid::from_str(&second).unwrap()).unwrap().tree().unwrap();
+        let tree = repo
+            .find_commit(Oid::from_str(&second).unwrap())
+            .unwrap()
+            .tree()
+            .unwrap();
         let mut files = BTreeMap::new();
         collect_files(&repo, &tree, "", &mut files);
-        assert_eq!(files.keys().collect::<Vec<_>>(), ["b/c/d.txt", "tests/t.sh"]);
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            ["b/c/d.txt", "tests/t.sh"]
+        );
         let script = tree.get_path(Path::new("tests/t.sh")).unwrap();
         assert_eq!(script.filemode(), i32::from(FileMode::BlobExecutable));
     }

@@ -29,7 +29,9 @@ pub fn bin_dir() -> PathBuf {
 }
 
 fn build_binaries(profile_dir: &Path) {
-    let release = profile_dir.file_name().is_some_and(|name| name == "release");
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
     let mut command = Command::new(env!("CARGO"));
     command.args(["build", "--quiet", "--bins"]);
     for package in ["warren-watcher", "warren-dispatcher", "warren-worker"] {
@@ -45,7 +47,10 @@ fn build_binaries(profile_dir: &Path) {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("running cargo build for the warren binaries");
-    assert!(status.success(), "cargo build of the warren binaries failed");
+    assert!(
+        status.success(),
+        "cargo build of the warren binaries failed"
+    );
 }
 
 /// A running component; killed when dropped.

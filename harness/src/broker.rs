@@ -25,10 +25,15 @@ pub struct TestBroker {
 impl TestBroker {
     /// A fresh prefix `t-<name>-<random>`.
     pub fn new(name: &str) -> Self {
-        let prefix = format!(
+        Self::with_prefix(&format!(
             "t-{name}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        ))
+    }
+
+    /// Exactly this prefix (the demo uses `warren-demo`).
+    pub fn with_prefix(prefix: &str) -> Self {
+        let prefix = prefix.to_owned();
         let settings = BrokerSettings {
             url: broker_url().into(),
             prefix: prefix.clone(),
@@ -166,4 +171,83 @@ impl TestBroker {
 
 fn source() -> ConfigSource {
     ConfigSource::named("test settings")
+}
+
+/// A private queue bound to one of Warren's exchanges that sees a copy of
+/// every message published there (to count what a component published).
+pub struct Tap {
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+}
+
+impl TestBroker {
+    /// Starts copying every message published to the exchange of `queue`.
+    pub async fn tap(&self, queue: Queue) -> Tap {
+        let connection = lapin::Connection::connect_uri(
+            self.config.uri().clone(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        // Make sure the exchange exists before binding to it.
+        self.config
+            .topology
+            .declare(&channel)
+            .await
+            .expect("declare topology");
+        let name = format!("{}.tap-{}", self.prefix, uuid::Uuid::new_v4().simple());
+        channel
+            .queue_declare(
+                ShortString::from(name.clone()),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare tap");
+        channel
+            .queue_bind(
+                ShortString::from(name.clone()),
+                ShortString::from(self.config.topology.exchange(queue)),
+                ShortString::from("#"),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind tap");
+        Tap {
+            connection,
+            channel,
+            queue: name,
+        }
+    }
+}
+
+impl Tap {
+    /// Every message copied so far (bodies), removing them from the tap.
+    pub async fn drain(&self) -> Vec<Vec<u8>> {
+        let mut bodies = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(
+                ShortString::from(self.queue.clone()),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            bodies.push(message.delivery.data);
+        }
+        bodies
+    }
+
+    /// Closes the tap (its queue is deleted with the connection).
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
 }

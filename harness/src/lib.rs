@@ -3,9 +3,13 @@
 //! - [`broker`]: a unique name prefix per test on the real broker, with
 //!   helpers to read queue depths and dead letters, and clean-up.
 //! - [`git`]: real git repositories to commit to (bare, like a forge).
+//! - [`cluster`]: a whole installation from the real binaries.
+//! - [`sample`]: the sample project and the demo's story of commits.
 //! - [`process`]: start the real binaries with a config file, stop them,
 //!   and wait for files with a deadline instead of sleeping.
 
 pub mod broker;
+pub mod cluster;
 pub mod git;
 pub mod process;
+pub mod sample;

@@ -1,0 +1,315 @@
+//! A whole Warren installation from the real binaries: one dispatcher, N
+//! workers and a watcher, each with its own TOML file, watching one bare
+//! repository, under a private broker prefix. The end-to-end tests, the demo
+//! and the benchmark all start one of these.
+
+use crate::broker::TestBroker;
+use crate::git::Upstream;
+use crate::process::{Component, wait_until};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How to lay out the installation.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Short name: part of the broker prefix and of folder names.
+    pub name: String,
+    /// Workers to start.
+    pub workers: usize,
+    /// Slots per worker.
+    pub slots: usize,
+    /// The watcher's poll interval (`"500ms"`).
+    pub poll_interval: String,
+    /// The name the repository is watched under.
+    pub repo: String,
+    /// Where to put everything; a temporary folder when `None`.
+    pub dir: Option<PathBuf>,
+    /// Extra lines for the dispatcher's `[dispatcher]` table.
+    pub dispatcher_extra: String,
+    /// Extra lines for each worker's `[worker]` table.
+    pub worker_extra: String,
+    /// The exact broker prefix; `t-<name>-<random>` when `None`.
+    pub prefix: Option<String>,
+}
+
+impl ClusterOptions {
+    /// Defaults: two single-slot workers, a 500 ms poll, repository `sample`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            workers: 2,
+            slots: 1,
+            poll_interval: "500ms".into(),
+            repo: "sample".into(),
+            dir: None,
+            dispatcher_extra: String::new(),
+            worker_extra: String::new(),
+            prefix: None,
+        }
+    }
+}
+
+/// A running installation; every process is killed when it is dropped.
+pub struct Cluster {
+    /// The broker prefix and config.
+    pub broker: TestBroker,
+    /// The repository under watch.
+    pub upstream: Upstream,
+    /// The dispatcher process.
+    pub dispatcher: Option<Component>,
+    /// The worker processes.
+    pub workers: Vec<Component>,
+    /// The watcher process (absent while stopped).
+    pub watcher: Option<Component>,
+    options: ClusterOptions,
+    keep_queues: bool,
+    root: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Writes the config files and starts the dispatcher, the workers and
+    /// the watcher.
+    pub fn start(options: ClusterOptions) -> Self {
+        let (root, temp) = match &options.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).expect("cluster dir");
+                (dir.clone(), None)
+            }
+            None => {
+                let temp = tempfile::tempdir().expect("tempdir");
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let broker = match &options.prefix {
+            Some(prefix) => TestBroker::with_prefix(prefix),
+            None => TestBroker::new(&options.name),
+        };
+        let upstream = Upstream::create(&root.join(format!("{}.git", options.repo)));
+        let mut cluster = Self {
+            broker,
+            upstream,
+            dispatcher: None,
+            workers: Vec::new(),
+            watcher: None,
+            options,
+            keep_queues: std::env::var_os("WARREN_KEEP_QUEUES").is_some(),
+            root,
+            _temp: temp,
+        };
+        cluster.write_configs();
+        cluster.start_dispatcher();
+        for index in 0..cluster.options.workers {
+            cluster.start_worker(index);
+        }
+        cluster.start_watcher();
+        cluster
+    }
+
+    /// Leave the broker's queues in place when dropped (also with the
+    /// `WARREN_KEEP_QUEUES` environment variable), to inspect them.
+    pub fn keep_queues(&mut self, keep: bool) {
+        self.keep_queues |= keep;
+    }
+
+    /// The folder that holds everything.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where result files go.
+    pub fn results_dir(&self) -> PathBuf {
+        self.root.join("results")
+    }
+
+    /// The result file of `sha`.
+    pub fn result_path(&self, sha: &str) -> PathBuf {
+        self.results_dir()
+            .join(&self.options.repo)
+            .join(format!("{sha}.json"))
+    }
+
+    /// The parsed result file of `sha`, if it exists.
+    pub fn result(&self, sha: &str) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.result_path(sha)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Waits until every sha has a result file; returns them in order, or
+    /// the shas still missing at the deadline.
+    pub fn wait_for_results(
+        &self,
+        shas: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>, Vec<String>> {
+        wait_until(timeout, || {
+            shas.iter().all(|sha| self.result_path(sha).exists())
+        });
+        let missing: Vec<String> = shas
+            .iter()
+            .filter(|sha| self.result(sha).is_none())
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            Ok(shas.iter().filter_map(|sha| self.result(sha)).collect())
+        } else {
+            Err(missing)
+        }
+    }
+
+    /// Waits until `n` consumers are attached to the jobs queue (every
+    /// worker is ready), so that work spreads over all of them.
+    pub async fn wait_for_workers(&self, n: u32, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (_, consumers) = self
+                .broker
+                .queue_depth(warren_common::topology::Queue::Jobs)
+                .await;
+            if consumers >= n {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn config_path(&self, component: &str) -> PathBuf {
+        self.root.join("config").join(format!("{component}.toml"))
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    fn write_configs(&self) {
+        let root = self.root.display();
+        let broker = self.broker.toml();
+        let options = &self.options;
+        std::fs::create_dir_all(self.root.join("config")).expect("config dir");
+        let dispatcher = format!(
+            "{broker}\n[dispatcher]\ndatabase = \"{root}/dispatcher/warren.db\"\n\
+             results_dir = \"{root}/results\"\nmirror_dir = \"{root}/dispatcher/mirrors\"\n{}\n",
+            options.dispatcher_extra
+        );
+        std::fs::write(self.config_path("dispatcher"), dispatcher).expect("write config");
+        for index in 0..options.workers {
+            let worker = format!(
+                "{broker}\n[worker]\nid = \"worker-{index}\"\nslots = {}\n\
+                 work_dir = \"{root}/worker-{index}\"\nheartbeat_interval = \"1s\"\n{}\n",
+                options.slots, options.worker_extra
+            );
+            std::fs::write(self.config_path(&format!("worker-{index}")), worker)
+                .expect("write config");
+        }
+        let watcher = format!(
+            "{broker}\n[watcher]\nstate_dir = \"{root}/watcher\"\n\n[repos.{}]\nurl = \"{}\"\n\
+             branches = [\"main\"]\npoll_interval = \"{}\"\n",
+            options.repo,
+            self.upstream.url(),
+            options.poll_interval
+        );
+        std::fs::write(self.config_path("watcher"), watcher).expect("write config");
+    }
+
+    fn start_component(&self, binary: &str, name: &str) -> Component {
+        let config = self.config_path(name);
+        let config = config.to_str().expect("utf-8 path");
+        Component::start(binary, name, &["--config", config], &self.logs())
+    }
+
+    /// Starts (or restarts) the dispatcher.
+    pub fn start_dispatcher(&mut self) {
+        self.dispatcher = Some(self.start_component("warren-dispatcher", "dispatcher"));
+    }
+
+    /// Starts worker number `index` (its config was written at start).
+    pub fn start_worker(&mut self, index: usize) {
+        let worker = self.start_component("warren-worker", &format!("worker-{index}"));
+        self.workers.push(worker);
+    }
+
+    /// Starts (or restarts) the watcher.
+    pub fn start_watcher(&mut self) {
+        self.watcher = Some(self.start_component("warren-watcher", "watcher"));
+    }
+
+    /// Runs `warren-watcher --once` to completion; returns its exit code.
+    pub fn poll_once(&self) -> Option<i32> {
+        let config = self.config_path("watcher");
+        let config = config.to_str().expect("utf-8 path");
+        let mut once = Component::start(
+            "warren-watcher",
+            "watcher-once",
+            &["--config", config, "--once"],
+            &self.logs(),
+        );
+        once.wait_exit(Duration::from_secs(60))
+    }
+
+    /// Stops every component with SIGTERM (they drain and exit); returns
+    /// (name, exit code) for each.
+    pub fn stop(&mut self) -> Vec<(String, Option<i32>)> {
+        let timeout = Duration::from_secs(30);
+        let mut codes = Vec::new();
+        if let Some(mut watcher) = self.watcher.take() {
+            codes.push(("watcher".to_owned(), watcher.stop(timeout)));
+        }
+        for (index, mut worker) in self.workers.drain(..).enumerate() {
+            codes.push((format!("worker-{index}"), worker.stop(timeout)));
+        }
+        if let Some(mut dispatcher) = self.dispatcher.take() {
+            codes.push(("dispatcher".to_owned(), dispatcher.stop(timeout)));
+        }
+        codes
+    }
+
+    /// Every component's log, for a failing test's message.
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.logs()) {
+            let mut paths: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for path in paths {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                out.push_str(&format!("==== {} (last 40 lines)\n", path.display()));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Components are killed by their own Drop; the broker prefix is
+        // deleted here so that a failed test leaves no queues behind. Drop
+        // cannot be async: a short-lived runtime on its own thread does it.
+        let broker = TestBroker {
+            prefix: self.broker.prefix.clone(),
+            config: self.broker.config.clone(),
+        };
+        let keep = self.keep_queues;
+        self.workers.clear();
+        self.watcher = None;
+        self.dispatcher = None;
+        if !keep {
+            let _ = std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(broker.cleanup());
+                }
+            })
+            .join();
+        }
+    }
+}

@@ -83,6 +83,16 @@ pub fn load<S: DeserializeOwned>(
     path: Option<&Path>,
     list_keys: &[&str],
 ) -> Result<(S, ConfigSource), ConfigError> {
+    load_with_env(path, list_keys, None)
+}
+
+/// [`load`] with the environment given as a map instead of read from the
+/// process (`None`: the process environment). For tests.
+pub fn load_with_env<S: DeserializeOwned>(
+    path: Option<&Path>,
+    list_keys: &[&str],
+    env: Option<std::collections::HashMap<String, String>>,
+) -> Result<(S, ConfigSource), ConfigError> {
     let source = ConfigSource {
         name: path.map_or_else(
             || "defaults and environment".to_owned(),
@@ -93,9 +103,14 @@ pub fn load<S: DeserializeOwned>(
         .separator("__")
         .prefix_separator("_")
         .try_parsing(true)
-        .list_separator(",");
-    for key in list_keys {
-        environment = environment.with_list_parse_key(key);
+        .source(env);
+    // Without parse keys the config crate would split every value at the
+    // separator; only the named keys are lists.
+    if !list_keys.is_empty() {
+        environment = environment.list_separator(",");
+        for key in list_keys {
+            environment = environment.with_list_parse_key(key);
+        }
     }
     let mut builder = config::Config::builder();
     if let Some(path) = path {
@@ -265,8 +280,9 @@ impl BrokerConfig {
 /// `url` with the password (the part between `:` and `@` in the authority)
 /// replaced by `***`.
 pub fn safe_url(url: &str) -> String {
+    // Without a scheme there is no userinfo to hide (a path, `git@host:repo`).
     let Some(scheme_end) = url.find("://") else {
-        return "***".into();
+        return url.to_owned();
     };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
@@ -297,7 +313,7 @@ fn validate_prefix(prefix: &str) -> Result<(), String> {
 }
 
 /// `[log]`: how to write logs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` (default) or `json` (one JSON object per line).
@@ -311,6 +327,15 @@ pub struct LogSettings {
 
 fn default_level() -> String {
     "info".into()
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_level(),
+        }
+    }
 }
 
 /// Log line format.
@@ -360,7 +385,7 @@ mod tests {
             "amqp://warren:***@mq:5672/%2f"
         );
         assert_eq!(safe_url("amqps://host/vh"), "amqps://host/vh");
-        assert_eq!(safe_url("garbage"), "***");
+        assert_eq!(safe_url("/srv/git/api.git"), "/srv/git/api.git");
         assert!(!safe_url("amqp://u:p@ss@h/").contains("p@ss"));
     }
 
@@ -422,6 +447,35 @@ mod tests {
         assert_eq!(broker.safe_url(), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(broker.topology.prefix(), "warren");
         assert!(settings.names.is_empty());
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_and_split_lists() {
+        let file = write("[broker]\nprefix = \"from-file\"\n");
+        let env = std::collections::HashMap::from([
+            ("WARREN_BROKER__PREFIX".to_owned(), "from-env".to_owned()),
+            ("WARREN_BROKER__DELIVERY_LIMIT".to_owned(), "9".to_owned()),
+            ("WARREN_NAMES".to_owned(), "a,b".to_owned()),
+        ]);
+        let (settings, _) = load_with_env::<Sample>(Some(file.path()), &["names"], Some(env)).unwrap();
+        assert_eq!(settings.broker.prefix, "from-env");
+        assert_eq!(settings.broker.delivery_limit, 9);
+        assert_eq!(settings.names, ["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_errors_too() {
+        let env = std::collections::HashMap::from([(
+            "WARREN_BROKER__PERFIX".to_owned(),
+            "x".to_owned(),
+        )]);
+        let err = load_with_env::<Sample>(None, &[], Some(env)).unwrap_err().to_string();
+        assert!(err.contains("perfix"), "{err}");
+    }
+
+    #[test]
+    fn log_settings_default_to_info() {
+        assert_eq!(LogSettings::default().level, "info");
     }
 
     #[test]

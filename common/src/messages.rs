@@ -89,11 +89,11 @@ pub fn decode<M: Message>(body: &[u8]) -> Result<M, DecodeError> {
         ));
     };
     let schema = fields.remove("schema").unwrap_or(serde_json::Value::Null);
-    if schema != serde_json::Value::from(SCHEMA_VERSION) {
+    if schema != SCHEMA_VERSION {
         return Err(DecodeError::WrongSchema { found: schema });
     }
     let kind = fields.remove("type").unwrap_or(serde_json::Value::Null);
-    if kind != serde_json::Value::from(M::TYPE) {
+    if kind != M::TYPE {
         return Err(DecodeError::WrongType {
             found: kind,
             expected: M::TYPE,

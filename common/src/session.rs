@@ -36,12 +36,14 @@ pub const SCHEMA_HEADER: &str = "x-warren-schema";
 /// drop it, wait (with backoff) and connect again.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("connecting to {url}: {source}")]
-    Connect { url: String, source: lapin::Error },
-    #[error("{what}: {source}")]
+    // The lapin error is part of the message, not a `source`, so that
+    // `{:#}` chains do not print it twice.
+    #[error("connecting to {url}: {cause}")]
+    Connect { url: String, cause: lapin::Error },
+    #[error("{what}: {cause}")]
     Broker {
         what: &'static str,
-        source: lapin::Error,
+        cause: lapin::Error,
     },
 }
 
@@ -96,11 +98,11 @@ impl Session {
             ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
         let connection = Connection::connect_uri(broker.uri().clone(), properties)
             .await
-            .map_err(|source| SessionError::Connect {
+            .map_err(|cause| SessionError::Connect {
                 url: broker.safe_url(),
-                source,
+                cause,
             })?;
-        let broker_error = |what| move |source| SessionError::Broker { what, source };
+        let broker_error = |what| move |cause| SessionError::Broker { what, cause };
         let confirmed = connection
             .create_channel()
             .await
@@ -212,7 +214,7 @@ impl Session {
         prefetch: u16,
         consumer_tag: &str,
     ) -> Result<(Channel, Consumer), SessionError> {
-        let broker_error = |what| move |source| SessionError::Broker { what, source };
+        let broker_error = |what| move |cause| SessionError::Broker { what, cause };
         let channel = self
             .connection
             .create_channel()
@@ -281,10 +283,10 @@ impl Session {
 
     /// Closes the connection politely (the broker requeues unacked deliveries).
     pub async fn close(&self) {
-        if self.is_connected() {
-            if let Err(error) = self.connection.close(200, ShortString::from("bye")).await {
-                warn!(%error, "closing the broker connection");
-            }
+        if self.is_connected()
+            && let Err(error) = self.connection.close(200, ShortString::from("bye")).await
+        {
+            warn!(%error, "closing the broker connection");
         }
     }
 

@@ -99,11 +99,12 @@ pub fn load_with_env<S: DeserializeOwned>(
             |path| path.display().to_string(),
         ),
     };
+    let env = settings_from_env(env, &source)?;
     let mut environment = config::Environment::with_prefix(ENV_PREFIX)
         .separator("__")
         .prefix_separator("_")
         .try_parsing(true)
-        .source(env);
+        .source(Some(env));
     // Without parse keys the config crate would split every value at the
     // separator; only the named keys are lists.
     if !list_keys.is_empty() {
@@ -132,6 +133,60 @@ pub fn load_with_env<S: DeserializeOwned>(
             message: error.to_string(),
         })?;
     Ok((settings, source))
+}
+
+/// Every table a Warren config file can have; an environment variable
+/// `WARREN_<TABLE>_<KEY>` with a single underscore is a typo of one.
+const TABLES: [&str; 7] = [
+    "broker",
+    "log",
+    "worker",
+    "watcher",
+    "dispatcher",
+    "defaults",
+    "repos",
+];
+
+/// The `WARREN_*` variables that are settings: those with a `__` between
+/// table and key. Others (`WARREN_SHA` set for a test by a worker, say) are
+/// not Warren's configuration and are left alone, except that one which
+/// looks like a mistyped setting (`WARREN_BROKER_URL`) is an error.
+fn settings_from_env(
+    env: Option<std::collections::HashMap<String, String>>,
+    source: &ConfigSource,
+) -> Result<std::collections::HashMap<String, String>, ConfigError> {
+    let env = env.unwrap_or_else(|| {
+        std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect()
+    });
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut settings = std::collections::HashMap::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if rest.contains("__") {
+            settings.insert(name, value);
+            continue;
+        }
+        let lower = rest.to_lowercase();
+        if let Some(table) = TABLES
+            .iter()
+            .find(|table| lower.starts_with(&format!("{table}_")))
+        {
+            return Err(ConfigError::Load {
+                source_name: source.name.clone(),
+                message: format!(
+                    "environment variable {name} is not a setting: separate the table and the \
+                     key with two underscores ({prefix}{}__{})",
+                    table.to_uppercase(),
+                    &rest[table.len() + 1..]
+                ),
+            });
+        }
+    }
+    Ok(settings)
 }
 
 /// `[broker]`: how to reach RabbitMQ.
@@ -369,6 +424,13 @@ mod tests {
         #[serde(default)]
         broker: BrokerSettings,
         #[serde(default)]
+        lists: Lists,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Lists {
+        #[serde(default)]
         names: Vec<String>,
     }
 
@@ -446,7 +508,7 @@ mod tests {
         let broker = BrokerConfig::from_settings(&settings.broker, &source).unwrap();
         assert_eq!(broker.safe_url(), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(broker.topology.prefix(), "warren");
-        assert!(settings.names.is_empty());
+        assert!(settings.lists.names.is_empty());
     }
 
     #[test]
@@ -455,22 +517,40 @@ mod tests {
         let env = std::collections::HashMap::from([
             ("WARREN_BROKER__PREFIX".to_owned(), "from-env".to_owned()),
             ("WARREN_BROKER__DELIVERY_LIMIT".to_owned(), "9".to_owned()),
-            ("WARREN_NAMES".to_owned(), "a,b".to_owned()),
+            ("WARREN_LISTS__NAMES".to_owned(), "a,b".to_owned()),
         ]);
-        let (settings, _) = load_with_env::<Sample>(Some(file.path()), &["names"], Some(env)).unwrap();
+        let (settings, _) =
+            load_with_env::<Sample>(Some(file.path()), &["lists.names"], Some(env)).unwrap();
         assert_eq!(settings.broker.prefix, "from-env");
         assert_eq!(settings.broker.delivery_limit, 9);
-        assert_eq!(settings.names, ["a", "b"]);
+        assert_eq!(settings.lists.names, ["a", "b"]);
     }
 
     #[test]
     fn unknown_environment_variables_are_errors_too() {
-        let env = std::collections::HashMap::from([(
-            "WARREN_BROKER__PERFIX".to_owned(),
-            "x".to_owned(),
-        )]);
-        let err = load_with_env::<Sample>(None, &[], Some(env)).unwrap_err().to_string();
+        let env =
+            std::collections::HashMap::from([("WARREN_BROKER__PERFIX".to_owned(), "x".to_owned())]);
+        let err = load_with_env::<Sample>(None, &[], Some(env))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("perfix"), "{err}");
+    }
+
+    #[test]
+    fn other_warren_variables_are_ignored_but_typos_of_settings_are_not() {
+        let env = std::collections::HashMap::from([
+            ("WARREN_SHA".to_owned(), "abc".to_owned()),
+            ("WARREN_TEST_BROKER_URL".to_owned(), "amqp://x".to_owned()),
+        ]);
+        assert!(load_with_env::<Sample>(None, &[], Some(env)).is_ok());
+        let env = std::collections::HashMap::from([(
+            "WARREN_BROKER_URL".to_owned(),
+            "amqp://x".to_owned(),
+        )]);
+        let err = load_with_env::<Sample>(None, &[], Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WARREN_BROKER__URL"), "{err}");
     }
 
     #[test]

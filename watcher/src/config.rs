@@ -16,8 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_common::config::{
-    BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogFormat, LogSettings, load,
-    validate_dir,
+    BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogSettings, load, validate_dir,
 };
 use warren_common::ids::{BranchName, RepoName, RepoUrl};
 
@@ -56,17 +55,8 @@ pub struct Settings {
     #[serde(default)]
     pub repos: BTreeMap<String, RepoSettings>,
     /// `[log]`.
-    #[serde(default = "default_log")]
+    #[serde(default)]
     pub log: LogSettings,
-}
-
-/// `[log]` when the file has no such table. (`LogSettings::default()` has an
-/// empty level, which would silence every log line, errors included.)
-fn default_log() -> LogSettings {
-    LogSettings {
-        format: LogFormat::default(),
-        level: "info".into(),
-    }
 }
 
 /// `[watcher]`: the watcher's own settings.

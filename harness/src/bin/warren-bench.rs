@@ -278,18 +278,6 @@ async fn raw_broker(pipelined: usize, single: usize) -> Raw {
         .expect("consume");
     let body = vec![b'x'; 300];
     let props = lapin::BasicProperties::default().with_delivery_mode(2);
-    let publish = |ch: lapin::Channel, body: Vec<u8>, props: lapin::BasicProperties, q: String| async move {
-        ch.basic_publish(
-            "".into(),
-            q.into(),
-            BasicPublishOptions::default(),
-            &body,
-            props,
-        )
-        .await
-        .expect("publish")
-    };
-
     // Pipelined.
     let started = Instant::now();
     let consumer_task = {
@@ -310,15 +298,7 @@ async fn raw_broker(pipelined: usize, single: usize) -> Raw {
     let publisher_task = async {
         let mut window = std::collections::VecDeque::new();
         for _ in 0..pipelined {
-            window.push_back(
-                publish(
-                    pub_channel.clone(),
-                    body.clone(),
-                    props.clone(),
-                    queue.clone(),
-                )
-                .await,
-            );
+            window.push_back(publish(&pub_channel, &body, &props, &queue).await);
             if window.len() >= 100 {
                 window
                     .pop_front()
@@ -338,15 +318,10 @@ async fn raw_broker(pipelined: usize, single: usize) -> Raw {
     let mut latencies = Vec::with_capacity(single);
     for _ in 0..single {
         let t = Instant::now();
-        publish(
-            pub_channel.clone(),
-            body.clone(),
-            props.clone(),
-            queue.clone(),
-        )
-        .await
-        .await
-        .expect("confirmed");
+        publish(&pub_channel, &body, &props, &queue)
+            .await
+            .await
+            .expect("confirmed");
         let delivery = deliveries
             .next()
             .await
@@ -366,4 +341,23 @@ async fn raw_broker(pipelined: usize, single: usize) -> Raw {
         p50_ms: percentile(&mut latencies, 0.5),
         p99_ms: percentile(&mut latencies, 0.99),
     }
+}
+
+/// Publishes one message and returns its confirm, not awaited yet.
+async fn publish(
+    channel: &lapin::Channel,
+    body: &[u8],
+    properties: &lapin::BasicProperties,
+    queue: &str,
+) -> lapin::PublisherConfirm {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.to_owned().into(),
+            BasicPublishOptions::default(),
+            body,
+            properties.clone(),
+        )
+        .await
+        .expect("publish")
 }

@@ -33,11 +33,11 @@ fn main() -> ExitCode {
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
-    if dir.exists() {
-        if let Err(error) = std::fs::remove_dir_all(&dir) {
-            eprintln!("cannot clear {}: {error}", dir.display());
-            return ExitCode::FAILURE;
-        }
+    if dir.exists()
+        && let Err(error) = std::fs::remove_dir_all(&dir)
+    {
+        eprintln!("cannot clear {}: {error}", dir.display());
+        return ExitCode::FAILURE;
     }
     let dir = match std::fs::create_dir_all(&dir).and_then(|()| dir.canonicalize()) {
         Ok(dir) => dir,
@@ -66,13 +66,31 @@ fn main() -> ExitCode {
 
     let story = sample::story();
     let started = Instant::now();
-    let shas: Vec<String> = story
-        .iter()
-        .map(|step| cluster.upstream.commit("main", step.summary, &step.changes))
-        .collect();
+    // The first commit creates the branch; the watcher publishes a branch's
+    // tip the first time it sees it. The rest are pushed together, inside
+    // one poll interval: every one of them is tested, oldest first.
+    let (first, rest) = story.split_first().expect("the story has commits");
+    let mut shas = vec![
+        cluster
+            .upstream
+            .commit("main", first.summary, &first.changes),
+    ];
+    println!("Pushed the first commit; waiting for the watcher to see the new branch ...");
+    if let Err(missing) = cluster.wait_for_results(&shas, DEADLINE) {
+        eprintln!(
+            "no result for the first commit {}\n{}",
+            missing.join(", "),
+            cluster.all_logs()
+        );
+        return ExitCode::FAILURE;
+    }
+    shas.extend(
+        rest.iter()
+            .map(|step| cluster.upstream.commit("main", step.summary, &step.changes)),
+    );
     println!(
-        "Pushed {} commits to main at once; waiting for their results ...\n",
-        shas.len()
+        "Pushed {} more commits to main at once; waiting for their results ...\n",
+        rest.len()
     );
 
     let results = cluster.wait_for_results(&shas, DEADLINE);
@@ -87,9 +105,13 @@ fn main() -> ExitCode {
             for (index, (step, report)) in story.iter().zip(reports).enumerate() {
                 let status = report["status"].as_str().unwrap_or("?");
                 let worker = report["jobs"][0]["worker"].as_str().unwrap_or("-");
-                let time = report["duration_ms"]
-                    .as_u64()
-                    .map_or("-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+                let time = report["duration_ms"].as_u64().map_or("-".to_owned(), |ms| {
+                    if ms < 1000 {
+                        format!("{ms} ms")
+                    } else {
+                        format!("{:.1} s", ms as f64 / 1000.0)
+                    }
+                });
                 let sha = report["sha"].as_str().unwrap_or("?");
                 println!(
                     "{:<3} {:<12}  {:<48} {:<10} {:<9} {:>7}",

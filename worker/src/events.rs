@@ -1,0 +1,91 @@
+//! Transient progress reports (`started`, `heartbeat`) about the jobs in hand.
+//!
+//! Events go through whichever broker session is current: a job that started
+//! before a reconnection keeps reporting on the new connection. Losing one is
+//! harmless (the next heartbeat replaces it), so a send never fails a job and
+//! never waits long.
+
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::debug;
+use warren_common::ids::WorkerId;
+use warren_common::messages::{Job, JobEvent, JobEventKind};
+use warren_common::session::{Outgoing, Session};
+use warren_common::topology::Queue;
+
+/// Longest wait for one event to be handed to the broker connection. A slow
+/// or blocked connection must not hold up the job it reports on.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The current session, as published by the service loop.
+pub type CurrentSession = watch::Receiver<Option<Arc<Session>>>;
+
+/// Sends a worker's job events.
+#[derive(Clone)]
+pub struct Events {
+    session: CurrentSession,
+    worker: WorkerId,
+    host: String,
+}
+
+impl Events {
+    /// Events about `worker`'s jobs, sent through the current `session`.
+    pub fn new(session: CurrentSession, worker: WorkerId, host: String) -> Self {
+        Self {
+            session,
+            worker,
+            host,
+        }
+    }
+
+    /// Events that go nowhere (for driving a job without a broker).
+    pub fn disabled(worker: WorkerId) -> Self {
+        let (_, session) = watch::channel(None);
+        Self::new(session, worker, warren_common::hostname())
+    }
+
+    /// Reports `kind` for `job`; failures are logged at debug level only.
+    pub async fn send(&self, job: &Job, kind: JobEventKind) {
+        // Clone the session out of the watch: its borrow is a lock, never
+        // held across an await.
+        let Some(session) = self.session.borrow().clone() else {
+            return;
+        };
+        let event = JobEvent {
+            job_id: job.job_id,
+            attempt: job.attempt,
+            worker: self.worker.clone(),
+            host: self.host.clone(),
+            event: kind,
+            at: Utc::now(),
+        };
+        let outgoing = Outgoing {
+            routing_key: job.repo.as_str(),
+            message_id: format!("{}.{}.{}", job.job_id, job.attempt, kind_name(kind)),
+            persistent: false,
+            headers: vec![
+                ("x-warren-repo", job.repo.to_string()),
+                ("x-warren-job", job.job_id.to_string()),
+            ],
+        };
+        let sent = tokio::time::timeout(
+            SEND_TIMEOUT,
+            session.publish_transient(Queue::Events, &event, outgoing),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => debug!(%error, ?kind, "job event not sent"),
+            Err(_) => debug!(?kind, "job event not sent: the connection is slow"),
+        }
+    }
+}
+
+fn kind_name(kind: JobEventKind) -> &'static str {
+    match kind {
+        JobEventKind::Started => "started",
+        JobEventKind::Heartbeat => "heartbeat",
+    }
+}

@@ -1,0 +1,268 @@
+//! Capturing a command's output within a fixed budget.
+//!
+//! A test may print gigabytes; the result keeps the first half of the budget
+//! and the last half (where the failure usually is), with a marker line in
+//! between that says how much was left out. Memory never exceeds the budget,
+//! whatever the command writes.
+
+use std::collections::VecDeque;
+
+/// Head and tail of a byte stream, at most `limit` bytes in all.
+#[derive(Debug)]
+pub struct OutputCapture {
+    limit: usize,
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    total: u64,
+}
+
+/// What a command wrote, as it goes into a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedOutput {
+    /// Head, marker line and tail, with invalid UTF-8 replaced by U+FFFD.
+    pub text: String,
+    /// Whether bytes were left out.
+    pub truncated: bool,
+    /// How many bytes the command wrote in all.
+    pub total_bytes: u64,
+}
+
+impl OutputCapture {
+    /// An empty capture keeping at most `limit` bytes (half head, half tail).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            head: Vec::new(),
+            tail: VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    fn head_limit(&self) -> usize {
+        self.limit / 2
+    }
+
+    fn tail_limit(&self) -> usize {
+        self.limit - self.head_limit()
+    }
+
+    /// Records `bytes`, the next part of the stream.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        let room = self.head_limit().saturating_sub(self.head.len());
+        if room > 0 {
+            let taken = room.min(bytes.len());
+            self.head.extend_from_slice(&bytes[..taken]);
+            bytes = &bytes[taken..];
+        }
+        let tail_limit = self.tail_limit();
+        if bytes.len() >= tail_limit {
+            self.tail.clear();
+            self.tail.extend(&bytes[bytes.len() - tail_limit..]);
+        } else {
+            let overflow = (self.tail.len() + bytes.len()).saturating_sub(tail_limit);
+            self.tail.drain(..overflow);
+            self.tail.extend(bytes);
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn total_bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// The text for the result.
+    pub fn finish(&self) -> CapturedOutput {
+        let kept = (self.head.len() + self.tail.len()) as u64;
+        let omitted = self.total - kept;
+        let tail: Vec<u8> = self.tail.iter().copied().collect();
+        let text = if omitted == 0 {
+            let mut all = self.head.clone();
+            all.extend_from_slice(&tail);
+            String::from_utf8_lossy(&all).into_owned()
+        } else {
+            // Cut at character boundaries, so that the cut itself does not
+            // show as replacement characters.
+            let head = String::from_utf8_lossy(trim_incomplete_end(&self.head));
+            let tail = String::from_utf8_lossy(trim_continuation_start(&tail));
+            let newline = if head.is_empty() || head.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            format!("{head}{newline}{}\n{tail}", marker(omitted, self.limit))
+        };
+        CapturedOutput {
+            text,
+            truncated: omitted > 0,
+            total_bytes: self.total,
+        }
+    }
+}
+
+/// The line that replaces the omitted middle of an output.
+fn marker(omitted: u64, limit: usize) -> String {
+    format!(
+        "[warren: {omitted} bytes omitted here; the output limit is {limit} bytes, head and tail kept]"
+    )
+}
+
+/// Longest UTF-8 sequence, in bytes.
+const MAX_UTF8_LEN: usize = 4;
+
+/// `bytes` without an incomplete UTF-8 sequence at its end.
+fn trim_incomplete_end(bytes: &[u8]) -> &[u8] {
+    let start = bytes.len().saturating_sub(MAX_UTF8_LEN - 1);
+    for cut in (start..bytes.len()).rev() {
+        if let Err(error) = std::str::from_utf8(&bytes[cut..])
+            && error.error_len().is_none()
+            && error.valid_up_to() == 0
+        {
+            return &bytes[..cut];
+        }
+    }
+    bytes
+}
+
+/// `bytes` without UTF-8 continuation bytes at its start (the end of a
+/// character whose beginning was cut off).
+fn trim_continuation_start(bytes: &[u8]) -> &[u8] {
+    let skip = bytes
+        .iter()
+        .take(MAX_UTF8_LEN - 1)
+        .take_while(|b| (**b & 0b1100_0000) == 0b1000_0000)
+        .count();
+    &bytes[skip..]
+}
+
+/// Shortens an already captured `text` to about `max_bytes`, head and tail
+/// kept, for a result that would otherwise be too large to publish (JSON
+/// escaping of control characters can make a body several times its text).
+pub fn shrink(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_owned();
+    }
+    let floor = |mut i: usize| {
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let ceil = |mut i: usize| {
+        while !text.is_char_boundary(i) {
+            i += 1;
+        }
+        i
+    };
+    let head_end = floor(max_bytes / 2);
+    let tail_start = ceil(text.len() - (max_bytes - max_bytes / 2));
+    let omitted = (tail_start - head_end) as u64;
+    format!(
+        "{}\n{}\n{}",
+        &text[..head_end],
+        marker(omitted, max_bytes),
+        &text[tail_start..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_output_is_kept_whole() {
+        let mut capture = OutputCapture::new(100);
+        capture.push(b"hello ");
+        capture.push(b"world\n");
+        let output = capture.finish();
+        assert_eq!(output.text, "hello world\n");
+        assert!(!output.truncated);
+        assert_eq!(output.total_bytes, 12);
+    }
+
+    #[test]
+    fn output_at_the_limit_is_kept_whole() {
+        let mut capture = OutputCapture::new(10);
+        capture.push(b"0123456789");
+        let output = capture.finish();
+        assert_eq!(output.text, "0123456789");
+        assert!(!output.truncated);
+    }
+
+    #[test]
+    fn long_output_keeps_head_and_tail_with_a_marker() {
+        let mut capture = OutputCapture::new(10);
+        for chunk in [&b"abc"[..], b"defgh", b"ijklmnop", b"qrstuvwxyz"] {
+            capture.push(chunk);
+        }
+        let output = capture.finish();
+        assert!(output.truncated);
+        assert_eq!(output.total_bytes, 26);
+        let (head, rest) = output.text.split_once('\n').unwrap();
+        let (marker, tail) = rest.split_once('\n').unwrap();
+        assert_eq!(head, "abcde");
+        assert_eq!(tail, "vwxyz");
+        assert!(marker.contains("16 bytes omitted"), "{marker}");
+        assert!(marker.contains("10 bytes"), "{marker}");
+    }
+
+    #[test]
+    fn one_huge_chunk_keeps_its_own_head_and_tail() {
+        let mut capture = OutputCapture::new(4);
+        capture.push(b"0123456789");
+        let output = capture.finish();
+        assert!(output.text.starts_with("01\n") && output.text.ends_with("\n89"));
+        assert!(output.text.contains("6 bytes omitted"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_cuts_do_not_split_characters() {
+        let mut capture = OutputCapture::new(100);
+        capture.push(b"ok \xff\xfe end");
+        assert_eq!(capture.finish().text, "ok \u{fffd}\u{fffd} end");
+
+        // "é" is two bytes; a head of 3 bytes would cut the second "é" in half.
+        let mut capture = OutputCapture::new(6);
+        capture.push("éééééééééé".as_bytes());
+        let output = capture.finish();
+        assert!(!output.text.contains('\u{fffd}'), "{:?}", output.text);
+        assert!(output.text.starts_with("é\n"), "{:?}", output.text);
+        assert!(output.text.ends_with("\né"), "{:?}", output.text);
+    }
+
+    #[test]
+    fn a_flood_stays_within_the_cap() {
+        let limit = 64 * 1024;
+        let mut capture = OutputCapture::new(limit);
+        let line = b"this line repeats forever and ever and ever\n";
+        let chunk: Vec<u8> = line.iter().copied().cycle().take(64 * 1024).collect();
+        // 48 MiB in 64 KiB writes, like a pipe delivers them.
+        for _ in 0..(48 * 16) {
+            capture.push(&chunk);
+            assert!(capture.head.len() + capture.tail.len() <= limit);
+            assert!(capture.head.capacity() + capture.tail.capacity() <= 4 * limit);
+        }
+        let output = capture.finish();
+        assert_eq!(output.total_bytes, 48 * 1024 * 1024);
+        assert!(output.truncated);
+        assert!(output.text.len() <= limit + 200, "{}", output.text.len());
+        assert!(output.text.starts_with("this line repeats"));
+        assert!(
+            output
+                .text
+                .contains(&format!("{} bytes omitted", 48 * 1024 * 1024 - limit))
+        );
+    }
+
+    #[test]
+    fn shrink_keeps_head_and_tail_on_character_boundaries() {
+        assert_eq!(shrink("short", 10), "short");
+        let text = "ééééé-middle-ééééé";
+        let shrunk = shrink(text, 5);
+        assert!(
+            shrunk.starts_with("é\n") && shrunk.ends_with("\né"),
+            "{shrunk}"
+        );
+        assert!(shrunk.contains("bytes omitted"));
+    }
+}

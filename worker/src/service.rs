@@ -1,0 +1,605 @@
+//! The worker's main loop: connect, consume, run jobs in slots, publish each
+//! result and only then ack its job; reconnect after a failure; stop in two
+//! stages.
+//!
+//! One task (this loop) owns the broker session, the slots and the outbox;
+//! jobs run in tasks of their own and hand their outcome back through a
+//! channel, so nothing here needs a lock. The channel is unbounded because
+//! the prefetch already bounds it: at most `slots` jobs are in flight.
+
+use crate::config::WorkerConfig;
+use crate::events::Events;
+use crate::job::{self, JobRunner, Outcome};
+use crate::outbox::Outbox;
+use anyhow::Context as _;
+use futures_util::{FutureExt as _, StreamExt as _};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+use lapin::{Channel, Consumer};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+use warren_common::backoff::Backoff;
+use warren_common::messages::JobResult;
+use warren_common::session::{Outgoing, Session, message_id};
+use warren_common::shutdown::Shutdown;
+use warren_common::topology::Queue;
+
+/// The AMQP `app_id` of everything the worker publishes.
+const APP_ID: &str = "warren-worker";
+
+/// Longest wait for the broker to confirm a result or a dead letter. A broker
+/// that blocks publishers (memory alarm) must not freeze the loop; after this
+/// the connection is treated as failed and the result kept for the next one.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often an idle loop checks that its connection is still up (a consumer
+/// notices a dead connection by itself; this covers the time without one).
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
+
+/// A connection that lived this long was healthy: the next reconnection
+/// starts again from the shortest backoff. Shorter-lived ones (a broker that
+/// accepts and then drops connections) keep backing off.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// After a forced stop, how long the killed jobs may take to report back
+/// (their process groups get the kill grace, then SIGKILL), beyond the kill
+/// grace itself.
+const ABORT_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs the worker until `shutdown` completes: the first stage (`graceful`)
+/// stops taking jobs and finishes those in hand within `shutdown_grace`; the
+/// second (`forced`), or the end of the grace, kills them and leaves them
+/// unacked for the broker to requeue. Returns `Ok` on a clean stop and an
+/// error if jobs or results had to be abandoned.
+pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    crate::run::adopt_orphans();
+    for slot in 0..config.slots {
+        let dir = slot_dir(&config, slot);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the slot folder {}", dir.display()))?;
+    }
+    info!(
+        worker = %config.id,
+        slots = config.slots,
+        work_dir = %config.work_dir.display(),
+        allowed_repos = ?config.allowed_repos,
+        broker = %config.broker.safe_url(),
+        prefix = config.broker.topology.prefix(),
+        "worker starting"
+    );
+    let mut service = Service::new(config, shutdown);
+    let result = service.run().await;
+    service.tracker.close();
+    if tokio::time::timeout(ABORT_WAIT, service.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some job tasks did not end; leaving them behind");
+    }
+    result
+}
+
+fn slot_dir(config: &WorkerConfig, slot: u16) -> PathBuf {
+    config.work_dir.join(format!("slot-{slot}"))
+}
+
+/// A job's task reporting back.
+struct Done {
+    /// The connection the delivery came from: only that one can ack it.
+    generation: u64,
+    slot: u16,
+    delivery: Delivery,
+    /// `Err` when the job's task panicked.
+    outcome: Result<Outcome, String>,
+}
+
+/// Where the worker is in stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// Not taking jobs; finishing those in hand until the deadline.
+    Draining {
+        until: Instant,
+    },
+    /// Jobs killed; waiting (until the deadline) for them to report back.
+    Aborting {
+        until: Instant,
+    },
+    /// Done waiting.
+    GaveUp,
+}
+
+/// What the stop machinery asks for next.
+#[derive(Debug, Clone, Copy)]
+enum StopStep {
+    Drain,
+    Abort { why: &'static str },
+    GiveUp,
+}
+
+impl Stop {
+    /// The next stop step, as a future that borrows nothing.
+    fn next_step(self, shutdown: &Shutdown) -> impl Future<Output = StopStep> + 'static {
+        let graceful = shutdown.graceful.clone();
+        let forced = shutdown.forced.clone();
+        async move {
+            match self {
+                Stop::Running => tokio::select! {
+                    biased;
+                    () = forced.cancelled() => StopStep::Abort { why: "forced stop" },
+                    () = graceful.cancelled() => StopStep::Drain,
+                },
+                Stop::Draining { until } => tokio::select! {
+                    () = forced.cancelled() => StopStep::Abort { why: "forced stop" },
+                    () = sleep_until(until) => StopStep::Abort { why: "shutdown grace expired" },
+                },
+                Stop::Aborting { until } => {
+                    sleep_until(until).await;
+                    StopStep::GiveUp
+                }
+                Stop::GaveUp => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// A connection failed; the loop drops it and connects again.
+#[derive(Debug)]
+struct ConnectionLost(String);
+
+struct Service {
+    config: WorkerConfig,
+    runner: Arc<JobRunner>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+    /// Cancelled to kill every job (forced stop).
+    abort: CancellationToken,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    session_tx: watch::Sender<Option<Arc<Session>>>,
+    events: Events,
+    /// Slot numbers not running a job; the lowest is used first, so the
+    /// clones of slot 0 are the warmest.
+    free_slots: BTreeSet<u16>,
+    in_flight: usize,
+    outbox: Outbox,
+    /// Counts connections; a delivery can only be acked on its own.
+    generation: u64,
+    stop: Stop,
+    abandoned: usize,
+}
+
+impl Service {
+    fn new(config: WorkerConfig, shutdown: Shutdown) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (session_tx, session_rx) = watch::channel(None);
+        let events = Events::new(session_rx, config.id.clone(), config.host.clone());
+        Self {
+            runner: Arc::new(JobRunner::new(&config)),
+            free_slots: (0..config.slots).collect(),
+            outbox: Outbox::new(2 * usize::from(config.slots)),
+            config,
+            shutdown,
+            tracker: TaskTracker::new(),
+            abort: CancellationToken::new(),
+            done_tx,
+            done_rx,
+            session_tx,
+            events,
+            in_flight: 0,
+            generation: 0,
+            stop: Stop::Running,
+            abandoned: 0,
+        }
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let mut backoff = Backoff::new(self.config.broker.reconnect_max_delay);
+        let mut attempt: u32 = 0;
+        while !self.stopped() {
+            let Some(connected) = self.connect().await else {
+                continue;
+            };
+            let session = match connected {
+                Ok(session) => Arc::new(session),
+                Err(error) => {
+                    attempt += 1;
+                    let delay = backoff.next_delay();
+                    warn!(attempt, url = %self.config.broker.safe_url(), %error,
+                        retry_in = ?delay, "cannot connect to the broker");
+                    self.idle(delay).await;
+                    continue;
+                }
+            };
+            attempt = 0;
+            let since = Instant::now();
+            if let Err(ConnectionLost(why)) = self.serve(&session).await {
+                if since.elapsed() >= HEALTHY_SESSION {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                warn!(url = %self.config.broker.safe_url(), error = %why, retry_in = ?delay,
+                    in_flight = self.in_flight, kept_results = self.outbox.len(),
+                    "lost the broker connection");
+                self.idle(delay).await;
+            }
+        }
+        self.ending()
+    }
+
+    /// Whether there is nothing left to do.
+    fn stopped(&self) -> bool {
+        match self.stop {
+            Stop::Running => false,
+            Stop::Draining { .. } => self.in_flight == 0 && self.outbox.is_empty(),
+            Stop::Aborting { .. } => self.in_flight == 0,
+            Stop::GaveUp => true,
+        }
+    }
+
+    fn ending(&self) -> anyhow::Result<()> {
+        let lost = self.outbox.len();
+        let unfinished = self.in_flight;
+        if self.abandoned + lost + unfinished == 0 {
+            info!("worker stopped");
+            return Ok(());
+        }
+        anyhow::bail!(
+            "stopped without finishing everything: {} jobs killed, {unfinished} jobs still \
+             running, {lost} results not published; the broker gives those jobs to other workers",
+            self.abandoned
+        )
+    }
+
+    /// One connection attempt; `None` if a stop step interrupted it.
+    async fn connect(&mut self) -> Option<Result<Session, warren_common::session::SessionError>> {
+        let broker = self.config.broker.clone();
+        let name = format!("{APP_ID} {}", self.config.id);
+        let mut connecting = std::pin::pin!(Session::connect(&broker, APP_ID, &name));
+        loop {
+            let stop = self.stop.next_step(&self.shutdown);
+            tokio::select! {
+                result = &mut connecting => return Some(result),
+                Some(done) = self.done_rx.recv() => self.settle_offline(done),
+                step = stop => {
+                    self.apply(step);
+                    if self.stopped() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits `delay` before the next connection attempt, still collecting
+    /// finished jobs and stop signals.
+    async fn idle(&mut self, delay: Duration) {
+        let until = Instant::now() + delay;
+        loop {
+            let stop = self.stop.next_step(&self.shutdown);
+            tokio::select! {
+                () = sleep_until(until) => return,
+                Some(done) = self.done_rx.recv() => self.settle_offline(done),
+                step = stop => {
+                    self.apply(step);
+                    if self.stopped() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Uses one connection until it fails or the worker has stopped.
+    async fn serve(&mut self, session: &Arc<Session>) -> Result<(), ConnectionLost> {
+        self.generation += 1;
+        info!(generation = self.generation, "connected to the broker");
+        self.session_tx.send_replace(Some(Arc::clone(session)));
+        // The consumer's channel lives as long as the session, even after the
+        // consumer is cancelled: lapin closes a channel when its last handle
+        // is dropped, and the broker would requeue the jobs in hand.
+        let mut channel = None;
+        let result = self.serve_session(session, &mut channel).await;
+        self.session_tx.send_replace(None);
+        // Closing requeues every delivery not acked (jobs abandoned or whose
+        // result could not be published).
+        session.close().await;
+        // Only now: a channel closing while the connection closes is an error.
+        drop(channel);
+        result
+    }
+
+    async fn serve_session(
+        &mut self,
+        session: &Session,
+        channel: &mut Option<Channel>,
+    ) -> Result<(), ConnectionLost> {
+        self.flush_outbox(session).await?;
+        let mut consumer: Option<Consumer> = None;
+        let mut check = tokio::time::interval(CONNECTION_CHECK);
+        loop {
+            if self.stopped() {
+                return Ok(());
+            }
+            // Take jobs only with every slot free: jobs of a lost connection
+            // may still be running, and prefetch = slots must stay the bound.
+            if channel.is_none() && self.stop == Stop::Running && self.in_flight == 0 {
+                let (opened, started) = self.start_consuming(session).await?;
+                *channel = Some(opened);
+                consumer = Some(started);
+            }
+            let stop = self.stop.next_step(&self.shutdown);
+            tokio::select! {
+                delivery = next_delivery(&mut consumer) => match delivery {
+                    Some(Ok(delivery)) if self.stop == Stop::Running => self.start_job(delivery).await,
+                    Some(Ok(delivery)) => {
+                        // Sent before the broker saw the cancel: give it back.
+                        let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+                    }
+                    Some(Err(error)) => return Err(ConnectionLost(format!("consuming jobs: {error}"))),
+                    None if self.stop == Stop::Running => {
+                        return Err(ConnectionLost("the broker cancelled the jobs consumer".into()));
+                    }
+                    None => {
+                        debug!("jobs consumer cancelled");
+                        consumer = None;
+                    }
+                },
+                Some(done) = self.done_rx.recv() => self.settle(session, done).await?,
+                step = stop => {
+                    let was_running = self.stop == Stop::Running;
+                    self.apply(step);
+                    if was_running
+                        && let (Some(channel), Some(consumer)) = (channel.as_ref(), &consumer)
+                    {
+                        // Stop taking jobs; the stream ends once the broker
+                        // confirms.
+                        channel
+                            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                            .await
+                            .map_err(|e| ConnectionLost(format!("cancelling the consumer: {e}")))?;
+                    }
+                }
+                _ = check.tick() => {
+                    if !session.is_connected() {
+                        return Err(ConnectionLost("the connection is closed".into()));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start_consuming(
+        &self,
+        session: &Session,
+    ) -> Result<(Channel, Consumer), ConnectionLost> {
+        // Prefetch = slots: the broker hands this worker no more jobs than it
+        // can run at once, and the rest stay in the queue for other workers.
+        let consumer = session
+            .consume(Queue::Jobs, self.config.slots, self.config.id.as_str())
+            .await
+            .map_err(|e| ConnectionLost(e.to_string()))?;
+        info!(slots = self.config.slots, "waiting for jobs");
+        Ok(consumer)
+    }
+
+    fn apply(&mut self, step: StopStep) {
+        match step {
+            StopStep::Drain => {
+                let grace = self.config.shutdown_grace;
+                info!(in_flight = self.in_flight, grace = %humantime::format_duration(grace),
+                    "stopping: taking no more jobs, finishing those in hand");
+                self.stop = Stop::Draining {
+                    until: Instant::now() + grace,
+                };
+            }
+            StopStep::Abort { why } => {
+                warn!(
+                    in_flight = self.in_flight,
+                    why, "stopping now: killing the jobs in hand"
+                );
+                self.abort.cancel();
+                self.stop = Stop::Aborting {
+                    until: Instant::now() + self.config.kill_grace + ABORT_WAIT,
+                };
+            }
+            StopStep::GiveUp => {
+                error!(
+                    in_flight = self.in_flight,
+                    "killed jobs did not report back; giving up on them"
+                );
+                self.stop = Stop::GaveUp;
+            }
+        }
+    }
+
+    async fn start_job(&mut self, delivery: Delivery) {
+        let Some(slot) = self.free_slots.pop_first() else {
+            // Cannot happen with prefetch = slots; if it does, the job goes
+            // back to the queue rather than wait here.
+            error!(message_id = %message_id(&delivery), "a job arrived with every slot busy; requeueing it");
+            let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+            return;
+        };
+        self.in_flight += 1;
+        let runner = Arc::clone(&self.runner);
+        let events = self.events.clone();
+        let abort = self.abort.clone();
+        let done_tx = self.done_tx.clone();
+        let dir = slot_dir(&self.config, slot);
+        let generation = self.generation;
+        self.tracker.spawn(async move {
+            let outcome =
+                AssertUnwindSafe(job::execute(&runner, &dir, &delivery.data, &events, &abort))
+                    .catch_unwind()
+                    .await
+                    .map_err(|panic| panic_message(panic.as_ref()));
+            // The receiver lives as long as the service; if it is gone the
+            // worker is exiting and the broker requeues the job.
+            let _ = done_tx.send(Done {
+                generation,
+                slot,
+                delivery,
+                outcome,
+            });
+        });
+    }
+
+    /// A job came back while connected: dead-letter, or publish then ack.
+    async fn settle(&mut self, session: &Session, done: Done) -> Result<(), ConnectionLost> {
+        self.release(done.slot);
+        let current = done.generation == self.generation;
+        let delivery = done.delivery;
+        match done.outcome {
+            Ok(Outcome::Finished(result)) => {
+                if let Err(error) = publish_result(session, &result).await {
+                    self.outbox.push(*result);
+                    return Err(ConnectionLost(format!("publishing a result: {error}")));
+                }
+                if current {
+                    ack(&delivery).await?;
+                }
+            }
+            Ok(Outcome::Poison { reason }) if current => {
+                let id = message_id(&delivery);
+                let dead = tokio::time::timeout(
+                    PUBLISH_TIMEOUT,
+                    session.dead_letter(&delivery, Queue::Jobs, &reason),
+                )
+                .await;
+                match dead {
+                    Ok(Ok(())) => warn!(message_id = %id, %reason, "job message dead-lettered"),
+                    Ok(Err(error)) => {
+                        return Err(ConnectionLost(format!("dead-lettering {id}: {error}")));
+                    }
+                    Err(_) => {
+                        return Err(ConnectionLost(format!("dead-lettering {id}: no confirm")));
+                    }
+                }
+            }
+            Ok(Outcome::Poison { .. }) => {
+                // From a lost connection: the broker delivers it again.
+            }
+            Ok(Outcome::Abandoned) if self.abort.is_cancelled() => self.abandoned += 1,
+            Ok(Outcome::Abandoned) => {
+                // Not our stop (the command could not even be waited for):
+                // give the job back now rather than hold its prefetch credit
+                // until the connection closes.
+                warn!(message_id = %message_id(&delivery), "job abandoned; requeueing it");
+                if current {
+                    let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+                }
+            }
+            Err(panic) => {
+                error!(message_id = %message_id(&delivery), %panic,
+                    "the job's task panicked; requeueing the job");
+                if current {
+                    let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A job came back while disconnected: keep its result for later.
+    fn settle_offline(&mut self, done: Done) {
+        self.release(done.slot);
+        match done.outcome {
+            Ok(Outcome::Finished(result)) => self.outbox.push(*result),
+            Ok(Outcome::Abandoned) => self.abandoned += 1,
+            // Its delivery returns to the queue with the lost connection.
+            Ok(Outcome::Poison { .. }) | Err(_) => {}
+        }
+    }
+
+    fn release(&mut self, slot: u16) {
+        self.in_flight -= 1;
+        self.free_slots.insert(slot);
+    }
+
+    /// Publishes the results kept from earlier connections.
+    async fn flush_outbox(&mut self, session: &Session) -> Result<(), ConnectionLost> {
+        if !self.outbox.is_empty() {
+            info!(
+                results = self.outbox.len(),
+                "publishing results kept from the last connection"
+            );
+        }
+        while let Some(result) = self.outbox.front() {
+            match publish_result(session, result).await {
+                Ok(()) => self.outbox.published(),
+                Err(error) => {
+                    self.outbox.failed();
+                    return Err(ConnectionLost(format!("publishing a kept result: {error}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next delivery; pending for ever when there is no consumer.
+async fn next_delivery(consumer: &mut Option<Consumer>) -> Option<lapin::Result<Delivery>> {
+    match consumer {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Publishes `result` and waits for the broker's confirm.
+async fn publish_result(session: &Session, result: &JobResult) -> Result<(), String> {
+    let outgoing = Outgoing {
+        routing_key: result.repo.as_str(),
+        message_id: format!("{}.{}.result", result.job_id, result.attempt),
+        persistent: true,
+        headers: vec![
+            ("x-warren-repo", result.repo.to_string()),
+            ("x-warren-sha", result.sha.to_string()),
+            ("x-warren-job", result.job_id.to_string()),
+        ],
+    };
+    match tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        session.publish(Queue::Results, result, outgoing),
+    )
+    .await
+    {
+        Ok(Ok(())) => {
+            debug!(job = %result.job_id, attempt = result.attempt, "result published");
+            Ok(())
+        }
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no confirm within {PUBLISH_TIMEOUT:?}")),
+    }
+}
+
+/// Acks a job whose result the broker confirmed.
+async fn ack(delivery: &Delivery) -> Result<(), ConnectionLost> {
+    match delivery.ack(BasicAckOptions::default()).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            // The channel is gone: the broker requeues the job and it runs
+            // again; the dispatcher counts the second result as a duplicate.
+            warn!(message_id = %message_id(delivery), "could not ack a finished job: its channel is closed");
+            Ok(())
+        }
+        Err(error) => Err(ConnectionLost(format!("acking a job: {error}"))),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

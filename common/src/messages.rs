@@ -275,6 +275,10 @@ pub enum JobEventKind {
 pub struct JobEvent {
     pub job_id: JobId,
     pub attempt: u32,
+    /// This run of the job: chosen by the worker when it takes the delivery,
+    /// so two deliveries of the same attempt (a redelivery after a lost
+    /// worker) are told apart.
+    pub run_id: uuid::Uuid,
     pub worker: WorkerId,
     pub host: String,
     pub event: JobEventKind,
@@ -344,6 +348,8 @@ impl std::fmt::Display for JobStatus {
 pub struct JobResult {
     pub job_id: JobId,
     pub attempt: u32,
+    /// The run this result ends (see [`JobEvent::run_id`]).
+    pub run_id: uuid::Uuid,
     pub worker: WorkerId,
     pub host: String,
     pub repo: RepoName,

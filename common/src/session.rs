@@ -261,7 +261,7 @@ impl Session {
             .confirmed
             .basic_publish(
                 ShortString::from(exchange.clone()),
-                ShortString::from(self.topology.queue(from)),
+                ShortString::from(from.dead_letter_key()),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -273,7 +273,7 @@ impl Session {
         PendingConfirm {
             confirm,
             exchange,
-            routing_key: self.topology.queue(from),
+            routing_key: from.dead_letter_key().to_owned(),
         }
         .wait()
         .await?;

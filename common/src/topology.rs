@@ -10,8 +10,15 @@
 //! P.jobs    (topic) ──#──▶ P.jobs     quorum, delivery limit, DLX     ──▶ workers
 //! P.results (topic) ──#──▶ P.results  quorum, single active consumer ──▶ dispatcher
 //! P.events  (topic) ──#──▶ P.events   classic, TTL, bounded           ──▶ dispatcher
-//! P.dead    (fanout) ─────▶ P.dead     classic durable                 ──▶ people
+//! P.dead    (topic) ──#──▶ P.dead     classic durable                 ──▶ people
+//!                   └─jobs─▶ P.dead-jobs classic durable               ──▶ dispatcher
 //! ```
+//!
+//! A dead-lettered message is routed by the name of the queue it left
+//! (`commits`, `jobs`, …): the broker's own dead-lettering uses
+//! `x-dead-letter-routing-key`, Warren's rejections publish with the same
+//! key. The dispatcher watches `P.dead-jobs` so that a job the broker gave up
+//! on (delivery limit) still gets a verdict.
 //!
 //! Routing keys are repository names, so an operator can bind extra queues
 //! (for one repository's commits, say) without touching Warren.
@@ -53,12 +60,15 @@ pub enum Queue {
     Events,
     /// Messages that could not be processed, with the reason in a header.
     Dead,
+    /// The dead-lettered jobs (a copy of what `Dead` holds for `Jobs`).
+    DeadJobs,
 }
 
 impl Queue {
     /// Every queue, in declaration order.
-    pub const ALL: [Queue; 5] = [
+    pub const ALL: [Queue; 6] = [
         Queue::Dead,
+        Queue::DeadJobs,
         Queue::Commits,
         Queue::Jobs,
         Queue::Results,
@@ -72,6 +82,28 @@ impl Queue {
             Queue::Results => "results",
             Queue::Events => "events",
             Queue::Dead => "dead",
+            Queue::DeadJobs => "dead-jobs",
+        }
+    }
+
+    /// The routing key of this queue's messages in the dead-letter exchange.
+    pub fn dead_letter_key(self) -> &'static str {
+        self.suffix()
+    }
+
+    /// The exchange that feeds this queue (`Dead` for `DeadJobs`).
+    fn source(self) -> Queue {
+        match self {
+            Queue::DeadJobs => Queue::Dead,
+            other => other,
+        }
+    }
+
+    /// The binding key from its exchange.
+    fn binding_key(self) -> &'static str {
+        match self {
+            Queue::DeadJobs => Queue::Jobs.dead_letter_key(),
+            _ => "#",
         }
     }
 }
@@ -91,9 +123,10 @@ impl Topology {
         &self.prefix
     }
 
-    /// The exchange that feeds `queue` (same name as the queue).
+    /// The exchange that feeds `queue` (of the same name, but for
+    /// `DeadJobs`, fed by the dead-letter exchange).
     pub fn exchange(&self, queue: Queue) -> String {
-        self.queue(queue)
+        self.queue(queue.source())
     }
 
     /// The full name of `queue`.
@@ -107,22 +140,19 @@ impl Topology {
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         for queue in Queue::ALL {
             let name = self.queue(queue);
-            let kind = if queue == Queue::Dead {
-                ExchangeKind::Fanout
-            } else {
-                ExchangeKind::Topic
-            };
-            channel
-                .exchange_declare(
-                    ShortString::from(name.clone()),
-                    kind,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            if queue.source() == queue {
+                channel
+                    .exchange_declare(
+                        ShortString::from(name.clone()),
+                        ExchangeKind::Topic,
+                        ExchangeDeclareOptions {
+                            durable: true,
+                            ..ExchangeDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
             channel
                 .queue_declare(
                     ShortString::from(name.clone()),
@@ -132,9 +162,9 @@ impl Topology {
                 .await?;
             channel
                 .queue_bind(
-                    ShortString::from(name.clone()),
                     ShortString::from(name),
-                    ShortString::from("#"),
+                    ShortString::from(self.exchange(queue)),
+                    ShortString::from(queue.binding_key()),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
@@ -151,9 +181,11 @@ impl Topology {
             channel
                 .queue_delete(ShortString::from(name.clone()), Default::default())
                 .await?;
-            channel
-                .exchange_delete(ShortString::from(name), Default::default())
-                .await?;
+            if queue.source() == queue {
+                channel
+                    .exchange_delete(ShortString::from(name), Default::default())
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -175,6 +207,7 @@ impl Topology {
                     AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
                 );
                 set("x-dead-letter-exchange", text(&self.exchange(Queue::Dead)));
+                set("x-dead-letter-routing-key", text(queue.dead_letter_key()));
                 if queue != Queue::Jobs {
                     // The dispatcher keeps its state in a local database, so only
                     // one dispatcher may consume at a time; a second one waits as
@@ -190,7 +223,7 @@ impl Topology {
                 );
                 set("x-single-active-consumer", AMQPValue::Boolean(true));
             }
-            Queue::Dead => {}
+            Queue::Dead | Queue::DeadJobs => {}
         }
         args
     }

@@ -44,6 +44,14 @@ pub struct DispatcherSettings {
     /// `normal` (survives a crash of the process, not of the machine).
     #[serde(default)]
     pub sync: SyncMode,
+    /// A run not heard from (no started, heartbeat or result) for this long
+    /// is lost: its job is published again. Several worker heartbeat
+    /// intervals (5 s by default), so that one lost event does not count.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// Lost runs of one job before it gets an `error` verdict.
+    #[serde(default = "default_max_lost_runs")]
+    pub max_lost_runs: u32,
 }
 
 impl Default for DispatcherSettings {
@@ -54,6 +62,8 @@ impl Default for DispatcherSettings {
             mirror_dir: default_mirror_dir(),
             prefetch: default_prefetch(),
             sync: SyncMode::default(),
+            lease: default_lease(),
+            max_lost_runs: default_max_lost_runs(),
         }
     }
 }
@@ -78,6 +88,12 @@ fn default_mirror_dir() -> PathBuf {
 }
 fn default_prefetch() -> u16 {
     64
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_lost_runs() -> u32 {
+    3
 }
 
 /// `[defaults]`: what a commit gets when its `warren.toml` does not say.
@@ -121,6 +137,8 @@ pub struct DispatcherConfig {
     pub mirror_dir: PathBuf,
     pub prefetch: u16,
     pub sync: SyncMode,
+    pub lease: Duration,
+    pub max_lost_runs: u32,
     /// Defaults applied to every commit's `warren.toml`.
     pub defaults: TestSpec,
     /// Longest timeout a `warren.toml` may ask for.
@@ -141,6 +159,13 @@ impl DispatcherConfig {
         let dispatcher = settings.dispatcher;
         if dispatcher.prefetch == 0 {
             return Err(source.invalid("dispatcher.prefetch", "must be at least 1"));
+        }
+        if dispatcher.lease < Duration::from_secs(1) || dispatcher.lease > Duration::from_secs(3600)
+        {
+            return Err(source.invalid("dispatcher.lease", "must be between 1s and 1h"));
+        }
+        if !(1..=100).contains(&dispatcher.max_lost_runs) {
+            return Err(source.invalid("dispatcher.max_lost_runs", "must be between 1 and 100"));
         }
         let defaults = settings.defaults;
         let max_timeout_ms = duration_ms(defaults.max_timeout);
@@ -168,6 +193,8 @@ impl DispatcherConfig {
             mirror_dir: validate_dir(&dispatcher.mirror_dir, "dispatcher.mirror_dir", source)?,
             prefetch: dispatcher.prefetch,
             sync: dispatcher.sync,
+            lease: dispatcher.lease,
+            max_lost_runs: dispatcher.max_lost_runs,
             defaults: TestSpec {
                 command: defaults.command,
                 timeout: defaults.timeout,
@@ -206,6 +233,11 @@ mod tests {
     fn errors_name_the_key() {
         let cases = [
             ("[dispatcher]\nprefetch = 0\n", "dispatcher.prefetch"),
+            ("[dispatcher]\nlease = \"10ms\"\n", "dispatcher.lease"),
+            (
+                "[dispatcher]\nmax_lost_runs = 0\n",
+                "dispatcher.max_lost_runs",
+            ),
             ("[defaults]\ntimeout = \"3h\"\n", "defaults.timeout"),
             ("[defaults]\ncommand = \"\"\n", "defaults.command"),
             ("[defaults]\ntimeout = \"soon\"\n", "timeout"),

@@ -58,6 +58,8 @@ pub struct JobReport {
     pub output: String,
     pub output_truncated: bool,
     pub output_bytes: u64,
+    /// Runs lost (worker gone, or no heartbeat for a lease) before the verdict.
+    pub lost_runs: u32,
     /// Results that arrived after the job was decided (ignored, counted).
     pub late_results: u64,
     /// Every run of the job on a worker, in order.
@@ -67,17 +69,22 @@ pub struct JobReport {
 /// One run of a job on one worker.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptReport {
+    /// This run's identity (chosen by its worker).
+    pub run_id: String,
     pub attempt: u32,
     pub worker: String,
     pub host: String,
-    /// `running`, `finished` (decided the job) or `late` (ignored).
+    /// `running`, `finished` (decided the job), `late` (a result after the
+    /// verdict, ignored) or `lost` (`message` says why).
     pub state: String,
     pub started_at: Option<DateTime<Utc>>,
-    pub last_heartbeat: Option<DateTime<Utc>>,
+    /// The last event or result from the run's worker.
+    pub last_seen: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub status: Option<JobStatus>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    /// The result's message, or why the run was lost.
     pub message: Option<String>,
     pub checkout_ms: Option<u64>,
     pub duration_ms: Option<u64>,

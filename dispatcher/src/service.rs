@@ -14,7 +14,7 @@
 use crate::config::DispatcherConfig;
 use crate::mirror::{self, MirrorError};
 use crate::spec;
-use crate::store::{CommitSeen, ResultRecorded, Store, StoreError};
+use crate::store::{CommitSeen, EventRecorded, ResultRecorded, RetryBudget, Store, StoreError};
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -38,6 +38,10 @@ const FETCH_ATTEMPTS: u32 = 3;
 /// How often result files that could not be written (disk full, permissions)
 /// are tried again, in seconds.
 const REWRITE_INTERVAL_SECS: u64 = 30;
+
+/// How often leases are checked, in milliseconds: a lost run is noticed at
+/// most this long after its lease ran out.
+const LEASE_CHECK_MS: u64 = 500;
 
 /// Why serving stopped.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +121,14 @@ impl Dispatcher<'_> {
         let (_events_channel, mut events) = session
             .consume(Queue::Events, prefetch, "dispatcher-events")
             .await?;
+        let (_dead_channel, mut dead_jobs) = session
+            .consume(Queue::DeadJobs, prefetch, "dispatcher-dead-jobs")
+            .await?;
         let mut rewrite = tokio::time::interval(Duration::from_secs(REWRITE_INTERVAL_SECS));
+        let mut leases = tokio::time::interval(Duration::from_millis(LEASE_CHECK_MS));
+        // Workers' heartbeats may have waited in (or expired from) the events
+        // queue while this dispatcher was away: leases count from now.
+        let serving_since = Utc::now();
         loop {
             // Results first: they finish commits, which is what users wait for.
             tokio::select! {
@@ -131,13 +142,84 @@ impl Dispatcher<'_> {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("events"))??;
                     self.on_event(session, delivery).await?;
                 }
+                delivery = dead_jobs.next() => {
+                    let delivery = delivery.ok_or(ServeError::ConsumerGone("dead jobs"))??;
+                    self.on_dead_job(delivery).await?;
+                }
                 delivery = commits.next() => {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("commits"))??;
                     self.on_commit(session, delivery).await?;
                 }
+                _ = leases.tick() => self.expire_leases(session, serving_since).await?,
                 _ = rewrite.tick() => self.write_pending_results()?,
             }
         }
+    }
+
+    fn budget(&self) -> RetryBudget {
+        RetryBudget {
+            max_lost_runs: self.config.max_lost_runs,
+        }
+    }
+
+    /// Declares runs not heard from for a lease lost and publishes their
+    /// jobs' next attempts.
+    async fn expire_leases(
+        &mut self,
+        session: &Session,
+        serving_since: chrono::DateTime<Utc>,
+    ) -> Result<(), ServeError> {
+        let now = Utc::now();
+        let lease = chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::MAX);
+        if now - serving_since < lease {
+            return Ok(());
+        }
+        let budget = self.budget();
+        let expiry = self.store.expire_leases(self.config.lease, &budget, now)?;
+        for (job, attempt, worker) in &expiry.lost {
+            warn!(%job, attempt, %worker, lease = %humantime::format_duration(self.config.lease),
+                  "run lost: no heartbeat for a lease");
+        }
+        for commit_id in expiry.finished_commits {
+            self.write_result(commit_id)?;
+        }
+        if !expiry.reissue.is_empty() {
+            for job in &expiry.reissue {
+                info!(repo = %job.repo, sha = %job.sha, job = %job.job_id, attempt = job.attempt,
+                      "publishing the next attempt");
+            }
+            self.publish_jobs(session, &expiry.reissue).await?;
+        }
+        Ok(())
+    }
+
+    /// A job the broker dead-lettered (delivery limit) or a worker could not
+    /// decode: the job, if known and undecided, gets an error verdict.
+    async fn on_dead_job(&mut self, delivery: Delivery) -> Result<(), ServeError> {
+        match decode::<Job>(&delivery.data) {
+            Ok(job) => {
+                let reason = dead_letter_reason(&delivery);
+                let message = format!(
+                    "attempt {} was dead-lettered ({reason}); see the {} queue",
+                    job.attempt,
+                    self.config.broker.topology.queue(Queue::Dead)
+                );
+                warn!(repo = %job.repo, sha = %job.sha, job = %job.job_id, attempt = job.attempt,
+                      %reason, "job dead-lettered");
+                if let Some(commit_id) =
+                    self.store
+                        .dead_lettered(&job.job_id, &message, Utc::now())?
+                {
+                    self.write_result(commit_id)?;
+                }
+            }
+            Err(error) => {
+                debug!(%error, message_id = %message_id(&delivery), "undecodable dead job ignored");
+            }
+        }
+        // The copy in the dead-letter queue stays for people to see.
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
     }
 
     /// After (re)connecting: publish job attempts whose publish was never
@@ -239,12 +321,20 @@ impl Dispatcher<'_> {
             Ok(event) => event,
             Err(error) => return reject(session, &delivery, Queue::Events, error).await,
         };
-        if !self.store.record_event(&event)? {
-            let reason = format!(
-                "event for job {}, which this dispatcher never planned",
-                event.job_id
-            );
-            return reject(session, &delivery, Queue::Events, reason).await;
+        let budget = self.budget();
+        match self.store.record_event(&event, &budget, Utc::now())? {
+            EventRecorded::UnknownJob => {
+                let reason = format!(
+                    "event for attempt {} of job {}, which this dispatcher never planned",
+                    event.attempt, event.job_id
+                );
+                return reject(session, &delivery, Queue::Events, reason).await;
+            }
+            EventRecorded::Recorded { commit_finished } => {
+                if let Some(commit_id) = commit_finished {
+                    self.write_result(commit_id)?;
+                }
+            }
         }
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(())
@@ -317,4 +407,32 @@ async fn reject(
     warn!(queue = ?from, message_id = %message_id(delivery), %reason, "message rejected to the dead-letter queue");
     session.dead_letter(delivery, from, &reason).await?;
     Ok(())
+}
+
+/// Why the broker (`x-death`) or Warren (`x-warren-reason`) dead-lettered a
+/// delivery, for the job's verdict.
+fn dead_letter_reason(delivery: &Delivery) -> String {
+    use lapin::types::AMQPValue;
+    let Some(headers) = delivery.properties.headers() else {
+        return "no reason given".into();
+    };
+    let headers = headers.inner();
+    if let Some(AMQPValue::LongString(reason)) = headers.get(warren_common::session::REASON_HEADER)
+    {
+        return reason.to_string();
+    }
+    // x-death: an array of tables, newest first, each with a `reason`
+    // (`delivery_limit`, `rejected`, `expired`…) and a `count`.
+    if let Some(AMQPValue::FieldArray(deaths)) = headers.get("x-death")
+        && let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first()
+    {
+        let reason = match death.inner().get("reason") {
+            Some(AMQPValue::LongString(text)) => text.to_string(),
+            Some(AMQPValue::ShortString(text)) => text.to_string(),
+            Some(other) => format!("{other:?}"),
+            None => "?".into(),
+        };
+        return format!("the broker's reason: {reason}");
+    }
+    "no reason given".into()
 }

@@ -7,9 +7,17 @@
 //!
 //! ```text
 //! commits  running ─▶ passed | failed | timed_out | error
-//! jobs     queued  ─▶ passed | failed | timed_out | error   (first finished attempt wins)
-//! attempts running ─▶ finished | late (a result after the job was decided)
+//! jobs     queued  ─▶ passed | failed | timed_out | error   (first finished run wins;
+//!                                                          error when too many runs are lost)
+//! attempts running ─▶ finished (decided the job) | late (a result after the decision)
+//!          running ─▶ lost (redelivered to another worker, or no heartbeat for a lease)
 //! ```
+//!
+//! An attempt number belongs to a published job message; a *run* is one
+//! delivery of it to a worker (the worker names it with a `run_id`). The
+//! broker redelivers the same attempt to another worker when a worker's
+//! connection closes; the dispatcher publishes the next attempt when a run's
+//! lease expires. Both are rows of the `attempts` table, one per run.
 
 use crate::config::SyncMode;
 use crate::report::{AttemptReport, CommitReport, JobReport};
@@ -42,6 +50,10 @@ type Result<T> = std::result::Result<T, StoreError>;
 /// Only one dispatcher writes; this covers an operator's `sqlite3` reading.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
+/// Version of the schema below (`PRAGMA user_version`). A database of
+/// another version is refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS commits (
     id               INTEGER PRIMARY KEY,
@@ -71,24 +83,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     timeout_ms        INTEGER NOT NULL,
     env               TEXT NOT NULL,
     status            TEXT NOT NULL,
+    message           TEXT,
     attempt           INTEGER NOT NULL,
     published         INTEGER NOT NULL DEFAULT 0,
     published_at      TEXT,
-    decided_attempt   INTEGER,
-    decided_worker    TEXT,
+    decided_run       TEXT,
     finished_at       TEXT,
+    lost_runs         INTEGER NOT NULL DEFAULT 0,
     late_results      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_commit ON jobs (commit_id);
 CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs (published) WHERE published = 0;
 CREATE TABLE IF NOT EXISTS attempts (
+    run_id           TEXT PRIMARY KEY,
     job_id           TEXT NOT NULL REFERENCES jobs (id),
     attempt          INTEGER NOT NULL,
     worker           TEXT NOT NULL,
     host             TEXT NOT NULL,
     state            TEXT NOT NULL,
     started_at       TEXT,
-    last_heartbeat   TEXT,
+    last_seen        TEXT NOT NULL,
     finished_at      TEXT,
     status           TEXT,
     exit_code        INTEGER,
@@ -98,9 +112,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     duration_ms      INTEGER,
     output           TEXT,
     output_truncated INTEGER,
-    output_bytes     INTEGER,
-    PRIMARY KEY (job_id, attempt, worker)
+    output_bytes     INTEGER
 );
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
+CREATE INDEX IF NOT EXISTS attempts_running ON attempts (state) WHERE state = 'running';
 ";
 
 /// Commit status while its jobs run.
@@ -128,6 +143,104 @@ pub enum ResultRecorded {
     Late,
     /// No such job, or it belongs to another commit: dead-letter the message.
     Rejected(String),
+}
+
+/// What happened to a job event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRecorded {
+    /// Recorded; `commit_finished` when a lost run spent the job's budget
+    /// and that finished its commit (the result file is due).
+    Recorded { commit_finished: Option<i64> },
+    /// No such job (or attempt): dead-letter the event.
+    UnknownJob,
+}
+
+/// How many runs of one job may be lost before the job gets an `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    pub max_lost_runs: u32,
+}
+
+/// What expiring leases did.
+#[derive(Debug, Default)]
+pub struct LeaseExpiry {
+    /// Runs declared lost: (job, attempt, worker).
+    pub lost: Vec<(String, u32, String)>,
+    /// New attempts to publish.
+    pub reissue: Vec<Job>,
+    /// Commits finished because a job's budget was spent.
+    pub finished_commits: Vec<i64>,
+}
+
+/// The columns of a job that decisions need.
+struct JobRow {
+    id: String,
+    commit_id: i64,
+    status: String,
+    attempt: u32,
+    lost_runs: u32,
+    repo: String,
+    sha: String,
+}
+
+fn job_row(tx: &Transaction<'_>, job_id: &str) -> Result<Option<JobRow>> {
+    Ok(tx
+        .query_row(
+            "SELECT j.id, j.commit_id, j.status, j.attempt, j.lost_runs, c.repo, c.sha
+             FROM jobs j JOIN commits c ON c.id = j.commit_id WHERE j.id = ?1",
+            params![job_id],
+            |row| {
+                Ok(JobRow {
+                    id: row.get(0)?,
+                    commit_id: row.get(1)?,
+                    status: row.get(2)?,
+                    attempt: row.get(3)?,
+                    lost_runs: row.get(4)?,
+                    repo: row.get(5)?,
+                    sha: row.get(6)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Counts `lost` more lost runs of `job`; when the budget is spent and the
+/// job is undecided, gives it an error. Returns the commit if that finished it.
+fn spend_budget(
+    tx: &Transaction<'_>,
+    job: &JobRow,
+    lost: usize,
+    reason: &str,
+    budget: &RetryBudget,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>> {
+    let lost_runs = job.lost_runs + u32::try_from(lost).unwrap_or(u32::MAX);
+    tx.execute(
+        "UPDATE jobs SET lost_runs = ?2 WHERE id = ?1",
+        params![job.id, lost_runs],
+    )?;
+    if job.status != QUEUED || lost_runs < budget.max_lost_runs {
+        return Ok(None);
+    }
+    let message = format!(
+        "gave up after {lost_runs} lost runs (dispatcher.max_lost_runs = {}); the last: {reason}",
+        budget.max_lost_runs
+    );
+    decide_error(tx, job, &message, now)
+}
+
+/// Decides `job` as `error` with `message` (no run decided it).
+fn decide_error(
+    tx: &Transaction<'_>,
+    job: &JobRow,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>> {
+    tx.execute(
+        "UPDATE jobs SET status = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
+        params![job.id, JobStatus::Error.as_str(), message, ts(now)],
+    )?;
+    finish_commit_if_done(tx, job.commit_id, now)
 }
 
 /// The SQLite database.
@@ -181,7 +294,20 @@ impl Store {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let has_tables: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'commits')",
+            [],
+            |row| row.get(0),
+        )?;
+        if has_tables && version != SCHEMA_VERSION {
+            return Err(corrupt(
+                "user_version",
+                format!("database schema version {version}; this build reads {SCHEMA_VERSION}"),
+            ));
+        }
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self { conn })
     }
 
@@ -282,42 +408,154 @@ impl Store {
         Ok(())
     }
 
-    /// Records a started or heartbeat event. Returns false for an unknown job.
-    pub fn record_event(&mut self, event: &JobEvent) -> Result<bool> {
+    /// Records a started or heartbeat event of a run. A run that starts
+    /// while another run of the same attempt is still `running` means the
+    /// broker redelivered the attempt: the other run is lost (its worker's
+    /// connection closed). Losing runs spends the job's retry budget.
+    pub fn record_event(
+        &mut self,
+        event: &JobEvent,
+        budget: &RetryBudget,
+        now: DateTime<Utc>,
+    ) -> Result<EventRecorded> {
+        let tx = self.conn.transaction()?;
         let job_id = event.job_id.to_string();
-        let known: Option<i64> = self
-            .conn
-            .query_row("SELECT 1 FROM jobs WHERE id = ?1", params![job_id], |row| {
-                row.get(0)
-            })
-            .optional()?;
-        if known.is_none() {
-            return Ok(false);
+        let Some(job) = job_row(&tx, &job_id)? else {
+            return Ok(EventRecorded::UnknownJob);
+        };
+        if event.attempt > job.attempt {
+            return Ok(EventRecorded::UnknownJob);
         }
+        let run_id = event.run_id.to_string();
         let at = ts(event.at);
         let started_at = (event.event == JobEventKind::Started).then(|| at.clone());
-        // The heartbeat may arrive first (events are transient and unordered
-        // across a reconnect), so both kinds upsert.
-        self.conn.execute(
-            "INSERT INTO attempts (job_id, attempt, worker, host, state, started_at, last_heartbeat)
-             VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6)
-             ON CONFLICT (job_id, attempt, worker) DO UPDATE SET
-                 started_at = COALESCE(attempts.started_at, excluded.started_at),
-                 last_heartbeat = excluded.last_heartbeat",
-            params![
-                job_id,
-                event.attempt,
-                event.worker.as_str(),
-                event.host,
-                started_at,
-                at
-            ],
+        // A heartbeat may arrive before its `started` (events are transient
+        // and unordered across a reconnect), so both kinds upsert. A run
+        // already lost or finished keeps its state.
+        let inserted = tx.execute(
+            "INSERT INTO attempts (run_id, job_id, attempt, worker, host, state, started_at, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7)
+             ON CONFLICT (run_id) DO NOTHING",
+            params![run_id, job_id, event.attempt, event.worker.as_str(), event.host, started_at, at],
+        )? > 0;
+        if !inserted {
+            tx.execute(
+                "UPDATE attempts SET last_seen = ?2, started_at = COALESCE(started_at, ?3)
+                 WHERE run_id = ?1",
+                params![run_id, at, started_at],
+            )?;
+            tx.commit()?;
+            return Ok(EventRecorded::Recorded {
+                commit_finished: None,
+            });
+        }
+        // A new run: any other live run of the same attempt was abandoned by
+        // the broker.
+        let reason = format!(
+            "the broker delivered attempt {} again, to {}: this worker's connection closed \
+             (crash, kill, network loss or broker restart)",
+            event.attempt, event.worker
+        );
+        let lost = tx.execute(
+            "UPDATE attempts SET state = 'lost', message = ?4, finished_at = ?5
+             WHERE job_id = ?1 AND attempt = ?2 AND run_id != ?3 AND state = 'running'",
+            params![job_id, event.attempt, run_id, reason, ts(now)],
         )?;
-        Ok(true)
+        let commit_finished = if lost > 0 {
+            spend_budget(&tx, &job, lost, &reason, budget, now)?
+        } else {
+            None
+        };
+        tx.commit()?;
+        Ok(EventRecorded::Recorded { commit_finished })
+    }
+
+    /// Marks every run not heard from since `now - lease` as lost and, for
+    /// jobs still undecided whose current attempt was lost, plans the next
+    /// attempt (or gives the job an error when its budget is spent).
+    pub fn expire_leases(
+        &mut self,
+        lease: Duration,
+        budget: &RetryBudget,
+        now: DateTime<Utc>,
+    ) -> Result<LeaseExpiry> {
+        let cutoff = now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let tx = self.conn.transaction()?;
+        let expired: Vec<(String, String, u32, String)> = {
+            let mut statement = tx.prepare(
+                "SELECT run_id, job_id, attempt, worker FROM attempts
+                 WHERE state = 'running' AND last_seen < ?1 ORDER BY last_seen",
+            )?;
+            statement
+                .query_map(params![ts(cutoff)], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        let mut outcome = LeaseExpiry::default();
+        let mut reissued = Vec::new();
+        for (run_id, job_id, attempt, worker) in expired {
+            let reason = format!(
+                "no heartbeat from {worker} for {}: the worker is frozen, hung or cut off",
+                humantime::format_duration(lease)
+            );
+            tx.execute(
+                "UPDATE attempts SET state = 'lost', message = ?2, finished_at = ?3 WHERE run_id = ?1",
+                params![run_id, reason, ts(now)],
+            )?;
+            outcome.lost.push((job_id.clone(), attempt, worker));
+            let Some(job) = job_row(&tx, &job_id)? else {
+                continue;
+            };
+            if job.status != QUEUED || attempt != job.attempt {
+                // Decided already, or an older attempt: nothing to re-issue.
+                continue;
+            }
+            if let Some(commit_id) = spend_budget(&tx, &job, 1, &reason, budget, now)? {
+                outcome.finished_commits.push(commit_id);
+            } else if job_row(&tx, &job_id)?.is_some_and(|job| job.status == QUEUED) {
+                tx.execute(
+                    "UPDATE jobs SET attempt = attempt + 1, published = 0 WHERE id = ?1",
+                    params![job_id],
+                )?;
+                reissued.push(job.commit_id);
+            }
+        }
+        reissued.sort_unstable();
+        reissued.dedup();
+        for commit_id in reissued {
+            outcome
+                .reissue
+                .extend(unpublished_jobs(&tx, Some(commit_id), now)?);
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// The broker dead-lettered a job message (it was delivered too many
+    /// times, or no worker could decode it): the job gets an error, unless
+    /// it was decided already.
+    pub fn dead_lettered(
+        &mut self,
+        job_id: &JobId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>> {
+        let tx = self.conn.transaction()?;
+        let Some(job) = job_row(&tx, &job_id.to_string())? else {
+            return Ok(None);
+        };
+        let finished = if job.status == QUEUED {
+            decide_error(&tx, &job, reason, now)?
+        } else {
+            None
+        };
+        tx.commit()?;
+        Ok(finished)
     }
 
     /// Records a job result: the first one decides the job, later ones are
-    /// kept as late attempts and counted.
+    /// kept as late runs and counted.
     pub fn record_result(
         &mut self,
         result: &JobResult,
@@ -325,56 +563,42 @@ impl Store {
     ) -> Result<ResultRecorded> {
         let tx = self.conn.transaction()?;
         let job_id = result.job_id.to_string();
-        let job: Option<(i64, String, String, String, u32)> = tx
-            .query_row(
-                "SELECT j.commit_id, j.status, c.repo, c.sha, j.attempt
-                 FROM jobs j JOIN commits c ON c.id = j.commit_id WHERE j.id = ?1",
-                params![job_id],
-                |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((commit_id, status, repo, sha, latest_attempt)) = job else {
+        let Some(job) = job_row(&tx, &job_id)? else {
             return Ok(ResultRecorded::Rejected(format!(
                 "result for job {job_id}, which this dispatcher never planned"
             )));
         };
-        if repo != result.repo.as_str() || sha != result.sha.as_str() {
+        if job.repo != result.repo.as_str() || job.sha != result.sha.as_str() {
             return Ok(ResultRecorded::Rejected(format!(
-                "result for job {job_id} names {}@{}, but the job belongs to {repo}@{sha}",
-                result.repo, result.sha
+                "result for job {job_id} names {}@{}, but the job belongs to {}@{}",
+                result.repo, result.sha, job.repo, job.sha
             )));
         }
-        if result.attempt > latest_attempt {
+        if result.attempt > job.attempt {
             return Ok(ResultRecorded::Rejected(format!(
-                "result for attempt {} of job {job_id}, which has only {latest_attempt} attempts",
-                result.attempt
+                "result for attempt {} of job {job_id}, which has only {} attempts",
+                result.attempt, job.attempt
             )));
         }
-        let decided = status == QUEUED;
+        let decided = job.status == QUEUED;
         let state = if decided { "finished" } else { "late" };
+        let run_id = result.run_id.to_string();
         tx.execute(
-            "INSERT INTO attempts (job_id, attempt, worker, host, state, started_at, finished_at,
-                                   status, exit_code, signal, message, checkout_ms, duration_ms,
-                                   output, output_truncated, output_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-             ON CONFLICT (job_id, attempt, worker) DO UPDATE SET
+            "INSERT INTO attempts (run_id, job_id, attempt, worker, host, state, started_at,
+                                   last_seen, finished_at, status, exit_code, signal, message,
+                                   checkout_ms, duration_ms, output, output_truncated, output_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+             ON CONFLICT (run_id) DO UPDATE SET
                  state = excluded.state, host = excluded.host,
                  started_at = COALESCE(attempts.started_at, excluded.started_at),
-                 finished_at = excluded.finished_at, status = excluded.status,
-                 exit_code = excluded.exit_code, signal = excluded.signal,
-                 message = excluded.message, checkout_ms = excluded.checkout_ms,
-                 duration_ms = excluded.duration_ms, output = excluded.output,
-                 output_truncated = excluded.output_truncated,
+                 last_seen = excluded.last_seen, finished_at = excluded.finished_at,
+                 status = excluded.status, exit_code = excluded.exit_code,
+                 signal = excluded.signal, message = excluded.message,
+                 checkout_ms = excluded.checkout_ms, duration_ms = excluded.duration_ms,
+                 output = excluded.output, output_truncated = excluded.output_truncated,
                  output_bytes = excluded.output_bytes",
             params![
+                run_id,
                 job_id,
                 result.attempt,
                 result.worker.as_str(),
@@ -408,17 +632,10 @@ impl Store {
             return Ok(ResultRecorded::Late);
         }
         tx.execute(
-            "UPDATE jobs SET status = ?2, decided_attempt = ?3, decided_worker = ?4, finished_at = ?5
-             WHERE id = ?1",
-            params![
-                job_id,
-                result.status.as_str(),
-                result.attempt,
-                result.worker.as_str(),
-                ts(now)
-            ],
+            "UPDATE jobs SET status = ?2, decided_run = ?3, finished_at = ?4 WHERE id = ?1",
+            params![job_id, result.status.as_str(), run_id, ts(now)],
         )?;
-        let commit_finished = finish_commit_if_done(&tx, commit_id, now)?;
+        let commit_finished = finish_commit_if_done(&tx, job.commit_id, now)?;
         tx.commit()?;
         Ok(ResultRecorded::Decided { commit_finished })
     }
@@ -515,7 +732,7 @@ impl Store {
     fn job_reports(&self, commit_id: i64) -> Result<Vec<JobReport>> {
         let mut statement = self.conn.prepare(
             "SELECT id, shard_index, shard_count, command, timeout_ms, status, attempt,
-                    decided_attempt, decided_worker, late_results
+                    decided_run, message, lost_runs, late_results
              FROM jobs WHERE commit_id = ?1 ORDER BY shard_index",
         )?;
         let rows = statement
@@ -528,44 +745,46 @@ impl Store {
                     row.get::<_, u64>(4)?,
                     row.get::<_, String>(5)?,
                     row.get::<_, u32>(6)?,
-                    row.get::<_, Option<u32>>(7)?,
+                    row.get::<_, Option<String>>(7)?,
                     row.get::<_, Option<String>>(8)?,
-                    row.get::<_, u64>(9)?,
+                    row.get::<_, u32>(9)?,
+                    row.get::<_, u64>(10)?,
                 ))
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in rows {
-            let attempts = self.attempt_reports(&row.0)?;
+            let (id, index, count, command, timeout_ms, status, attempt, decided_run) =
+                (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7);
+            let (job_message, lost_runs, late_results) = (row.8, row.9, row.10);
+            let attempts = self.attempt_reports(&id)?;
             let decided = attempts
                 .iter()
-                .find(|a| Some(a.attempt) == row.7 && Some(&a.worker) == row.8.as_ref());
+                .find(|a| Some(&a.run_id) == decided_run.as_ref());
             let command: TestCommand =
-                serde_json::from_str(&row.3).map_err(|e| corrupt("command", e))?;
+                serde_json::from_str(&command).map_err(|e| corrupt("command", e))?;
             jobs.push(JobReport {
-                id: row.0.parse().map_err(|e| corrupt("jobs.id", e))?,
-                shard: Shard {
-                    index: row.1,
-                    count: row.2,
-                },
+                id: id.parse().map_err(|e| corrupt("jobs.id", e))?,
+                shard: Shard { index, count },
                 command: command.to_string(),
-                timeout_ms: row.4,
-                status: if row.5 == QUEUED {
+                timeout_ms,
+                status: if status == QUEUED {
                     None
                 } else {
-                    Some(parse_status("jobs.status", &row.5)?)
+                    Some(parse_status("jobs.status", &status)?)
                 },
-                attempt: row.7.unwrap_or(row.6),
+                attempt: decided.map_or(attempt, |a| a.attempt),
                 worker: decided.map(|a| a.worker.clone()),
                 exit_code: decided.and_then(|a| a.exit_code),
                 signal: decided.and_then(|a| a.signal),
-                message: decided.and_then(|a| a.message.clone()),
+                message: job_message.or_else(|| decided.and_then(|a| a.message.clone())),
                 checkout_ms: decided.and_then(|a| a.checkout_ms),
                 duration_ms: decided.and_then(|a| a.duration_ms),
                 output: decided.and_then(|a| a.output.clone()).unwrap_or_default(),
                 output_truncated: decided.is_some_and(|a| a.output_truncated),
                 output_bytes: decided.and_then(|a| a.output_bytes).unwrap_or(0),
-                late_results: row.9,
+                lost_runs,
+                late_results,
                 attempts,
             });
         }
@@ -574,55 +793,62 @@ impl Store {
 
     fn attempt_reports(&self, job_id: &str) -> Result<Vec<AttemptReport>> {
         let mut statement = self.conn.prepare(
-            "SELECT attempt, worker, host, state, started_at, last_heartbeat, finished_at, status,
-                    exit_code, signal, message, checkout_ms, duration_ms, output, output_truncated,
-                    output_bytes
-             FROM attempts WHERE job_id = ?1 ORDER BY attempt, COALESCE(started_at, finished_at)",
+            "SELECT run_id, attempt, worker, host, state, started_at, last_seen, finished_at,
+                    status, exit_code, signal, message, checkout_ms, duration_ms, output,
+                    output_truncated, output_bytes
+             FROM attempts WHERE job_id = ?1
+             ORDER BY attempt, COALESCE(started_at, last_seen)",
         )?;
         let rows = statement
             .query_map(params![job_id], |row| {
                 Ok((
-                    row.get::<_, u32>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, Option<String>>(4)?,
-                    row.get::<_, Option<String>>(5)?,
-                    row.get::<_, Option<String>>(6)?,
-                    row.get::<_, Option<String>>(7)?,
-                    row.get::<_, Option<i32>>(8)?,
-                    row.get::<_, Option<i32>>(9)?,
-                    row.get::<_, Option<String>>(10)?,
-                    row.get::<_, Option<u64>>(11)?,
-                    row.get::<_, Option<u64>>(12)?,
-                    row.get::<_, Option<String>>(13)?,
-                    row.get::<_, Option<bool>>(14)?,
-                    row.get::<_, Option<u64>>(15)?,
+                    (
+                        row.get::<_, String>(0)?,
+                        row.get::<_, u32>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, Option<String>>(5)?,
+                        row.get::<_, String>(6)?,
+                        row.get::<_, Option<String>>(7)?,
+                    ),
+                    (
+                        row.get::<_, Option<String>>(8)?,
+                        row.get::<_, Option<i32>>(9)?,
+                        row.get::<_, Option<i32>>(10)?,
+                        row.get::<_, Option<String>>(11)?,
+                        row.get::<_, Option<u64>>(12)?,
+                        row.get::<_, Option<u64>>(13)?,
+                        row.get::<_, Option<String>>(14)?,
+                        row.get::<_, Option<bool>>(15)?,
+                        row.get::<_, Option<u64>>(16)?,
+                    ),
                 ))
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|row| {
+            .map(|(a, b)| {
                 Ok(AttemptReport {
-                    attempt: row.0,
-                    worker: row.1,
-                    host: row.2,
-                    state: row.3,
-                    started_at: parse_opt_ts("attempts.started_at", row.4)?,
-                    last_heartbeat: parse_opt_ts("attempts.last_heartbeat", row.5)?,
-                    finished_at: parse_opt_ts("attempts.finished_at", row.6)?,
-                    status: row
-                        .7
+                    run_id: a.0,
+                    attempt: a.1,
+                    worker: a.2,
+                    host: a.3,
+                    state: a.4,
+                    started_at: parse_opt_ts("attempts.started_at", a.5)?,
+                    last_seen: parse_ts("attempts.last_seen", &a.6)?,
+                    finished_at: parse_opt_ts("attempts.finished_at", a.7)?,
+                    status: b
+                        .0
                         .map(|s| parse_status("attempts.status", &s))
                         .transpose()?,
-                    exit_code: row.8,
-                    signal: row.9,
-                    message: row.10,
-                    checkout_ms: row.11,
-                    duration_ms: row.12,
-                    output: row.13,
-                    output_truncated: row.14.unwrap_or(false),
-                    output_bytes: row.15,
+                    exit_code: b.1,
+                    signal: b.2,
+                    message: b.3,
+                    checkout_ms: b.4,
+                    duration_ms: b.5,
+                    output: b.6,
+                    output_truncated: b.7.unwrap_or(false),
+                    output_bytes: b.8,
                 })
             })
             .collect()
@@ -774,6 +1000,7 @@ mod tests {
         JobResult {
             job_id: job.job_id,
             attempt: job.attempt,
+            run_id: uuid::Uuid::new_v4(),
             worker: WorkerId::parse(worker).unwrap(),
             host: "h".into(),
             repo: job.repo.clone(),
@@ -899,28 +1126,202 @@ mod tests {
         ));
     }
 
+    const BUDGET: RetryBudget = RetryBudget { max_lost_runs: 2 };
+
+    fn started(job: &Job, worker: &str, at: DateTime<Utc>) -> JobEvent {
+        JobEvent {
+            job_id: job.job_id,
+            attempt: job.attempt,
+            run_id: uuid::Uuid::new_v4(),
+            worker: WorkerId::parse(worker).unwrap(),
+            host: "h".into(),
+            event: JobEventKind::Started,
+            at,
+        }
+    }
+
+    fn states(store: &Store, commit_id: i64) -> Vec<(String, String)> {
+        store.commit_report(commit_id).unwrap().jobs[0]
+            .attempts
+            .iter()
+            .map(|a| (a.worker.clone(), a.state.clone()))
+            .collect()
+    }
+
     #[test]
-    fn events_open_attempts_and_heartbeats_renew_them() {
+    fn events_open_runs_and_heartbeats_renew_them() {
         let (_dir, mut store) = store();
         let jobs = store
             .insert_planned(&event("f"), &plan(), Utc::now())
             .unwrap();
-        let mut e = JobEvent {
-            job_id: jobs[0].job_id,
-            attempt: 1,
-            worker: WorkerId::parse("w1").unwrap(),
-            host: "h".into(),
-            event: JobEventKind::Heartbeat,
-            at: Utc::now(),
-        };
-        assert!(
-            store.record_event(&e).unwrap(),
+        let mut e = started(&jobs[0], "w1", Utc::now());
+        e.event = JobEventKind::Heartbeat;
+        let recorded = store.record_event(&e, &BUDGET, Utc::now()).unwrap();
+        assert_eq!(
+            recorded,
+            EventRecorded::Recorded {
+                commit_finished: None
+            },
             "a heartbeat before started still counts"
         );
         e.event = JobEventKind::Started;
-        assert!(store.record_event(&e).unwrap());
+        store.record_event(&e, &BUDGET, Utc::now()).unwrap();
         e.job_id = JobId::new();
-        assert!(!store.record_event(&e).unwrap());
+        assert_eq!(
+            store.record_event(&e, &BUDGET, Utc::now()).unwrap(),
+            EventRecorded::UnknownJob
+        );
+    }
+
+    #[test]
+    fn a_redelivered_attempt_marks_the_previous_run_lost_and_spends_the_budget() {
+        let (_dir, mut store) = store();
+        let jobs = store
+            .insert_planned(&event("1"), &plan(), Utc::now())
+            .unwrap();
+        let job = &jobs[0];
+        store
+            .record_event(&started(job, "w1", Utc::now()), &BUDGET, Utc::now())
+            .unwrap();
+        store
+            .record_event(&started(job, "w2", Utc::now()), &BUDGET, Utc::now())
+            .unwrap();
+        let commit_id = 1;
+        assert_eq!(
+            states(&store, commit_id),
+            [
+                ("w1".into(), "lost".into()),
+                ("w2".into(), "running".into())
+            ]
+        );
+        let report = store.commit_report(commit_id).unwrap();
+        assert!(
+            report.jobs[0].attempts[0]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("again, to w2")
+        );
+        assert_eq!(report.status, None, "one lost run is within the budget");
+
+        // The second loss spends the budget: the job is decided as error.
+        let recorded = store
+            .record_event(&started(job, "w3", Utc::now()), &BUDGET, Utc::now())
+            .unwrap();
+        assert_eq!(
+            recorded,
+            EventRecorded::Recorded {
+                commit_finished: Some(commit_id)
+            }
+        );
+        let report = store.commit_report(commit_id).unwrap().explain();
+        assert_eq!(report.status, Some(JobStatus::Error));
+        assert!(
+            report
+                .message
+                .unwrap()
+                .contains("gave up after 2 lost runs")
+        );
+        // The run still going reports late.
+        assert_eq!(
+            store
+                .record_result(&result(job, "w3", JobStatus::Passed), Utc::now())
+                .unwrap(),
+            ResultRecorded::Late
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_loses_the_run_and_plans_the_next_attempt() {
+        let (_dir, mut store) = store();
+        let jobs = store
+            .insert_planned(&event("2"), &plan(), Utc::now())
+            .unwrap();
+        store.mark_published(&jobs).unwrap();
+        let job = &jobs[0];
+        let long_ago = Utc::now() - chrono::Duration::seconds(60);
+        store
+            .record_event(&started(job, "frozen", long_ago), &BUDGET, Utc::now())
+            .unwrap();
+        let lease = Duration::from_secs(30);
+        let expiry = store.expire_leases(lease, &BUDGET, Utc::now()).unwrap();
+        assert_eq!(expiry.lost.len(), 1);
+        assert_eq!(expiry.reissue.len(), 1);
+        let next = &expiry.reissue[0];
+        assert_eq!((next.job_id, next.attempt), (job.job_id, 2));
+        assert!(
+            store
+                .expire_leases(lease, &BUDGET, Utc::now())
+                .unwrap()
+                .lost
+                .is_empty()
+        );
+        // Until its publish is confirmed, the new attempt is found again.
+        assert_eq!(store.unpublished_jobs(Utc::now()).unwrap().len(), 1);
+        store.mark_published(&expiry.reissue).unwrap();
+
+        // Attempt 2 finishes first; the frozen worker's result comes late.
+        let mut second = result(next, "w2", JobStatus::Passed);
+        second.attempt = 2;
+        assert!(matches!(
+            store.record_result(&second, Utc::now()).unwrap(),
+            ResultRecorded::Decided {
+                commit_finished: Some(_)
+            }
+        ));
+        assert_eq!(
+            store
+                .record_result(&result(job, "frozen", JobStatus::Failed), Utc::now())
+                .unwrap(),
+            ResultRecorded::Late
+        );
+        let report = store.commit_report(1).unwrap();
+        assert_eq!(report.status, Some(JobStatus::Passed));
+        assert_eq!(report.jobs[0].attempt, 2);
+        assert_eq!(report.jobs[0].lost_runs, 1);
+        assert_eq!(report.jobs[0].late_results, 1);
+    }
+
+    #[test]
+    fn a_dead_lettered_job_gets_an_error_unless_decided() {
+        let (_dir, mut store) = store();
+        let jobs = store
+            .insert_planned(&event("3"), &plan(), Utc::now())
+            .unwrap();
+        let finished = store
+            .dead_lettered(&jobs[0].job_id, "delivered too often", Utc::now())
+            .unwrap();
+        assert_eq!(finished, Some(1));
+        let report = store.commit_report(1).unwrap().explain();
+        assert_eq!(report.status, Some(JobStatus::Error));
+        assert_eq!(report.message.as_deref(), Some("delivered too often"));
+        assert_eq!(
+            store
+                .dead_lettered(&jobs[0].job_id, "again", Utc::now())
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .dead_lettered(&JobId::new(), "stranger", Utc::now())
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_database_of_another_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.db");
+        drop(Store::open(&path, SyncMode::Normal).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::open(&path, SyncMode::Normal)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("schema version 99"), "{err}");
     }
 
     #[test]

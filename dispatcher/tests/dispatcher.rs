@@ -108,10 +108,11 @@ async fn wait_for_file(path: &Path) -> serde_json::Value {
     found.expect("the result file appears")
 }
 
-fn result_for(job: &Job, worker: &str, status: JobStatus) -> JobResult {
+fn result_for(job: &Job, run_id: uuid::Uuid, worker: &str, status: JobStatus) -> JobResult {
     JobResult {
         job_id: job.job_id,
         attempt: job.attempt,
+        run_id,
         worker: WorkerId::parse(worker).unwrap(),
         host: "test-host".into(),
         repo: job.repo.clone(),
@@ -166,9 +167,11 @@ async fn a_commit_becomes_a_job_and_its_result_a_file_exactly_once() {
     assert_eq!(job.env["LEVEL"], "2");
     assert_eq!(job.attempt, 1);
 
+    let run_id = uuid::Uuid::new_v4();
     let started = JobEvent {
         job_id: job.job_id,
         attempt: 1,
+        run_id,
         worker: WorkerId::parse("w-1").unwrap(),
         host: "test-host".into(),
         event: JobEventKind::Started,
@@ -181,7 +184,7 @@ async fn a_commit_becomes_a_job_and_its_result_a_file_exactly_once() {
     session
         .publish(
             Queue::Results,
-            &result_for(&job, "w-1", JobStatus::Passed),
+            &result_for(&job, run_id, "w-1", JobStatus::Passed),
             outgoing(&job, "result"),
         )
         .await
@@ -201,7 +204,7 @@ async fn a_commit_becomes_a_job_and_its_result_a_file_exactly_once() {
     session
         .publish(
             Queue::Results,
-            &result_for(&job, "w-2", JobStatus::Failed),
+            &result_for(&job, uuid::Uuid::new_v4(), "w-2", JobStatus::Failed),
             outgoing(&job, "late"),
         )
         .await

@@ -46,8 +46,8 @@ impl Events {
         Self::new(session, worker, warren_common::hostname())
     }
 
-    /// Reports `kind` for `job`; failures are logged at debug level only.
-    pub async fn send(&self, job: &Job, kind: JobEventKind) {
+    /// Reports `kind` for run `run_id` of `job`; failures are logged at debug level only.
+    pub async fn send(&self, job: &Job, run_id: uuid::Uuid, kind: JobEventKind) {
         // Clone the session out of the watch: its borrow is a lock, never
         // held across an await.
         let Some(session) = self.session.borrow().clone() else {
@@ -56,6 +56,7 @@ impl Events {
         let event = JobEvent {
             job_id: job.job_id,
             attempt: job.attempt,
+            run_id,
             worker: self.worker.clone(),
             host: self.host.clone(),
             event: kind,

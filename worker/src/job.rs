@@ -121,36 +121,42 @@ async fn run_job(
         return Outcome::Finished(report.error(message, Duration::ZERO));
     }
     info!(command = %job.command, shard = job.shard.index, shards = job.shard.count, "job started");
-    events.send(job, JobEventKind::Started).await;
-    let outcome = with_heartbeats(events, job, runner.heartbeat_interval, async {
-        let checkout_started = Instant::now();
-        let tree = match prepare_tree(slot_dir, job, abort).await {
-            Ok(tree) => tree,
-            Err(CheckoutError::Interrupted) => return Outcome::Abandoned,
-            Err(error) => {
-                warn!(%error, "checkout failed");
-                return Outcome::Finished(
-                    report.error(error.to_string(), checkout_started.elapsed()),
-                );
+    events.send(job, report.run_id, JobEventKind::Started).await;
+    let outcome = with_heartbeats(
+        events,
+        job,
+        report.run_id,
+        runner.heartbeat_interval,
+        async {
+            let checkout_started = Instant::now();
+            let tree = match prepare_tree(slot_dir, job, abort).await {
+                Ok(tree) => tree,
+                Err(CheckoutError::Interrupted) => return Outcome::Abandoned,
+                Err(error) => {
+                    warn!(%error, "checkout failed");
+                    return Outcome::Finished(
+                        report.error(error.to_string(), checkout_started.elapsed()),
+                    );
+                }
+            };
+            let checkout_time = checkout_started.elapsed();
+            let spec = command_spec(runner, job, &tree.path);
+            match run::run(&spec, abort).await {
+                Ok(finished) if finished.ending == Ending::Aborted => Outcome::Abandoned,
+                Ok(finished) => Outcome::Finished(report.ran(
+                    job,
+                    finished.ending,
+                    finished.output,
+                    checkout_time,
+                    finished.duration,
+                )),
+                Err(error) => {
+                    warn!(%error, "command could not start");
+                    Outcome::Finished(report.error(error.to_string(), checkout_time))
+                }
             }
-        };
-        let checkout_time = checkout_started.elapsed();
-        let spec = command_spec(runner, job, &tree.path);
-        match run::run(&spec, abort).await {
-            Ok(finished) if finished.ending == Ending::Aborted => Outcome::Abandoned,
-            Ok(finished) => Outcome::Finished(report.ran(
-                job,
-                finished.ending,
-                finished.output,
-                checkout_time,
-                finished.duration,
-            )),
-            Err(error) => {
-                warn!(%error, "command could not start");
-                Outcome::Finished(report.error(error.to_string(), checkout_time))
-            }
-        }
-    })
+        },
+    )
     .await;
     match &outcome {
         Outcome::Finished(result) => info!(
@@ -170,6 +176,7 @@ async fn run_job(
 async fn with_heartbeats<T>(
     events: &Events,
     job: &Job,
+    run_id: uuid::Uuid,
     interval: Duration,
     work: impl Future<Output = T>,
 ) -> T {
@@ -179,7 +186,7 @@ async fn with_heartbeats<T>(
     loop {
         tokio::select! {
             output = &mut work => return output,
-            _ = ticker.tick() => events.send(job, JobEventKind::Heartbeat).await,
+            _ = ticker.tick() => events.send(job, run_id, JobEventKind::Heartbeat).await,
         }
     }
 }
@@ -283,6 +290,8 @@ pub fn job_environment(
 struct Report<'a> {
     runner: &'a JobRunner,
     job: &'a Job,
+    /// This run's identity in events and the result.
+    run_id: uuid::Uuid,
     started_at: DateTime<Utc>,
 }
 
@@ -291,6 +300,7 @@ impl<'a> Report<'a> {
         Self {
             runner,
             job,
+            run_id: uuid::Uuid::new_v4(),
             started_at: Utc::now(),
         }
     }
@@ -354,6 +364,7 @@ impl<'a> Report<'a> {
         let mut result = Box::new(JobResult {
             job_id: self.job.job_id,
             attempt: self.job.attempt,
+            run_id: self.run_id,
             worker: self.runner.worker.clone(),
             host: self.runner.host.clone(),
             repo: self.job.repo.clone(),

@@ -93,6 +93,7 @@ mod tests {
 
     fn result() -> JobResult {
         JobResult {
+            run_id: uuid::Uuid::new_v4(),
             job_id: JobId::new(),
             attempt: 1,
             worker: WorkerId::parse("w").unwrap(),

@@ -11,4 +11,4 @@ if command -v rabbitmq-plugins >/dev/null 2>&1; then
     rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null 2>&1 || true
 fi
 cargo build --quiet --bins
-exec target/debug/warren-demo "$@"
+WARREN_BIN_DIR=target/debug exec target/debug/warren-demo "$@"

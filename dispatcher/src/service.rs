@@ -303,6 +303,10 @@ impl Dispatcher<'_> {
                     self.write_result(commit_id)?;
                 }
             }
+            ResultRecorded::Redelivered => {
+                debug!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
+                       "result delivered again; already recorded");
+            }
             ResultRecorded::Late => {
                 info!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
                       attempt = result.attempt, worker = %result.worker,

@@ -141,6 +141,8 @@ pub enum ResultRecorded {
     /// The job already had a result; this one was counted and kept as a late
     /// attempt.
     Late,
+    /// The result that decided the job, delivered again: nothing to do.
+    Redelivered,
     /// No such job, or it belongs to another commit: dead-letter the message.
     Rejected(String),
 }
@@ -177,6 +179,7 @@ struct JobRow {
     id: String,
     commit_id: i64,
     status: String,
+    decided_run: Option<String>,
     attempt: u32,
     lost_runs: u32,
     repo: String,
@@ -186,7 +189,8 @@ struct JobRow {
 fn job_row(tx: &Transaction<'_>, job_id: &str) -> Result<Option<JobRow>> {
     Ok(tx
         .query_row(
-            "SELECT j.id, j.commit_id, j.status, j.attempt, j.lost_runs, c.repo, c.sha
+            "SELECT j.id, j.commit_id, j.status, j.attempt, j.lost_runs, c.repo, c.sha,
+                    j.decided_run
              FROM jobs j JOIN commits c ON c.id = j.commit_id WHERE j.id = ?1",
             params![job_id],
             |row| {
@@ -198,6 +202,7 @@ fn job_row(tx: &Transaction<'_>, job_id: &str) -> Result<Option<JobRow>> {
                     lost_runs: row.get(4)?,
                     repo: row.get(5)?,
                     sha: row.get(6)?,
+                    decided_run: row.get(7)?,
                 })
             },
         )
@@ -580,9 +585,14 @@ impl Store {
                 result.attempt, job.attempt
             )));
         }
+        let run_id = result.run_id.to_string();
+        if job.decided_run.as_deref() == Some(run_id.as_str()) {
+            // The very result that decided the job, delivered again (the
+            // dispatcher stopped before its ack reached the broker).
+            return Ok(ResultRecorded::Redelivered);
+        }
         let decided = job.status == QUEUED;
         let state = if decided { "finished" } else { "late" };
-        let run_id = result.run_id.to_string();
         tx.execute(
             "INSERT INTO attempts (run_id, job_id, attempt, worker, host, state, started_at,
                                    last_seen, finished_at, status, exit_code, signal, message,
@@ -1066,15 +1076,20 @@ mod tests {
             .insert_planned(&event("c"), &plan(), Utc::now())
             .unwrap();
         let job = &jobs[0];
-        let first = store
-            .record_result(&result(job, "w1", JobStatus::Failed), Utc::now())
-            .unwrap();
+        let decisive = result(job, "w1", JobStatus::Failed);
+        let first = store.record_result(&decisive, Utc::now()).unwrap();
         let ResultRecorded::Decided {
             commit_finished: Some(commit_id),
         } = first
         else {
             panic!("expected the commit to finish, got {first:?}");
         };
+        // The same result again (redelivered after a dispatcher crash) is
+        // neither late nor a second verdict.
+        assert_eq!(
+            store.record_result(&decisive, Utc::now()).unwrap(),
+            ResultRecorded::Redelivered
+        );
         let late = store
             .record_result(&result(job, "w2", JobStatus::Passed), Utc::now())
             .unwrap();

@@ -31,6 +31,24 @@ impl TestBroker {
         ))
     }
 
+    /// The same prefix, with queues declared with another delivery limit
+    /// (every client must declare a queue with the same arguments).
+    pub fn with_delivery_limit(self, delivery_limit: u32) -> Self {
+        let settings = BrokerSettings {
+            url: broker_url().into(),
+            prefix: self.prefix.clone(),
+            heartbeat: Duration::from_secs(5),
+            delivery_limit,
+            ..BrokerSettings::default()
+        };
+        let config = BrokerConfig::from_settings(&settings, &source())
+            .expect("the test broker settings are valid");
+        Self {
+            prefix: self.prefix,
+            config,
+        }
+    }
+
     /// Exactly this prefix (the demo uses `warren-demo`).
     pub fn with_prefix(prefix: &str) -> Self {
         let prefix = prefix.to_owned();
@@ -65,7 +83,8 @@ impl TestBroker {
         .expect("the broker at 127.0.0.1:5672 is reachable (see README: starting RabbitMQ)")
     }
 
-    /// (messages ready, consumers) of one queue, by a passive declare.
+    /// (messages ready, consumers) of one queue, by a passive declare;
+    /// (0, 0) while no component has declared it yet.
     pub async fn queue_depth(&self, queue: Queue) -> (u32, u32) {
         let connection = lapin::Connection::connect_uri(
             self.config.uri().clone(),
@@ -83,10 +102,11 @@ impl TestBroker {
                 },
                 FieldTable::default(),
             )
-            .await
-            .expect("passive declare");
+            .await;
         let _ = connection.close(200, "bye".into()).await;
-        (declared.message_count(), declared.consumer_count())
+        declared.map_or((0, 0), |declared| {
+            (declared.message_count(), declared.consumer_count())
+        })
     }
 
     /// Takes every message from the dead-letter queue: (reason header, body).

@@ -30,6 +30,8 @@ pub struct ClusterOptions {
     pub worker_extra: String,
     /// The exact broker prefix; `t-<name>-<random>` when `None`.
     pub prefix: Option<String>,
+    /// Environment for every component (`WARREN_BROKER__DELIVERY_LIMIT`…).
+    pub env: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -45,6 +47,7 @@ impl ClusterOptions {
             dispatcher_extra: String::new(),
             worker_extra: String::new(),
             prefix: None,
+            env: Vec::new(),
         }
     }
 }
@@ -62,6 +65,7 @@ pub struct Cluster {
     /// The watcher process (absent while stopped).
     pub watcher: Option<Component>,
     options: ClusterOptions,
+    next_worker: usize,
     keep_queues: bool,
     root: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -81,10 +85,18 @@ impl Cluster {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        let broker = match &options.prefix {
+        let mut broker = match &options.prefix {
             Some(prefix) => TestBroker::with_prefix(prefix),
             None => TestBroker::new(&options.name),
         };
+        let delivery_limit = options
+            .env
+            .iter()
+            .find(|(key, _)| key == "WARREN_BROKER__DELIVERY_LIMIT")
+            .and_then(|(_, value)| value.parse().ok());
+        if let Some(limit) = delivery_limit {
+            broker = broker.with_delivery_limit(limit);
+        }
         let upstream = Upstream::create(&root.join(format!("{}.git", options.repo)));
         let mut cluster = Self {
             broker,
@@ -92,6 +104,7 @@ impl Cluster {
             dispatcher: None,
             workers: Vec::new(),
             watcher: None,
+            next_worker: 0,
             options,
             keep_queues: std::env::var_os("WARREN_KEEP_QUEUES").is_some(),
             root,
@@ -102,6 +115,7 @@ impl Cluster {
         for index in 0..cluster.options.workers {
             cluster.start_worker(index);
         }
+        cluster.next_worker = cluster.options.workers;
         cluster.start_watcher();
         cluster
     }
@@ -196,13 +210,7 @@ impl Cluster {
         );
         std::fs::write(self.config_path("dispatcher"), dispatcher).expect("write config");
         for index in 0..options.workers {
-            let worker = format!(
-                "{broker}\n[worker]\nid = \"worker-{index}\"\nslots = {}\n\
-                 work_dir = \"{root}/worker-{index}\"\nheartbeat_interval = \"1s\"\n{}\n",
-                options.slots, options.worker_extra
-            );
-            std::fs::write(self.config_path(&format!("worker-{index}")), worker)
-                .expect("write config");
+            self.write_worker_config(index);
         }
         let watcher = format!(
             "{broker}\n[watcher]\nstate_dir = \"{root}/watcher\"\n\n[repos.{}]\nurl = \"{}\"\n\
@@ -214,10 +222,44 @@ impl Cluster {
         std::fs::write(self.config_path("watcher"), watcher).expect("write config");
     }
 
+    fn write_worker_config(&self, index: usize) {
+        let root = self.root.display();
+        let worker = format!(
+            "{}\n[worker]\nid = \"worker-{index}\"\nslots = {}\n\
+             work_dir = \"{root}/worker-{index}\"\nheartbeat_interval = \"1s\"\n{}\n",
+            self.broker.toml(),
+            self.options.slots,
+            self.options.worker_extra
+        );
+        std::fs::write(self.config_path(&format!("worker-{index}")), worker).expect("write config");
+    }
+
     fn start_component(&self, binary: &str, name: &str) -> Component {
-        let config = self.config_path(name);
+        self.start_component_with(binary, name, name, &[], &[])
+    }
+
+    /// Starts `binary` as `name` (its log file) with the config file of
+    /// `config`, extra arguments and extra environment.
+    fn start_component_with(
+        &self,
+        binary: &str,
+        name: &str,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Component {
+        let config = self.config_path(config);
         let config = config.to_str().expect("utf-8 path");
-        Component::start(binary, name, &["--config", config], &self.logs())
+        let mut all_args = vec!["--config", config];
+        all_args.extend_from_slice(args);
+        let mut all_env: Vec<(&str, &str)> = self
+            .options
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all_env.extend_from_slice(env);
+        Component::start_with_env(binary, name, &all_args, &self.logs(), &all_env)
     }
 
     /// Starts (or restarts) the dispatcher.
@@ -231,6 +273,42 @@ impl Cluster {
         self.workers.push(worker);
     }
 
+    /// Starts one more worker (`worker-<n>`, its own config and folder),
+    /// with extra environment (`WARREN_BROKER__HEARTBEAT`, say). Returns its
+    /// index in `workers`.
+    pub fn add_worker(&mut self, env: &[(&str, &str)]) -> usize {
+        let index = self.next_worker;
+        self.next_worker += 1;
+        self.write_worker_config(index);
+        let worker = {
+            let name = format!("worker-{index}");
+            self.start_component_with("warren-worker", &name, &name, &[], env)
+        };
+        self.workers.push(worker);
+        self.workers.len() - 1
+    }
+
+    /// The position in `workers` of the worker with process id `pid`.
+    pub fn worker_by_pid(&self, pid: u32) -> Option<usize> {
+        self.workers.iter().position(|worker| worker.pid() == pid)
+    }
+
+    /// Opens the dispatcher's database read-only (to check the books).
+    pub fn database(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.root.join("dispatcher/warren.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the dispatcher's database")
+    }
+
+    /// One number from the dispatcher's database (`SELECT count(*) …`).
+    pub fn count(&self, sql: &str) -> i64 {
+        self.database()
+            .query_row(sql, [], |row| row.get(0))
+            .unwrap_or_else(|error| panic!("{sql}: {error}"))
+    }
+
     /// Starts (or restarts) the watcher.
     pub fn start_watcher(&mut self) {
         self.watcher = Some(self.start_component("warren-watcher", "watcher"));
@@ -238,13 +316,12 @@ impl Cluster {
 
     /// Runs `warren-watcher --once` to completion; returns its exit code.
     pub fn poll_once(&self) -> Option<i32> {
-        let config = self.config_path("watcher");
-        let config = config.to_str().expect("utf-8 path");
-        let mut once = Component::start(
+        let mut once = self.start_component_with(
             "warren-watcher",
             "watcher-once",
-            &["--config", config, "--once"],
-            &self.logs(),
+            "watcher",
+            &["--once"],
+            &[],
         );
         once.wait_exit(Duration::from_secs(60))
     }

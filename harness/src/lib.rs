@@ -4,6 +4,9 @@
 //!   helpers to read queue depths and dead letters, and clean-up.
 //! - [`git`]: real git repositories to commit to (bare, like a forge).
 //! - [`cluster`]: a whole installation from the real binaries.
+//! - [`proxy`]: a TCP proxy that can cut a connection without closing it.
+//! - [`rabbit`]: stopping and starting the broker, changing its settings,
+//!   always undone.
 //! - [`sample`]: the sample project and the demo's story of commits.
 //! - [`process`]: start the real binaries with a config file, stop them,
 //!   and wait for files with a deadline instead of sleeping.
@@ -12,4 +15,6 @@ pub mod broker;
 pub mod cluster;
 pub mod git;
 pub mod process;
+pub mod proxy;
+pub mod rabbit;
 pub mod sample;

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The folder with the `warren-*` binaries: `WARREN_BIN_DIR`, or the cargo
-/// target folder this test binary was built into (after building the
+/// target folder this executable was built into (after building the
 /// binaries there, so a test never runs a stale one).
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -17,28 +17,43 @@ pub fn bin_dir() -> PathBuf {
             return PathBuf::from(dir);
         }
         let exe = std::env::current_exe().expect("current exe");
-        // target/<profile>/deps/<test> or target/<profile>/<bin>
+        // Test binaries live in target/<profile>/deps, the demo and the
+        // benchmark in target/<profile>.
         let mut dir = exe.parent().expect("exe folder").to_path_buf();
-        if dir.ends_with("deps") {
+        let is_test = dir.ends_with("deps");
+        if is_test {
             dir.pop();
         }
-        build_binaries(&dir);
+        build_binaries(&dir, is_test);
         dir
     })
     .clone()
 }
 
-fn build_binaries(profile_dir: &Path) {
+/// Runs `cargo build` for the binaries with the same target selection the
+/// caller was built with, so that cargo resolves the same features and finds
+/// everything up to date (a different selection would rebuild and relink
+/// the binaries on every call).
+fn build_binaries(profile_dir: &Path, for_tests: bool) {
     let release = profile_dir
         .file_name()
         .is_some_and(|name| name == "release");
     let mut command = Command::new(env!("CARGO"));
-    command.args(["build", "--quiet", "--bins"]);
-    for package in ["warren-watcher", "warren-dispatcher", "warren-worker"] {
-        command.args(["-p", package]);
+    command.args(["build", "--quiet", "--workspace", "--bins"]);
+    if for_tests {
+        command.arg("--tests");
     }
     if release {
         command.arg("--release");
+    }
+    // Cargo sets CARGO_MANIFEST_DIR, CARGO_PKG_* and the like for a test it
+    // runs; some build scripts (ring's) track those, so passing them on
+    // would make the nested build see a changed environment and rebuild.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_") && name != "CARGO_HOME" {
+            command.env_remove(name.as_ref());
+        }
     }
     if let Some(target) = profile_dir.parent() {
         command.env("CARGO_TARGET_DIR", target);

@@ -11,6 +11,7 @@
 //! heartbeat_interval = "5s"   # WARREN_WORKER__HEARTBEAT_INTERVAL
 //! kill_grace = "5s"           # WARREN_WORKER__KILL_GRACE
 //! shutdown_grace = "10m"      # WARREN_WORKER__SHUTDOWN_GRACE
+//! ack_deadline = "25m"        # WARREN_WORKER__ACK_DEADLINE
 //! ```
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -81,6 +82,12 @@ pub struct WorkerSettings {
     /// On the first stop signal, how long the jobs in hand may take to finish.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A job still running after this long is acknowledged to the broker
+    /// early: RabbitMQ takes back a delivery held longer than its
+    /// `consumer_timeout` (30 min by default). From then on the dispatcher's
+    /// lease, renewed by heartbeats, protects the job.
+    #[serde(default = "default_ack_deadline", with = "humantime_serde")]
+    pub ack_deadline: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -94,6 +101,7 @@ impl Default for WorkerSettings {
             heartbeat_interval: default_heartbeat_interval(),
             kill_grace: default_kill_grace(),
             shutdown_grace: default_shutdown_grace(),
+            ack_deadline: default_ack_deadline(),
         }
     }
 }
@@ -119,6 +127,10 @@ fn default_kill_grace() -> Duration {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10 * 60)
 }
+/// Five minutes under RabbitMQ's default `consumer_timeout` of 30 minutes.
+fn default_ack_deadline() -> Duration {
+    Duration::from_secs(25 * 60)
+}
 
 /// The validated configuration `run` works with.
 #[derive(Debug, Clone)]
@@ -143,6 +155,8 @@ pub struct WorkerConfig {
     pub kill_grace: Duration,
     /// Time to finish the jobs in hand after the first stop signal.
     pub shutdown_grace: Duration,
+    /// When a job still running is acknowledged to the broker early.
+    pub ack_deadline: Duration,
 }
 
 /// Reads `path` (if any) and the environment, and validates everything.
@@ -209,6 +223,13 @@ impl WorkerConfig {
             Duration::ZERO,
             Duration::from_secs(24 * 60 * 60),
         )?;
+        check_duration(
+            source,
+            "worker.ack_deadline",
+            settings.ack_deadline,
+            Duration::from_millis(100),
+            Duration::from_secs(24 * 60 * 60),
+        )?;
         Ok(Self {
             broker,
             id,
@@ -220,6 +241,7 @@ impl WorkerConfig {
             heartbeat_interval: settings.heartbeat_interval,
             kill_grace: settings.kill_grace,
             shutdown_grace: settings.shutdown_grace,
+            ack_deadline: settings.ack_deadline,
         })
     }
 }

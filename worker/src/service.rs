@@ -437,12 +437,22 @@ impl Service {
         let done_tx = self.done_tx.clone();
         let dir = slot_dir(&self.config, slot);
         let generation = self.generation;
+        let ack_deadline = self.config.ack_deadline;
         self.tracker.spawn(async move {
-            let outcome =
-                AssertUnwindSafe(job::execute(&runner, &dir, &delivery.data, &events, &abort))
-                    .catch_unwind()
-                    .await
-                    .map_err(|panic| panic_message(panic.as_ref()));
+            let outcome = {
+                let job =
+                    AssertUnwindSafe(job::execute(&runner, &dir, &delivery.data, &events, &abort))
+                        .catch_unwind();
+                let mut job = std::pin::pin!(job);
+                tokio::select! {
+                    outcome = &mut job => outcome,
+                    () = tokio::time::sleep(ack_deadline) => {
+                        ack_early(&delivery, ack_deadline).await;
+                        job.await
+                    }
+                }
+            };
+            let outcome = outcome.map_err(|panic| panic_message(panic.as_ref()));
             // The receiver lives as long as the service; if it is gone the
             // worker is exiting and the broker requeues the job.
             let _ = done_tx.send(Done {
@@ -584,6 +594,10 @@ async fn publish_result(session: &Session, result: &JobResult) -> Result<(), Str
 
 /// Acks a job whose result the broker confirmed.
 async fn ack(delivery: &Delivery) -> Result<(), ConnectionLost> {
+    if !delivery.acker.poisoned() && !delivery.acker.usable() {
+        // Acknowledged early (see `ack_early`).
+        return Ok(());
+    }
     match delivery.ack(BasicAckOptions::default()).await {
         Ok(true) => Ok(()),
         Ok(false) => {
@@ -593,6 +607,22 @@ async fn ack(delivery: &Delivery) -> Result<(), ConnectionLost> {
             Ok(())
         }
         Err(error) => Err(ConnectionLost(format!("acking a job: {error}"))),
+    }
+}
+
+/// Acknowledges a job that is still running at `worker.ack_deadline`, so
+/// that the broker's `consumer_timeout` does not take it back and give it to
+/// a second worker while this one still runs it. From here on, a crash of
+/// this worker is noticed by the dispatcher's lease instead of the broker.
+async fn ack_early(delivery: &Delivery, deadline: Duration) {
+    match delivery.acker.ack(BasicAckOptions::default()).await {
+        Ok(true) => info!(message_id = %message_id(delivery),
+            deadline = %humantime::format_duration(deadline),
+            "job still running at the ack deadline: acknowledged early; the dispatcher's lease covers it now"),
+        Ok(false) => {
+            debug!(message_id = %message_id(delivery), "early ack skipped: the channel is gone")
+        }
+        Err(error) => warn!(message_id = %message_id(delivery), %error, "early ack failed"),
     }
 }
 

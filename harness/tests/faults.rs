@@ -439,9 +439,7 @@ async fn a_second_signal_or_the_end_of_the_grace_returns_the_job_to_the_queue() 
     assert_ne!(code, Some(0), "a worker that abandoned a job says so");
 
     // 2. One signal, but the grace ends first: same.
-    let mut options_env = Vec::new();
-    options_env.push(("WARREN_WORKER__SHUTDOWN_GRACE", "1s"));
-    let second = cluster.add_worker(&options_env);
+    let second = cluster.add_worker(&[("WARREN_WORKER__SHUTDOWN_GRACE", "1s")]);
     wait_for_marks(&marks, 2, &cluster);
     let code = cluster.workers[second].stop(Duration::from_secs(20));
     assert_ne!(code, Some(0));

@@ -75,42 +75,56 @@ impl Drop for Stopped {
     }
 }
 
-/// RabbitMQ's `consumer_timeout` set to a test value; the previous value is
-/// restored when dropped. It applies to channels opened after the change.
+/// RabbitMQ's `consumer_timeout` set to a test value, and the channel tick
+/// that enforces it shortened from a minute to half a second (RabbitMQ 3.10
+/// checks consumer timeouts on that tick). The previous values are restored
+/// when dropped. Both apply to channels opened after the change.
 pub struct ConsumerTimeout {
-    previous: String,
+    previous: Vec<(&'static str, String)>,
 }
+
+/// The tick used while a test timeout is set, in milliseconds.
+const TEST_TICK_MS: u128 = 500;
 
 impl ConsumerTimeout {
     /// Sets `consumer_timeout` to `timeout` on the running node.
     pub fn set(timeout: Duration) -> Self {
-        let previous = rabbitmqctl(&["eval", "application:get_env(rabbit, consumer_timeout)."])
-            .expect("reading consumer_timeout")
+        let mut guard = Self {
+            previous: Vec::new(),
+        };
+        guard.set_env("consumer_timeout", timeout.as_millis());
+        guard.set_env("channel_tick_interval", TEST_TICK_MS);
+        guard
+    }
+
+    fn set_env(&mut self, key: &'static str, value: u128) {
+        let previous = rabbitmqctl(&["eval", &format!("application:get_env(rabbit, {key}).")])
+            .unwrap_or_else(|error| panic!("reading {key}: {error}"))
             .trim()
             .to_owned();
-        let millis = timeout.as_millis();
+        self.previous.push((key, previous));
         rabbitmqctl(&[
             "eval",
-            &format!("application:set_env(rabbit, consumer_timeout, {millis})."),
+            &format!("application:set_env(rabbit, {key}, {value})."),
         ])
-        .expect("setting consumer_timeout");
-        Self { previous }
+        .unwrap_or_else(|error| panic!("setting {key}: {error}"));
     }
 }
 
 impl Drop for ConsumerTimeout {
     fn drop(&mut self) {
-        // `{ok,1800000}` when it was set, `undefined` when it was not.
-        let restore = match self
-            .previous
-            .strip_prefix("{ok,")
-            .and_then(|rest| rest.strip_suffix('}'))
-        {
-            Some(value) => format!("application:set_env(rabbit, consumer_timeout, {value})."),
-            None => "application:unset_env(rabbit, consumer_timeout).".to_owned(),
-        };
-        if let Err(error) = rabbitmqctl(&["eval", &restore]) {
-            eprintln!("restoring consumer_timeout: {error}");
+        for (key, previous) in self.previous.drain(..).rev() {
+            // `{ok,1800000}` when it was set, `undefined` when it was not.
+            let restore = match previous
+                .strip_prefix("{ok,")
+                .and_then(|rest| rest.strip_suffix('}'))
+            {
+                Some(value) => format!("application:set_env(rabbit, {key}, {value})."),
+                None => format!("application:unset_env(rabbit, {key})."),
+            };
+            if let Err(error) = rabbitmqctl(&["eval", &restore]) {
+                eprintln!("restoring {key}: {error}");
+            }
         }
     }
 }

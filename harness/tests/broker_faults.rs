@@ -1,0 +1,166 @@
+//! Faults of the broker itself: a restart while commits stream through, and
+//! jobs that outlive RabbitMQ's `consumer_timeout`. These disturb every
+//! client of the broker, so they run alone: `scripts/test.sh` runs this
+//! binary by itself after the other tests, and within it a lock serialises
+//! them (for `cargo test`, which runs one test binary at a time anyway).
+//! Every change to the broker is undone by a guard, even when a test fails.
+
+use std::time::{Duration, Instant};
+use warren_common::topology::Queue;
+use warren_harness::cluster::{Cluster, ClusterOptions};
+use warren_harness::rabbit::{ConsumerTimeout, Stopped};
+
+/// One broker-disturbing test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn results_or_logs(cluster: &Cluster, shas: &[String]) -> Vec<serde_json::Value> {
+    cluster
+        .wait_for_results(shas, DEADLINE)
+        .unwrap_or_else(|missing| panic!("no result for {missing:?}\n{}", cluster.all_logs()))
+}
+
+/// Waits until `queue` has `n` consumers; returns how long it took.
+async fn consumers_back(cluster: &Cluster, queue: Queue, n: u32) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < DEADLINE {
+        if cluster.broker.queue_depth(queue).await.1 >= n {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_nothing_and_records_nothing_twice() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOptions::new("b-restart"));
+    assert!(
+        cluster.wait_for_workers(2, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let spec = "command = \"sleep 0.1; echo ok\"\ntimeout = \"1m\"\n";
+    let base = cluster
+        .upstream
+        .commit("main", "base", &[("warren.toml", Some(spec))]);
+    results_or_logs(&cluster, std::slice::from_ref(&base));
+
+    // Restart the broker a second into a three-second stream of commits.
+    let outage = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(1));
+        let stopped = Stopped::stop_app();
+        std::thread::sleep(Duration::from_secs(3));
+        stopped.start();
+        Instant::now()
+    });
+    let mut shas = Vec::new();
+    for i in 0..30 {
+        shas.push(cluster.upstream.commit(
+            "main",
+            &format!("change {i}"),
+            &[("n.txt", Some(&i.to_string()))],
+        ));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let back_at = outage.join().expect("the outage thread");
+
+    let workers = consumers_back(&cluster, Queue::Jobs, 2).await;
+    let dispatcher = consumers_back(&cluster, Queue::Commits, 1).await;
+    println!(
+        "after the broker came back: workers consuming again after {workers:?}, dispatcher after {dispatcher:?} (measured from {:?} after start_app returned)",
+        back_at.elapsed()
+    );
+    assert!(
+        workers.is_some() && dispatcher.is_some(),
+        "{}",
+        cluster.all_logs()
+    );
+
+    let reports = results_or_logs(&cluster, &shas);
+    for report in &reports {
+        assert_eq!(report["status"], "passed", "{report:#}");
+    }
+    assert_eq!(
+        cluster.count("SELECT count(*) FROM commits"),
+        31,
+        "no commit lost or doubled"
+    );
+    assert_eq!(cluster.count("SELECT count(*) FROM jobs"), 31);
+    assert_eq!(
+        cluster.count("SELECT count(*) FROM attempts WHERE state = 'finished'"),
+        31,
+        "one verdict per job"
+    );
+    let republished = cluster.count("SELECT sum(duplicate_events) FROM commits");
+    let late = cluster.count("SELECT sum(late_results) FROM jobs");
+    println!("duplicate commit events {republished}, late results {late}");
+}
+
+/// With `consumer_timeout` lowered to 3 s, a 9 s job: a worker that holds the
+/// delivery unacknowledged loses it to the broker (which gives it to another
+/// worker), while a worker whose `ack_deadline` is under the timeout acks it
+/// early and runs it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_longer_than_the_consumer_timeout_runs_once_thanks_to_the_early_ack() {
+    let _serial = SERIAL.lock().await;
+    let _timeout = ConsumerTimeout::set(Duration::from_secs(3));
+    let mut options = ClusterOptions::new("b-timeout");
+    options.workers = 2;
+    options.worker_extra = "ack_deadline = \"1s\"".into();
+    let cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(2, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let marks = cluster.root().join("marks");
+    let spec = format!(
+        "command = \"echo $PPID >> {}; sleep 9; echo done\"\ntimeout = \"1m\"\n",
+        marks.display()
+    );
+    let sha = cluster
+        .upstream
+        .commit("main", "long test", &[("warren.toml", Some(&spec))]);
+    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
+    assert_eq!(report["status"], "passed", "{report:#}");
+    let runs = report["jobs"][0]["attempts"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "one run, no redelivery: {report:#}");
+    let started = std::fs::read_to_string(&marks).unwrap_or_default();
+    assert_eq!(started.lines().count(), 1, "the command ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_early_ack_the_broker_takes_a_long_job_back() {
+    let _serial = SERIAL.lock().await;
+    let _timeout = ConsumerTimeout::set(Duration::from_secs(3));
+    let mut options = ClusterOptions::new("b-timeout-control");
+    options.workers = 2;
+    options.worker_extra = "ack_deadline = \"1h\"".into();
+    let cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(2, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let marks = cluster.root().join("marks");
+    let spec = format!(
+        "command = \"echo $PPID >> {}; sleep 9; echo done\"\ntimeout = \"1m\"\n",
+        marks.display()
+    );
+    let sha = cluster
+        .upstream
+        .commit("main", "long test", &[("warren.toml", Some(&spec))]);
+    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
+    let started = std::fs::read_to_string(&marks)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    println!("runs started: {started}; verdict: {}", report["status"]);
+    assert!(
+        started >= 2,
+        "the broker took the job back and gave it out again: {report:#}"
+    );
+}

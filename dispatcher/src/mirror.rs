@@ -4,7 +4,10 @@
 
 use crate::spec::SPEC_FILE;
 use git2::{ErrorCode, FetchOptions, Oid, Repository};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use warren_common::ids::{CommitId, RepoName, RepoUrl};
 
 /// Why the commit's `warren.toml` could not be read.
@@ -35,23 +38,63 @@ impl MirrorError {
     }
 }
 
-/// Returns the contents of `warren.toml` at the root of commit `sha` (or
-/// `None` if the commit has no such file), fetching `url` into the mirror at
-/// `<mirror_dir>/<repo>.git` first if the commit is not there yet.
-pub fn read_spec(
-    mirror_dir: &Path,
-    repo: &RepoName,
+/// The bare mirrors under one folder, kept open between commits (opening a
+/// repository costs more than reading a file from it).
+pub struct Mirrors {
+    dir: PathBuf,
+    open: Mutex<HashMap<RepoName, Repository>>,
+}
+
+impl Mirrors {
+    /// Mirrors in `dir` (`<dir>/<repo>.git`), created on first use.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Returns the contents of `warren.toml` at the root of commit `sha` (or
+    /// `None` if the commit has no such file), fetching `url` into the
+    /// repository's mirror first if the commit is not there yet. Blocking:
+    /// call it from a blocking thread.
+    pub fn read_spec(
+        &self,
+        repo: &RepoName,
+        url: &RepoUrl,
+        sha: &CommitId,
+    ) -> Result<Option<Vec<u8>>, MirrorError> {
+        // One commit at a time per dispatcher; the lock is never held across
+        // an await (this runs on a blocking thread).
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = self.dir.join(format!("{repo}.git"));
+        let mirror = match open.entry(repo.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(open_or_init(&path)?),
+        };
+        let result = read_from(mirror, &path, url, sha);
+        if matches!(result, Err(MirrorError::Local { .. })) {
+            // Opened again (and recreated if broken) next time.
+            open.remove(repo);
+        }
+        result
+    }
+}
+
+/// Reads `warren.toml` of `sha` from `mirror`, fetching first if needed.
+fn read_from(
+    mirror: &Repository,
+    path: &Path,
     url: &RepoUrl,
     sha: &CommitId,
 ) -> Result<Option<Vec<u8>>, MirrorError> {
-    let path = mirror_dir.join(format!("{repo}.git"));
-    let mirror = open_or_init(&path)?;
-    let oid = Oid::from_str(sha.as_str()).map_err(|error| MirrorError::Local {
-        path: path.clone(),
+    let local = |error: git2::Error| MirrorError::Local {
+        path: path.to_path_buf(),
         message: error.message().to_owned(),
-    })?;
+    };
+    let oid = Oid::from_str(sha.as_str()).map_err(local)?;
     if mirror.find_commit(oid).is_err() {
-        fetch(&mirror, url)?;
+        fetch(mirror, url)?;
     }
     let commit = mirror
         .find_commit(oid)
@@ -59,17 +102,13 @@ pub fn read_spec(
             sha: sha.to_string(),
             url: url.to_string(),
         })?;
-    let local = |error: git2::Error| MirrorError::Local {
-        path: path.clone(),
-        message: error.message().to_owned(),
-    };
     let tree = commit.tree().map_err(local)?;
     let entry = match tree.get_path(Path::new(SPEC_FILE)) {
         Ok(entry) => entry,
         Err(error) if error.code() == ErrorCode::NotFound => return Ok(None),
         Err(error) => return Err(local(error)),
     };
-    let object = entry.to_object(&mirror).map_err(local)?;
+    let object = entry.to_object(mirror).map_err(local)?;
     match object.as_blob() {
         Some(blob) => Ok(Some(blob.content().to_vec())),
         None => Err(MirrorError::SpecNotAFile),
@@ -133,11 +172,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (repo, url, sha) = ids(&upstream, &first);
         assert_eq!(
-            read_spec(dir.path(), &repo, &url, &sha).unwrap().unwrap(),
+            Mirrors::new(dir.path())
+                .read_spec(&repo, &url, &sha)
+                .unwrap()
+                .unwrap(),
             b"command = \"a\""
         );
         let (_, _, sha) = ids(&upstream, &second);
-        assert_eq!(read_spec(dir.path(), &repo, &url, &sha).unwrap(), None);
+        assert_eq!(
+            Mirrors::new(dir.path())
+                .read_spec(&repo, &url, &sha)
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -147,12 +194,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (repo, url, _) = ids(&upstream, &"0".repeat(40));
         let missing = CommitId::parse(&"1".repeat(40)).unwrap();
-        let err = read_spec(dir.path(), &repo, &url, &missing).unwrap_err();
+        let err = Mirrors::new(dir.path())
+            .read_spec(&repo, &url, &missing)
+            .unwrap_err();
         assert!(matches!(err, MirrorError::CommitNotFound { .. }), "{err}");
         assert!(!err.is_retryable());
 
         let nowhere = RepoUrl::parse("/nonexistent/repo.git").unwrap();
-        let err = read_spec(dir.path(), &repo, &nowhere, &missing).unwrap_err();
+        let err = Mirrors::new(dir.path())
+            .read_spec(&repo, &nowhere, &missing)
+            .unwrap_err();
         assert!(matches!(err, MirrorError::Fetch { .. }), "{err}");
         assert!(err.is_retryable());
     }
@@ -163,10 +214,17 @@ mod tests {
         let sha = upstream.commit("main", "one", &[("warren.toml", Some("x"))]);
         let dir = tempfile::tempdir().unwrap();
         let (repo, url, sha) = ids(&upstream, &sha);
-        read_spec(dir.path(), &repo, &url, &sha).unwrap();
+        Mirrors::new(dir.path())
+            .read_spec(&repo, &url, &sha)
+            .unwrap();
         let mirror = dir.path().join("sample.git");
         std::fs::remove_dir_all(mirror.join("objects")).unwrap();
         std::fs::remove_file(mirror.join("HEAD")).unwrap();
-        assert!(read_spec(dir.path(), &repo, &url, &sha).unwrap().is_some());
+        assert!(
+            Mirrors::new(dir.path())
+                .read_spec(&repo, &url, &sha)
+                .unwrap()
+                .is_some()
+        );
     }
 }

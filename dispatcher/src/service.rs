@@ -12,13 +12,17 @@
 //! means a redelivery, which the database deduplicates.
 
 use crate::config::DispatcherConfig;
-use crate::mirror::{self, MirrorError};
+use crate::mirror::{MirrorError, Mirrors};
 use crate::spec;
 use crate::store::{CommitSeen, EventRecorded, ResultRecorded, RetryBudget, Store, StoreError};
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
 use warren_common::backoff::Backoff;
@@ -70,6 +74,7 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
         )
     })?;
     let mut dispatcher = Dispatcher {
+        mirrors: Arc::new(Mirrors::new(&config.mirror_dir)),
         config,
         store: &mut store,
     };
@@ -104,6 +109,7 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
 
 struct Dispatcher<'a> {
     config: DispatcherConfig,
+    mirrors: Arc<Mirrors>,
     store: &'a mut Store,
 }
 
@@ -129,11 +135,29 @@ impl Dispatcher<'_> {
         // Workers' heartbeats may have waited in (or expired from) the events
         // queue while this dispatcher was away: leases count from now.
         let serving_since = Utc::now();
+        // Commits whose jobs were published but not yet confirmed, oldest
+        // first (confirms arrive in publish order). Their events are acked
+        // once confirmed; meanwhile other messages are served, so the broker
+        // round trip of a confirm does not hold up the loop.
+        let mut unconfirmed: VecDeque<Unconfirmed> = VecDeque::new();
         loop {
             // Results first: they finish commits, which is what users wait for.
             tokio::select! {
                 biased;
-                () = shutdown.graceful.cancelled() => return Ok(()),
+                () = shutdown.graceful.cancelled() => {
+                    // Finish what is in hand: confirm and ack what was published.
+                    while let Some(mut front) = unconfirmed.pop_front() {
+                        (&mut front.confirmed).await?;
+                        self.confirmed(front).await?;
+                    }
+                    return Ok(());
+                }
+                confirmed = next_confirm(&mut unconfirmed), if !unconfirmed.is_empty() => {
+                    confirmed?;
+                    if let Some(front) = unconfirmed.pop_front() {
+                        self.confirmed(front).await?;
+                    }
+                }
                 delivery = results.next() => {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("results"))??;
                     self.on_result(session, delivery).await?;
@@ -148,7 +172,9 @@ impl Dispatcher<'_> {
                 }
                 delivery = commits.next() => {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("commits"))??;
-                    self.on_commit(session, delivery).await?;
+                    if let Some(pending) = self.on_commit(session, delivery).await? {
+                        unconfirmed.push_back(pending);
+                    }
                 }
                 _ = leases.tick() => self.expire_leases(session, serving_since).await?,
                 _ = rewrite.tick() => self.write_pending_results()?,
@@ -237,54 +263,61 @@ impl Dispatcher<'_> {
         Ok(())
     }
 
-    async fn on_commit(&mut self, session: &Session, delivery: Delivery) -> Result<(), ServeError> {
+    /// Records a commit event and publishes its jobs. Returns the publish
+    /// still to be confirmed (the event is acked once it is), or `None` when
+    /// the event was settled here (duplicate, error verdict, rejected).
+    async fn on_commit(
+        &mut self,
+        session: &Session,
+        delivery: Delivery,
+    ) -> Result<Option<Unconfirmed>, ServeError> {
         let event = match decode::<CommitEvent>(&delivery.data) {
             Ok(event) => event,
-            Err(error) => return reject(session, &delivery, Queue::Commits, error).await,
+            Err(error) => {
+                reject(session, &delivery, Queue::Commits, error).await?;
+                return Ok(None);
+            }
         };
         if let CommitSeen::Duplicate { commit_id } =
             self.store.see_commit(&event.repo, &event.sha)?
         {
             debug!(repo = %event.repo, sha = %event.sha, commit_id, "duplicate commit event");
             delivery.ack(BasicAckOptions::default()).await?;
-            return Ok(());
+            return Ok(None);
         }
         let now = Utc::now();
-        match plan(&self.config, &event).await {
+        match plan(&self.config, &self.mirrors, &event).await {
             Ok(plan) => {
                 let jobs = self.store.insert_planned(&event, &plan, now)?;
-                self.publish_jobs(session, &jobs).await?;
+                let confirmed = start_publishing(session, &jobs).await?;
                 info!(repo = %event.repo, branch = %event.branch, sha = %event.sha, jobs = jobs.len(), "commit queued");
+                Ok(Some(Unconfirmed {
+                    confirmed,
+                    jobs,
+                    delivery,
+                }))
             }
             Err(message) => {
                 warn!(repo = %event.repo, sha = %event.sha, %message, "commit cannot be tested");
                 let commit_id = self.store.insert_errored(&event, &message, now)?;
                 self.write_result(commit_id)?;
+                delivery.ack(BasicAckOptions::default()).await?;
+                Ok(None)
             }
         }
-        delivery.ack(BasicAckOptions::default()).await?;
+    }
+
+    /// The broker confirmed a commit's jobs: note it, then ack the event.
+    async fn confirmed(&mut self, done: Unconfirmed) -> Result<(), ServeError> {
+        self.store.mark_published(&done.jobs)?;
+        done.delivery.ack(BasicAckOptions::default()).await?;
         Ok(())
     }
 
-    /// Publishes job attempts (pipelined) and records their confirms.
+    /// Publishes job attempts and waits for their confirms (recovery and
+    /// re-issues, which are rare; new commits are pipelined instead).
     async fn publish_jobs(&mut self, session: &Session, jobs: &[Job]) -> Result<(), ServeError> {
-        let mut pending = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let outgoing = Outgoing {
-                routing_key: job.repo.as_str(),
-                message_id: format!("{}.{}", job.job_id, job.attempt),
-                persistent: true,
-                headers: vec![
-                    ("x-warren-repo", job.repo.to_string()),
-                    ("x-warren-sha", job.sha.to_string()),
-                    ("x-warren-attempt", job.attempt.to_string()),
-                ],
-            };
-            pending.push(session.start_publish(Queue::Jobs, job, outgoing).await?);
-        }
-        for confirm in pending {
-            confirm.wait().await?;
-        }
+        start_publishing(session, jobs).await?.await?;
         self.store.mark_published(jobs)?;
         Ok(())
     }
@@ -374,16 +407,19 @@ impl Dispatcher<'_> {
 
 /// Reads the commit's `warren.toml` (retrying fetch failures a few
 /// times) and plans its jobs, or says why it cannot be tested.
-async fn plan(config: &DispatcherConfig, event: &CommitEvent) -> Result<spec::Plan, String> {
+async fn plan(
+    config: &DispatcherConfig,
+    mirrors: &Arc<Mirrors>,
+    event: &CommitEvent,
+) -> Result<spec::Plan, String> {
     let mut backoff = Backoff::new(Duration::from_secs(2));
     let mut attempt = 1;
     let contents = loop {
-        let mirror_dir = config.mirror_dir.clone();
+        let mirrors = Arc::clone(mirrors);
         let (repo, url, sha) = (event.repo.clone(), event.url.clone(), event.sha.clone());
-        let read =
-            tokio::task::spawn_blocking(move || mirror::read_spec(&mirror_dir, &repo, &url, &sha))
-                .await
-                .map_err(|error| format!("reading {}: {error}", spec::SPEC_FILE))?;
+        let read = tokio::task::spawn_blocking(move || mirrors.read_spec(&repo, &url, &sha))
+            .await
+            .map_err(|error| format!("reading {}: {error}", spec::SPEC_FILE))?;
         match read {
             Ok(contents) => break contents,
             Err(error) if error.is_retryable() && attempt < FETCH_ATTEMPTS => {
@@ -439,4 +475,49 @@ fn dead_letter_reason(delivery: &Delivery) -> String {
         return format!("the broker's reason: {reason}");
     }
     "no reason given".into()
+}
+
+/// A commit's job publishes whose confirms are still on their way.
+struct Unconfirmed {
+    /// Resolves when the broker confirmed every job (boxed, so that it stays
+    /// put in the queue while `select!` polls it: cancel-safe).
+    confirmed: ConfirmFuture,
+    jobs: Vec<Job>,
+    /// The commit event, acked once the jobs are confirmed.
+    delivery: Delivery,
+}
+
+type ConfirmFuture = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+
+/// Sends `jobs` and returns a future of their confirms.
+async fn start_publishing(session: &Session, jobs: &[Job]) -> Result<ConfirmFuture, PublishError> {
+    let mut pending = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let outgoing = Outgoing {
+            routing_key: job.repo.as_str(),
+            message_id: format!("{}.{}", job.job_id, job.attempt),
+            persistent: true,
+            headers: vec![
+                ("x-warren-repo", job.repo.to_string()),
+                ("x-warren-sha", job.sha.to_string()),
+                ("x-warren-attempt", job.attempt.to_string()),
+            ],
+        };
+        pending.push(session.start_publish(Queue::Jobs, job, outgoing).await?);
+    }
+    Ok(Box::pin(async move {
+        for confirm in pending {
+            confirm.wait().await?;
+        }
+        Ok(())
+    }))
+}
+
+/// Waits for the oldest unconfirmed commit's confirms (pending for ever when
+/// there is none; the `select!` guard keeps it from being polled then).
+async fn next_confirm(unconfirmed: &mut VecDeque<Unconfirmed>) -> Result<(), PublishError> {
+    match unconfirmed.front_mut() {
+        Some(front) => (&mut front.confirmed).await,
+        None => std::future::pending().await,
+    }
 }

@@ -5,7 +5,7 @@
 
 use crate::broker::TestBroker;
 use crate::git::Upstream;
-use crate::process::{Component, wait_until};
+use crate::process::{Component, wait_until_every};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -156,8 +156,13 @@ impl Cluster {
         shas: &[String],
         timeout: Duration,
     ) -> Result<Vec<serde_json::Value>, Vec<String>> {
-        wait_until(timeout, || {
-            shas.iter().all(|sha| self.result_path(sha).exists())
+        // Only the missing ones are looked at again, and not too often: a
+        // benchmark waiting for a thousand files must not eat the CPU the
+        // system under test needs.
+        let mut pending: Vec<&String> = shas.iter().collect();
+        wait_until_every(timeout, Duration::from_millis(50), || {
+            pending.retain(|sha| !self.result_path(sha).exists());
+            pending.is_empty()
         });
         let missing: Vec<String> = shas
             .iter()

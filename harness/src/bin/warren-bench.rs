@@ -115,16 +115,27 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    // Throughput: a backlog of N commits.
+    // Throughput: a push of N commits at once. They are made on a branch
+    // nobody watches, then `main` moves to the last one, as a `git push` of
+    // N commits would (making them on `main` one by one would measure how
+    // fast this program makes commits).
+    let base_tip = cluster.upstream.tip("main");
+    let mut parent = base_tip.clone();
     let shas: Vec<String> = (0..args.commits)
         .map(|i| {
-            cluster.upstream.commit(
-                "main",
+            let sha = cluster.upstream.commit_on(
+                "bench-staging",
+                parent.as_deref(),
                 &format!("bench {i}"),
                 &[("n.txt", Some(&i.to_string()))],
-            )
+            );
+            parent = Some(sha.clone());
+            sha
         })
         .collect();
+    cluster
+        .upstream
+        .reset("main", shas.last().expect("at least one commit"));
     let reports = match cluster.wait_for_results(&shas, Duration::from_secs(600)) {
         Ok(reports) => reports,
         Err(missing) => {
@@ -143,6 +154,23 @@ fn main() -> ExitCode {
         _ => f64::NAN,
     };
     let throughput = args.commits as f64 / span;
+    // Where the backlog waited: when the dispatcher had received (and
+    // planned) the last commit, and when the last job started on a worker.
+    if let Some(first) = first_detected {
+        let last = |key: &str| {
+            reports
+                .iter()
+                .filter_map(|r| time(r, key))
+                .max()
+                .map_or(f64::NAN, |t| (t - first).num_milliseconds() as f64 / 1000.0)
+        };
+        println!(
+            "  backlog: last commit received by the dispatcher after {:.2} s, last job started after {:.2} s, last result after {:.2} s",
+            last("received_at"),
+            last("started_at"),
+            last("finished_at")
+        );
+    }
     let failed = reports.iter().filter(|r| r["status"] != "passed").count();
     println!(
         "throughput: {} commits in {span:.2} s = {throughput:.1} commits/s ({failed} not passed)",

@@ -1,0 +1,225 @@
+//! `warren-chaos`: a stream of commits through the whole system (the real
+//! binaries) while workers are killed at random, the broker is restarted
+//! once and the dispatcher is killed once; then every result is checked.
+//!
+//! It restarts the local RabbitMQ application, so do not run it beside the
+//! tests or another installation. Prints one summary line such as
+//! `commits=240 results=240 lost=0 duplicated=0 retried_attempts=17 max_recovery_s=4.2`.
+//!
+//! `cargo run --release -p warren-harness --bin warren-chaos -- --commits 240`
+
+use chrono::{DateTime, Utc};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use warren_common::topology::Queue;
+use warren_harness::cluster::{Cluster, ClusterOptions};
+use warren_harness::rabbit::Stopped;
+
+/// Workers kept running (killed ones are replaced at once).
+const WORKERS: usize = 4;
+/// Time between two random worker kills.
+const KILL_EVERY: Duration = Duration::from_millis(1500);
+/// How long the broker stays down.
+const BROKER_DOWN: Duration = Duration::from_secs(3);
+/// How long the dispatcher stays dead.
+const DISPATCHER_DOWN: Duration = Duration::from_secs(1);
+/// Longest wait for the last results after the stream.
+const DEADLINE: Duration = Duration::from_secs(300);
+
+fn main() -> ExitCode {
+    let mut commits = 240;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--commits", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if n >= 10 => commits = n,
+                _ => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut options = ClusterOptions::new("chaos");
+    options.workers = WORKERS;
+    options.poll_interval = "200ms".into();
+    // A short lease, so that runs lost without a redelivery are re-issued
+    // quickly; heartbeats come every second.
+    options.dispatcher_extra = "lease = \"5s\"\nmax_lost_runs = 10".into();
+    let mut cluster = Cluster::start(options);
+    if !runtime.block_on(cluster.wait_for_workers(WORKERS as u32, Duration::from_secs(60))) {
+        eprintln!("workers did not start\n{}", cluster.all_logs());
+        return ExitCode::FAILURE;
+    }
+    // Tests of 0.1 to 0.5 s, so that kills land mid-job.
+    let spec = "command = \"sleep 0.$(( $(printf %d 0x${WARREN_SHA%${WARREN_SHA#??}}) % 5 + 1 )); echo ok\"\n\
+                timeout = \"1m\"\n";
+    let base = cluster
+        .upstream
+        .commit("main", "base", &[("warren.toml", Some(spec))]);
+    if cluster
+        .wait_for_results(&[base], Duration::from_secs(60))
+        .is_err()
+    {
+        eprintln!("the first commit got no result\n{}", cluster.all_logs());
+        return ExitCode::FAILURE;
+    }
+
+    let started = Instant::now();
+    let interval = Duration::from_millis(60);
+    let broker_at = Duration::from_secs(4);
+    let dispatcher_at = Duration::from_secs(9);
+    let mut broker_done = false;
+    let mut dispatcher_done = false;
+    let mut next_kill = KILL_EVERY;
+    let mut kills = 0;
+    let mut recoveries: Vec<(String, f64)> = Vec::new();
+    let mut outage: Option<std::thread::JoinHandle<Instant>> = None;
+    let mut shas = Vec::with_capacity(commits);
+    while shas.len() < commits || outage.is_some() {
+        let now = started.elapsed();
+        if shas.len() < commits {
+            let i = shas.len();
+            shas.push(cluster.upstream.commit(
+                "main",
+                &format!("chaos {i}"),
+                &[("n.txt", Some(&i.to_string()))],
+            ));
+        }
+        if now >= next_kill && !cluster.workers.is_empty() {
+            let victim = fastrand::usize(..cluster.workers.len());
+            cluster.workers[victim].kill();
+            cluster.workers.remove(victim);
+            cluster.add_worker(&[]);
+            kills += 1;
+            next_kill += KILL_EVERY;
+        }
+        if !broker_done && now >= broker_at {
+            broker_done = true;
+            outage = Some(std::thread::spawn(|| {
+                let stopped = Stopped::stop_app();
+                std::thread::sleep(BROKER_DOWN);
+                stopped.start();
+                Instant::now()
+            }));
+        }
+        if let Some(handle) = outage.take_if(|handle| handle.is_finished()) {
+            let back = handle.join().expect("broker outage thread");
+            // From the broker's return until every worker and the
+            // dispatcher consume again.
+            runtime.block_on(async {
+                wait_consumers(&cluster, Queue::Jobs, WORKERS as u32).await;
+                wait_consumers(&cluster, Queue::Commits, 1).await;
+            });
+            recoveries.push((
+                "broker restart: all consuming again".into(),
+                back.elapsed().as_secs_f64(),
+            ));
+        }
+        if !dispatcher_done && now >= dispatcher_at && outage.is_none() {
+            dispatcher_done = true;
+            if let Some(dispatcher) = cluster.dispatcher.as_mut() {
+                dispatcher.kill();
+            }
+            let killed = Instant::now();
+            std::thread::sleep(DISPATCHER_DOWN);
+            cluster.start_dispatcher();
+            runtime.block_on(wait_consumers(&cluster, Queue::Commits, 1));
+            recoveries.push((
+                "dispatcher kill: consuming again".into(),
+                killed.elapsed().as_secs_f64(),
+            ));
+        }
+        std::thread::sleep(interval);
+    }
+    let pushed_in = started.elapsed();
+    let reports = cluster.wait_for_results(&shas, DEADLINE);
+    let results = shas
+        .iter()
+        .filter(|sha| cluster.result(sha).is_some())
+        .count();
+    let lost = shas.len() - results;
+
+    let db = cluster.database();
+    let number = |sql: &str| -> i64 { db.query_row(sql, [], |row| row.get(0)).unwrap_or(-1) };
+    let jobs = number("SELECT count(*) FROM jobs");
+    let finished_runs = number("SELECT count(*) FROM attempts WHERE state = 'finished'");
+    let decided_jobs = number("SELECT count(*) FROM jobs WHERE status != 'queued'");
+    let duplicated = (finished_runs - decided_jobs).max(0)
+        + (number("SELECT count(*) FROM commits") - 1 - shas.len() as i64).max(0);
+    let lost_runs = number("SELECT count(*) FROM attempts WHERE state = 'lost'");
+    let reissued = number("SELECT coalesce(sum(attempt - 1), 0) FROM jobs");
+    let late = number("SELECT coalesce(sum(late_results), 0) FROM jobs");
+    let not_passed = number("SELECT count(*) FROM commits WHERE status != 'passed'");
+    // A killed worker's job: from its last sign of life to the next run's start.
+    let mut worst_worker = 0.0f64;
+    {
+        let mut statement = db
+            .prepare(
+                "SELECT l.last_seen, min(n.started_at) FROM attempts l JOIN attempts n
+                   ON n.job_id = l.job_id AND n.started_at > l.last_seen
+                 WHERE l.state = 'lost' GROUP BY l.run_id",
+            )
+            .expect("query");
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .expect("query");
+        for (lost_at, next) in rows.flatten() {
+            if let (Some(a), Some(b)) = (parse(&lost_at), parse(&next)) {
+                worst_worker = worst_worker.max((b - a).num_milliseconds() as f64 / 1000.0);
+            }
+        }
+    }
+    recoveries.push(("killed worker's job restarted".into(), worst_worker));
+    let max_recovery = recoveries.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+
+    println!(
+        "pushed {} commits in {:.1} s; {kills} worker kills, 1 broker restart, 1 dispatcher kill",
+        shas.len(),
+        pushed_in.as_secs_f64()
+    );
+    for (what, seconds) in &recoveries {
+        println!("  recovery: {what}: {seconds:.1} s");
+    }
+    println!(
+        "  jobs={jobs} lost_runs={lost_runs} reissued_attempts={reissued} late_results={late} not_passed={not_passed}"
+    );
+    println!(
+        "commits={} results={results} lost={lost} duplicated={duplicated} retried_attempts={} max_recovery_s={max_recovery:.1}",
+        shas.len(),
+        lost_runs + reissued
+    );
+    if reports.is_err() {
+        eprintln!("{}", cluster.all_logs());
+    }
+    cluster.stop();
+    if lost == 0 && duplicated == 0 && not_passed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Waits (up to two minutes) until `queue` has `n` consumers.
+async fn wait_consumers(cluster: &Cluster, queue: Queue, n: u32) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        if cluster.broker.queue_depth(queue).await.1 >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+fn parse(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: warren-chaos [--commits N (at least 10, default 240)]");
+    ExitCode::from(2)
+}

@@ -380,8 +380,13 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// Warren's own lines at `info`; lapin's off, because lapin logs every lost
+/// connection as an error itself, and the component's own warning already
+/// says what happened and what it does next (`lapin=debug` brings it back).
+pub const DEFAULT_LOG_LEVEL: &str = "info,lapin=off";
+
 fn default_level() -> String {
-    "info".into()
+    DEFAULT_LOG_LEVEL.into()
 }
 
 impl Default for LogSettings {
@@ -555,7 +560,7 @@ mod tests {
 
     #[test]
     fn log_settings_default_to_info() {
-        assert_eq!(LogSettings::default().level, "info");
+        assert_eq!(LogSettings::default().level, DEFAULT_LOG_LEVEL);
     }
 
     #[test]

@@ -356,7 +356,7 @@ mod tests {
         assert!(!repo.first_parent);
         assert_eq!(config.state_dir, Path::new("/tmp/w"));
         assert_eq!(config.broker.topology.prefix(), "warren");
-        assert_eq!(config.log.level, "info");
+        assert_eq!(config.log.level, warren_common::config::DEFAULT_LOG_LEVEL);
     }
 
     #[test]

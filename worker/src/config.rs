@@ -371,9 +371,15 @@ mod tests {
     #[test]
     fn logging_defaults_to_info_without_a_log_table() {
         let (_, log) = load_str("").unwrap();
-        assert_eq!((log.format, log.level.as_str()), (LogFormat::Text, "info"));
+        assert_eq!(
+            (log.format, log.level.as_str()),
+            (LogFormat::Text, warren_common::config::DEFAULT_LOG_LEVEL)
+        );
         let (_, log) = load_str("[log]\nformat = \"json\"\n").unwrap();
-        assert_eq!((log.format, log.level.as_str()), (LogFormat::Json, "info"));
+        assert_eq!(
+            (log.format, log.level.as_str()),
+            (LogFormat::Json, warren_common::config::DEFAULT_LOG_LEVEL)
+        );
     }
 
     #[test]

@@ -83,16 +83,23 @@ impl TestBroker {
         .expect("the broker at 127.0.0.1:5672 is reachable (see README: starting RabbitMQ)")
     }
 
-    /// (messages ready, consumers) of one queue, by a passive declare;
-    /// (0, 0) while no component has declared it yet.
-    pub async fn queue_depth(&self, queue: Queue) -> (u32, u32) {
+    /// A plain connection and channel of the test's own (no topology, no
+    /// confirms), to look at queues directly.
+    pub async fn raw_channel(&self) -> (lapin::Connection, lapin::Channel) {
         let connection = lapin::Connection::connect_uri(
             self.config.uri().clone(),
             lapin::ConnectionProperties::default(),
         )
         .await
-        .expect("connect");
-        let channel = connection.create_channel().await.expect("channel");
+        .expect("connect to the broker");
+        let channel = connection.create_channel().await.expect("open a channel");
+        (connection, channel)
+    }
+
+    /// (messages ready, consumers) of one queue, by a passive declare;
+    /// (0, 0) while no component has declared it yet.
+    pub async fn queue_depth(&self, queue: Queue) -> (u32, u32) {
+        let (connection, channel) = self.raw_channel().await;
         let declared = channel
             .queue_declare(
                 ShortString::from(self.config.topology.queue(queue)),
@@ -112,13 +119,7 @@ impl TestBroker {
     /// Takes every message from the dead-letter queue: (reason header, body).
     pub async fn take_dead_letters(&self) -> Vec<(String, Vec<u8>)> {
         let session = self.session().await;
-        let connection = lapin::Connection::connect_uri(
-            self.config.uri().clone(),
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .expect("connect");
-        let channel = connection.create_channel().await.expect("channel");
+        let (connection, channel) = self.raw_channel().await;
         let mut letters = Vec::new();
         while let Some(message) = channel
             .basic_get(
@@ -176,13 +177,7 @@ impl TestBroker {
     /// Deletes this test's queues and exchanges.
     pub async fn cleanup(&self) {
         let session = self.session().await;
-        let connection = lapin::Connection::connect_uri(
-            self.config.uri().clone(),
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .expect("connect");
-        let channel = connection.create_channel().await.expect("channel");
+        let (connection, channel) = self.raw_channel().await;
         let _ = self.config.topology.delete(&channel).await;
         let _ = connection.close(200, "bye".into()).await;
         session.close().await;
@@ -204,13 +199,7 @@ pub struct Tap {
 impl TestBroker {
     /// Starts copying every message published to the exchange of `queue`.
     pub async fn tap(&self, queue: Queue) -> Tap {
-        let connection = lapin::Connection::connect_uri(
-            self.config.uri().clone(),
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .expect("connect");
-        let channel = connection.create_channel().await.expect("channel");
+        let (connection, channel) = self.raw_channel().await;
         // Make sure the exchange exists before binding to it.
         self.config
             .topology

@@ -99,17 +99,17 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_records_nothing_twice() {
     println!("duplicate commit events {republished}, late results {late}");
 }
 
-/// With `consumer_timeout` lowered to 3 s, a 9 s job: a worker that holds the
-/// delivery unacknowledged loses it to the broker (which gives it to another
-/// worker), while a worker whose `ack_deadline` is under the timeout acks it
-/// early and runs it once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_longer_than_the_consumer_timeout_runs_once_thanks_to_the_early_ack() {
-    let _serial = SERIAL.lock().await;
+/// Runs one 9 s job with RabbitMQ's `consumer_timeout` lowered to 3 s, on
+/// two workers with `ack_deadline`; returns its result and how many times
+/// its command started.
+async fn long_job_under_a_short_consumer_timeout(
+    name: &str,
+    ack_deadline: &str,
+) -> (serde_json::Value, usize) {
     let _timeout = ConsumerTimeout::set(Duration::from_secs(3));
-    let mut options = ClusterOptions::new("b-timeout");
+    let mut options = ClusterOptions::new(name);
     options.workers = 2;
-    options.worker_extra = "ack_deadline = \"1s\"".into();
+    options.worker_extra = format!("ack_deadline = \"{ack_deadline}\"");
     let cluster = Cluster::start(options);
     assert!(
         cluster.wait_for_workers(2, DEADLINE).await,
@@ -124,40 +124,33 @@ async fn a_job_longer_than_the_consumer_timeout_runs_once_thanks_to_the_early_ac
     let sha = cluster
         .upstream
         .commit("main", "long test", &[("warren.toml", Some(&spec))]);
-    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
-    assert_eq!(report["status"], "passed", "{report:#}");
-    let runs = report["jobs"][0]["attempts"].as_array().unwrap();
-    assert_eq!(runs.len(), 1, "one run, no redelivery: {report:#}");
-    let started = std::fs::read_to_string(&marks).unwrap_or_default();
-    assert_eq!(started.lines().count(), 1, "the command ran once");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_early_ack_the_broker_takes_a_long_job_back() {
-    let _serial = SERIAL.lock().await;
-    let _timeout = ConsumerTimeout::set(Duration::from_secs(3));
-    let mut options = ClusterOptions::new("b-timeout-control");
-    options.workers = 2;
-    options.worker_extra = "ack_deadline = \"1h\"".into();
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(2, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
-    let marks = cluster.root().join("marks");
-    let spec = format!(
-        "command = \"echo $PPID >> {}; sleep 9; echo done\"\ntimeout = \"1m\"\n",
-        marks.display()
-    );
-    let sha = cluster
-        .upstream
-        .commit("main", "long test", &[("warren.toml", Some(&spec))]);
-    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
+    let report = results_or_logs(&cluster, std::slice::from_ref(&sha)).remove(0);
     let started = std::fs::read_to_string(&marks)
         .unwrap_or_default()
         .lines()
         .count();
+    (report, started)
+}
+
+/// A worker whose `ack_deadline` is under the broker's `consumer_timeout`
+/// acks a long job early and runs it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_longer_than_the_consumer_timeout_runs_once_thanks_to_the_early_ack() {
+    let _serial = SERIAL.lock().await;
+    let (report, started) = long_job_under_a_short_consumer_timeout("b-timeout", "1s").await;
+    assert_eq!(report["status"], "passed", "{report:#}");
+    let runs = report["jobs"][0]["attempts"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "one run, no redelivery: {report:#}");
+    assert_eq!(started, 1, "the command ran once");
+}
+
+/// The control: a worker that holds the delivery unacknowledged past the
+/// timeout loses it to the broker, which gives it to another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_early_ack_the_broker_takes_a_long_job_back() {
+    let _serial = SERIAL.lock().await;
+    let (report, started) =
+        long_job_under_a_short_consumer_timeout("b-timeout-control", "1h").await;
     println!("runs started: {started}; verdict: {}", report["status"]);
     assert!(
         started >= 2,

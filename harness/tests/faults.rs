@@ -454,27 +454,34 @@ async fn a_second_signal_or_the_end_of_the_grace_returns_the_job_to_the_queue() 
     assert_eq!(states, ["lost", "lost", "finished"], "{report:#}");
 }
 
+/// Starts `options` and commits a test that kills the worker running it,
+/// every time; returns the cluster, the sha and the commit's result.
+async fn killer_test(options: ClusterOptions) -> (Cluster, String, serde_json::Value) {
+    let workers = options.workers as u32;
+    let cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(workers, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let spec = "command = \"kill -9 $PPID; sleep 5\"\ntimeout = \"1m\"\n";
+    let sha = cluster
+        .upstream
+        .commit("main", "killer test", &[("warren.toml", Some(spec))]);
+    let report = results_or_logs(&cluster, std::slice::from_ref(&sha)).remove(0);
+    assert_eq!(report["status"], "error", "{report:#}");
+    (cluster, sha, report)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_runs_keep_being_lost_stops_at_its_budget_with_an_error() {
     let mut options = ClusterOptions::new("f-budget");
     options.workers = 4;
     options.dispatcher_extra = "max_lost_runs = 3".into();
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(4, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
-    // The test kills the worker that runs it, every time.
-    let spec = "command = \"kill -9 $PPID; sleep 5\"\ntimeout = \"1m\"\n";
-    let sha = cluster
-        .upstream
-        .commit("main", "killer test", &[("warren.toml", Some(spec))]);
-    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
-    assert_eq!(report["status"], "error", "{report:#}");
+    let (_cluster, _, report) = killer_test(options).await;
     let message = report["message"].as_str().unwrap();
     assert!(message.contains("gave up after 3 lost runs"), "{message}");
-    let lost = runs(report)
+    let lost = runs(&report)
         .iter()
         .filter(|(_, state)| state == "lost")
         .count();
@@ -487,18 +494,7 @@ async fn a_job_the_broker_keeps_taking_back_is_dead_lettered_and_reported() {
     options.workers = 3;
     options.dispatcher_extra = "max_lost_runs = 10".into();
     options.env = vec![("WARREN_BROKER__DELIVERY_LIMIT".into(), "1".into())];
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(3, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
-    let spec = "command = \"kill -9 $PPID; sleep 5\"\ntimeout = \"1m\"\n";
-    let sha = cluster
-        .upstream
-        .commit("main", "killer test", &[("warren.toml", Some(spec))]);
-    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
-    assert_eq!(report["status"], "error", "{report:#}");
+    let (cluster, sha, report) = killer_test(options).await;
     let message = report["message"].as_str().unwrap();
     assert!(
         message.contains("dead-lettered") && message.contains("delivery_limit"),

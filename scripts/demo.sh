@@ -10,5 +10,6 @@ scripts/ensure-broker.sh
 if command -v rabbitmq-plugins >/dev/null 2>&1; then
     rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null 2>&1 || true
 fi
-cargo build --quiet --bins
+echo "Building Warren (the first build takes a few minutes) ..." >&2
+cargo build --bins
 WARREN_BIN_DIR=target/debug exec target/debug/warren-demo "$@"

@@ -208,6 +208,15 @@ pub struct BrokerSettings {
     /// Longest wait between two reconnection attempts.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
+    /// PEM file of a private CA to trust for `amqps://`, besides the
+    /// system's trust store. The broker's certificate is always verified.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Declare the exchanges and queues on connect (needs the `configure`
+    /// permission on the prefix). With `false`, only check that they exist:
+    /// the least-privilege set-up lets the dispatcher alone declare them.
+    #[serde(default = "default_declare")]
+    pub declare: bool,
 }
 
 impl Default for BrokerSettings {
@@ -218,6 +227,8 @@ impl Default for BrokerSettings {
             heartbeat: default_heartbeat(),
             delivery_limit: default_delivery_limit(),
             reconnect_max_delay: default_reconnect_max(),
+            tls_ca_file: None,
+            declare: default_declare(),
         }
     }
 }
@@ -237,6 +248,9 @@ fn default_heartbeat() -> Duration {
 fn default_delivery_limit() -> u32 {
     DEFAULT_DELIVERY_LIMIT
 }
+fn default_declare() -> bool {
+    true
+}
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(10)
 }
@@ -250,6 +264,10 @@ pub struct BrokerConfig {
     pub topology: Topology,
     /// Longest wait between two reconnection attempts.
     pub reconnect_max_delay: Duration,
+    /// PEM certificates of a private CA to trust (from `tls_ca_file`).
+    pub tls_ca: Option<String>,
+    /// Declare the topology (`true`) or only check it exists (`false`).
+    pub declare: bool,
 }
 
 impl fmt::Debug for BrokerConfig {
@@ -304,6 +322,11 @@ impl BrokerConfig {
                 "must be between 100ms and 10m",
             ));
         }
+        let tls_ca = settings
+            .tls_ca_file
+            .as_deref()
+            .map(|path| read_ca_file(path, raw, source))
+            .transpose()?;
         // Heartbeats from the URL's query win only if the config says nothing
         // different; the config value is the documented one.
         uri.query.heartbeat = Some(heartbeat as u16);
@@ -313,6 +336,8 @@ impl BrokerConfig {
             url: settings.url.clone(),
             topology: Topology::new(settings.prefix.clone(), settings.delivery_limit),
             reconnect_max_delay: settings.reconnect_max_delay,
+            tls_ca,
+            declare: settings.declare,
         })
     }
 
@@ -330,6 +355,20 @@ impl BrokerConfig {
     pub fn safe_url(&self) -> String {
         safe_url(self.url.expose_secret())
     }
+}
+
+/// Reads and checks the PEM file of `broker.tls_ca_file`.
+fn read_ca_file(path: &Path, url: &str, source: &ConfigSource) -> Result<String, ConfigError> {
+    const KEY: &str = "broker.tls_ca_file";
+    if !url.starts_with("amqps://") {
+        return Err(source.invalid(KEY, "is only used with an amqps:// broker.url"));
+    }
+    let pem = std::fs::read_to_string(path)
+        .map_err(|error| source.invalid(KEY, format!("cannot read {}: {error}", path.display())))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(source.invalid(KEY, format!("{} holds no PEM certificate", path.display())));
+    }
+    Ok(pem)
 }
 
 /// `url` with the password (the part between `:` and `@` in the authority)
@@ -505,6 +544,41 @@ mod tests {
             err.contains("broker.url") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_private_ca_file_must_exist_hold_a_certificate_and_go_with_amqps() {
+        let pem = write("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+        let junk = write("not a certificate");
+        let config = |url: &str, ca: &Path| {
+            let settings = BrokerSettings {
+                url: url.to_owned().into(),
+                tls_ca_file: Some(ca.to_path_buf()),
+                ..BrokerSettings::default()
+            };
+            BrokerConfig::from_settings(&settings, &ConfigSource::named("t"))
+        };
+        assert!(
+            config("amqps://u:p@host/", pem.path())
+                .unwrap()
+                .tls_ca
+                .is_some()
+        );
+        for (url, ca, expected) in [
+            ("amqp://u:p@host/", pem.path(), "only used with an amqps://"),
+            ("amqps://u:p@host/", junk.path(), "no PEM certificate"),
+            (
+                "amqps://u:p@host/",
+                Path::new("/nonexistent.pem"),
+                "cannot read",
+            ),
+        ] {
+            let err = config(url, ca).err().unwrap().to_string();
+            assert!(
+                err.contains("broker.tls_ca_file") && err.contains(expected),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+
 use lapin::{Confirmation, PublisherConfirm};
 use tracing::{debug, warn};
 
@@ -45,6 +46,8 @@ pub enum SessionError {
         what: &'static str,
         cause: lapin::Error,
     },
+    #[error(transparent)]
+    Missing(#[from] crate::topology::TopologyMissing),
 }
 
 /// Why a publish did not succeed. Nothing was confirmed: the caller still owns
@@ -96,22 +99,44 @@ impl Session {
     ) -> Result<Self, SessionError> {
         let properties =
             ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
-        let connection = Connection::connect_uri(broker.uri().clone(), properties)
-            .await
-            .map_err(|cause| SessionError::Connect {
-                url: broker.safe_url(),
-                cause,
-            })?;
+        let connect_error = |cause| SessionError::Connect {
+            url: broker.safe_url(),
+            cause,
+        };
+        let mut builder = lapin::DefaultConnectionBuilder::new()
+            .map_err(connect_error)?
+            .with_uri(broker.uri().clone())
+            .with_properties(properties);
+        if let Some(ca) = &broker.tls_ca {
+            // Added to the system's roots; the broker's certificate and name
+            // are verified either way.
+            builder = builder.with_tls_config(lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(ca.clone()),
+            });
+        }
+        let connection = builder.connect().await.map_err(connect_error)?;
         let broker_error = |what| move |cause| SessionError::Broker { what, cause };
         let confirmed = connection
             .create_channel()
             .await
             .map_err(broker_error("opening a channel"))?;
-        broker
-            .topology
-            .declare(&confirmed)
-            .await
-            .map_err(broker_error("declaring the topology"))?;
+        if broker.declare {
+            broker
+                .topology
+                .declare(&confirmed)
+                .await
+                .map_err(broker_error("declaring the topology"))?;
+        } else {
+            // A failed passive declare closes the channel: check on one of
+            // its own.
+            let check = connection
+                .create_channel()
+                .await
+                .map_err(broker_error("opening a channel"))?;
+            broker.topology.verify(&check).await?;
+            let _ = check.close(200, ShortString::from("checked")).await;
+        }
         confirmed
             .confirm_select(ConfirmSelectOptions::default())
             .await

@@ -40,6 +40,18 @@ pub const EVENT_QUEUE_MAX_LENGTH: i64 = 100_000;
 /// dead-letters it (quorum queue `x-delivery-limit`).
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 
+/// A queue that a component with `broker.declare = false` needs is missing
+/// (or cannot be reached).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "queue {name} is missing ({cause}); a component with broker.declare = true \
+     (the dispatcher, in the least-privilege set-up) declares it"
+)]
+pub struct TopologyMissing {
+    pub name: String,
+    pub cause: lapin::Error,
+}
+
 /// The names of everything under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -169,6 +181,29 @@ impl Topology {
                     FieldTable::default(),
                 )
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Checks, with passive declares (which need no permission), that every
+    /// exchange and queue exists: for components that may not declare them.
+    pub async fn verify(&self, channel: &Channel) -> Result<(), TopologyMissing> {
+        for queue in Queue::ALL {
+            let name = self.queue(queue);
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            if let Err(cause) = channel
+                .queue_declare(
+                    ShortString::from(name.clone()),
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+            {
+                return Err(TopologyMissing { name, cause });
+            }
         }
         Ok(())
     }

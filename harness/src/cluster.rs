@@ -32,6 +32,12 @@ pub struct ClusterOptions {
     pub prefix: Option<String>,
     /// Environment for every component (`WARREN_BROKER__DELIVERY_LIMIT`…).
     pub env: Vec<(String, String)>,
+    /// Environment for the dispatcher only (after `env`).
+    pub dispatcher_env: Vec<(String, String)>,
+    /// Environment for every worker (after `env`).
+    pub worker_env: Vec<(String, String)>,
+    /// Environment for the watcher only (after `env`).
+    pub watcher_env: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -48,6 +54,9 @@ impl ClusterOptions {
             worker_extra: String::new(),
             prefix: None,
             env: Vec::new(),
+            dispatcher_env: Vec::new(),
+            worker_env: Vec::new(),
+            watcher_env: Vec::new(),
         }
     }
 }
@@ -257,10 +266,16 @@ impl Cluster {
         let config = config.to_str().expect("utf-8 path");
         let mut all_args = vec!["--config", config];
         all_args.extend_from_slice(args);
+        let own = match binary {
+            "warren-dispatcher" => &self.options.dispatcher_env,
+            "warren-worker" => &self.options.worker_env,
+            _ => &self.options.watcher_env,
+        };
         let mut all_env: Vec<(&str, &str)> = self
             .options
             .env
             .iter()
+            .chain(own)
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         all_env.extend_from_slice(env);

@@ -128,3 +128,161 @@ impl Drop for ConsumerTimeout {
         }
     }
 }
+
+/// RabbitMQ users created for a test (with `docker/rabbitmq-users.sh` or by
+/// hand); deleted when dropped.
+pub struct Users {
+    names: Vec<String>,
+}
+
+impl Users {
+    /// Takes charge of deleting `names` at the end.
+    pub fn adopt(names: Vec<String>) -> Self {
+        Self { names }
+    }
+
+    /// Creates `name` with `password` and the permissions
+    /// (configure, write, read) on the default virtual host.
+    pub fn add(&mut self, name: &str, password: &str, permissions: [&str; 3]) {
+        rabbitmqctl(&["add_user", name, password]).expect("rabbitmqctl add_user");
+        self.names.push(name.to_owned());
+        let [configure, write, read] = permissions;
+        rabbitmqctl(&["set_permissions", "-p", "/", name, configure, write, read])
+            .expect("rabbitmqctl set_permissions");
+    }
+}
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        for name in &self.names {
+            if let Err(error) = rabbitmqctl(&["delete_user", name]) {
+                eprintln!("{error}");
+            }
+        }
+    }
+}
+
+/// A TLS listener on the running broker (port 5671, 127.0.0.1) with a
+/// certificate for `localhost` and `127.0.0.1` signed by a CA made for the
+/// test; stopped when dropped. No restart: the other tests are not disturbed,
+/// but only one such listener can exist at a time.
+pub struct TlsListener {
+    dir: tempfile::TempDir,
+}
+
+/// The port of the test TLS listener.
+pub const TLS_PORT: u16 = 5671;
+
+impl TlsListener {
+    /// Makes a CA and a server certificate with `openssl` and starts the
+    /// listener.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The broker runs as its own user: it must read the files.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let run = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("running openssl");
+            assert!(
+                output.status.success(),
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Warren test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.path().join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext.cnf");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        for file in ["ca.pem", "server.pem", "server.key"] {
+            std::fs::set_permissions(
+                dir.path().join(file),
+                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+            )
+            .expect("chmod");
+        }
+        let path = |file: &str| dir.path().join(file).display().to_string();
+        rabbitmqctl(&[
+            "eval",
+            &format!(
+                "rabbit_networking:start_ssl_listener({{\"127.0.0.1\", {TLS_PORT}}}, \
+                 [{{certfile,\"{}\"}},{{keyfile,\"{}\"}},{{cacertfile,\"{}\"}},\
+                 {{verify,verify_none}},{{fail_if_no_peer_cert,false}}], 1).",
+                path("server.pem"),
+                path("server.key"),
+                path("ca.pem")
+            ),
+        ])
+        .expect("starting a TLS listener");
+        Self { dir }
+    }
+
+    /// The CA certificate that signed the broker's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        if let Err(error) = rabbitmqctl(&[
+            "eval",
+            &format!("rabbit_networking:stop_tcp_listener({{\"127.0.0.1\", {TLS_PORT}}})."),
+        ]) {
+            eprintln!("stopping the TLS listener: {error}");
+        }
+    }
+}

@@ -157,3 +157,77 @@ async fn without_the_early_ack_the_broker_takes_a_long_job_back() {
         "the broker took the job back and gave it out again: {report:#}"
     );
 }
+
+/// `amqps://`: every component connects through a TLS listener whose
+/// certificate a private CA signed (`broker.tls_ca_file`); a worker that does
+/// not trust that CA refuses the broker. (Here because it adds a listener to
+/// the shared broker: one at a time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_talk_tls_and_verify_the_broker_certificate() {
+    let _serial = SERIAL.lock().await;
+    let tls = warren_harness::rabbit::TlsListener::start();
+    let url = format!(
+        "amqps://guest:guest@localhost:{}/%2f",
+        warren_harness::rabbit::TLS_PORT
+    );
+    let ca = tls.ca_file().display().to_string();
+    let mut options = ClusterOptions::new("b-tls");
+    options.env = vec![
+        ("WARREN_BROKER__URL".into(), url.clone()),
+        ("WARREN_BROKER__TLS_CA_FILE".into(), ca),
+    ];
+    let cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(2, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let spec = "command = \"echo over tls\"\ntimeout = \"1m\"\n";
+    let sha = cluster
+        .upstream
+        .commit("main", "tls", &[("warren.toml", Some(spec))]);
+    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
+    assert_eq!(report["status"], "passed", "{report:#}");
+    for log in ["dispatcher", "watcher", "worker-0"] {
+        let text = std::fs::read_to_string(cluster.root().join("logs").join(format!("{log}.log")))
+            .unwrap_or_default();
+        assert!(
+            text.contains("amqps://guest:***@localhost"),
+            "{log}: {text}"
+        );
+    }
+
+    // Without the CA, the system's trust store does not know the broker's
+    // certificate: the worker refuses to connect, and says why.
+    let config = cluster.root().join("config").join("stranger.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nurl = {url:?}\nprefix = {:?}\n[worker]\nwork_dir = {:?}\n",
+            cluster.broker.prefix,
+            cluster.root().join("stranger").display().to_string()
+        ),
+    )
+    .unwrap();
+    let stranger = warren_harness::process::Component::start(
+        "warren-worker",
+        "stranger",
+        &["--config", config.to_str().unwrap()],
+        &cluster.root().join("logs"),
+    );
+    assert!(
+        warren_harness::process::wait_until(Duration::from_secs(20), || stranger
+            .log()
+            .contains("cannot connect")),
+        "{}",
+        stranger.log()
+    );
+    let log = stranger.log();
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+    println!("{}", log.lines().find(|l| l.contains("cannot connect")).unwrap_or_default());
+    assert_eq!(
+        cluster.broker.queue_depth(Queue::Jobs).await.1,
+        2,
+        "it never consumed"
+    );
+}

@@ -224,7 +224,12 @@ async fn components_talk_tls_and_verify_the_broker_certificate() {
     );
     let log = stranger.log();
     assert!(log.to_lowercase().contains("certificate"), "{log}");
-    println!("{}", log.lines().find(|l| l.contains("cannot connect")).unwrap_or_default());
+    println!(
+        "{}",
+        log.lines()
+            .find(|l| l.contains("cannot connect"))
+            .unwrap_or_default()
+    );
     assert_eq!(
         cluster.broker.queue_depth(Queue::Jobs).await.1,
         2,

@@ -128,10 +128,10 @@ async fn least_privilege_users_run_the_system_and_no_password_is_logged() {
             Default::default(),
         )
         .await;
-    let error = consumed
-        .err()
-        .expect("a watcher must not read jobs")
-        .to_string();
+    let Err(error) = consumed else {
+        panic!("a watcher must not read jobs");
+    };
+    let error = error.to_string();
     assert!(error.contains("ACCESS_REFUSED"), "{error}");
     let _ = worker.close(200, "bye".into()).await;
     let _ = watcher.close(200, "bye".into()).await;

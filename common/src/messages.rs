@@ -559,23 +559,42 @@ mod tests {
 
         #[test]
         fn decoders_never_panic_on_json_garbage(
-            keys in proptest::collection::vec("[a-z_]{1,12}", 0..12),
+            kind in 0..4usize,
+            keys in proptest::collection::vec(prop_oneof![
+                // The real field names, so that garbage gets past the
+                // envelope and into every field's own checks.
+                Just("job_id"), Just("attempt"), Just("run_id"), Just("repo"), Just("url"),
+                Just("branch"), Just("sha"), Just("shard"), Just("command"), Just("timeout_ms"),
+                Just("env"), Just("worker"), Just("host"), Just("status"), Just("event"),
+                Just("at"), Just("output"), Just("parents"), Just("exit_code"), Just("x"),
+            ], 0..16),
             values in proptest::collection::vec(prop_oneof![
                 Just(serde_json::Value::Null),
                 any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
                 ".{0,50}".prop_map(serde_json::Value::from),
+                "[0-9a-f]{40}".prop_map(serde_json::Value::from),
                 Just(serde_json::json!({"index": 5, "count": 1})),
+                Just(serde_json::json!({"index": 0, "count": 0})),
+                Just(serde_json::json!(["sh", ""])),
+                Just(serde_json::json!({"A": "1", "WARREN_X": "2"})),
                 Just(serde_json::json!([])),
-            ], 0..12),
+            ], 0..16),
         ) {
+            let kinds = ["commit", "job", "job_event", "job_result"];
             let mut fields = serde_json::Map::new();
             fields.insert("schema".into(), 1.into());
-            fields.insert("type".into(), "job".into());
+            fields.insert("type".into(), kinds[kind].into());
             for (key, value) in keys.into_iter().zip(values) {
-                fields.insert(key, value);
+                fields.insert(key.into(), value);
             }
             let body = serde_json::to_vec(&fields).unwrap();
+            // None of these decodes (a required field is always missing or
+            // wrong), and none panics.
+            prop_assert!(decode::<CommitEvent>(&body).is_err());
             prop_assert!(decode::<Job>(&body).is_err());
+            prop_assert!(decode::<JobEvent>(&body).is_err());
+            prop_assert!(decode::<JobResult>(&body).is_err());
         }
     }
 }

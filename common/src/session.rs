@@ -24,6 +24,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 
 use lapin::{Confirmation, PublisherConfirm};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{debug, warn};
 
 /// AMQP header naming why a message was dead-lettered by Warren.
@@ -77,6 +78,15 @@ pub struct Outgoing<'a> {
     pub persistent: bool,
     /// Extra headers for people reading the queue.
     pub headers: Vec<(&'static str, String)>,
+}
+
+/// Messages this process moved to the dead-letter queue, per source queue
+/// (in [`Queue::ALL`] order), since it started.
+static REJECTED: [AtomicU64; Queue::ALL.len()] = [const { AtomicU64::new(0) }; Queue::ALL.len()];
+
+/// How many messages from `queue` this process has dead-lettered so far.
+pub fn rejected_total(queue: Queue) -> u64 {
+    REJECTED[queue.index()].load(Ordering::Relaxed)
 }
 
 /// One connection to the broker.
@@ -303,6 +313,7 @@ impl Session {
         .wait()
         .await?;
         delivery.ack(BasicAckOptions::default()).await?;
+        REJECTED[from.index()].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -98,6 +98,14 @@ impl Queue {
         }
     }
 
+    /// Position in [`Queue::ALL`].
+    pub fn index(self) -> usize {
+        Queue::ALL
+            .iter()
+            .position(|queue| *queue == self)
+            .unwrap_or_default()
+    }
+
     /// The routing key of this queue's messages in the dead-letter exchange.
     pub fn dead_letter_key(self) -> &'static str {
         self.suffix()

@@ -444,8 +444,10 @@ async fn reject(
     reason: impl std::fmt::Display,
 ) -> Result<(), ServeError> {
     let reason = reason.to_string();
-    warn!(queue = ?from, message_id = %message_id(delivery), %reason, "message rejected to the dead-letter queue");
     session.dead_letter(delivery, from, &reason).await?;
+    warn!(queue = ?from, message_id = %message_id(delivery), %reason,
+          rejected_total = warren_common::session::rejected_total(from),
+          "message rejected to the dead-letter queue");
     Ok(())
 }
 

@@ -245,6 +245,10 @@ async fn commits_that_cannot_be_tested_get_an_error_result() {
     let mut missing = event(&upstream, &"1".repeat(40));
     missing.sha = CommitId::parse(&"1".repeat(40)).unwrap();
     publish_commit(&session, &missing).await;
+    let mut unreachable = event(&upstream, &"2".repeat(40));
+    unreachable.repo = RepoName::parse("gone").unwrap();
+    unreachable.url = RepoUrl::parse("/nonexistent/gone.git").unwrap();
+    publish_commit(&session, &unreachable).await;
 
     let cases = [
         (broken.as_str(), "warren.toml is invalid"),
@@ -252,6 +256,14 @@ async fn commits_that_cannot_be_tested_get_an_error_result() {
         (no_spec.as_str(), "no warren.toml"),
         (missing.sha.as_str(), "force-pushed away"),
     ];
+    let report = wait_for_file(&fixture.result_path("gone", unreachable.sha.as_str())).await;
+    assert_eq!(report["status"], "error");
+    let message = report["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("could not fetch /nonexistent/gone.git")
+            && message.contains("after 3 attempts"),
+        "{message}"
+    );
     for (sha, expected) in cases {
         let report = wait_for_file(&fixture.result_path("sample", sha)).await;
         assert_eq!(report["status"], "error", "{sha}");

@@ -487,7 +487,9 @@ impl Service {
                 )
                 .await;
                 match dead {
-                    Ok(Ok(())) => warn!(message_id = %id, %reason, "job message dead-lettered"),
+                    Ok(Ok(())) => warn!(message_id = %id, %reason,
+                        rejected_total = warren_common::session::rejected_total(Queue::Jobs),
+                        "job message dead-lettered"),
                     Ok(Err(error)) => {
                         return Err(ConnectionLost(format!("dead-lettering {id}: {error}")));
                     }

@@ -176,3 +176,73 @@ async fn broken_config_missing_command_and_timeout_each_get_a_clear_result() {
         assert_eq!(code, Some(0), "{name} was still running and exits cleanly");
     }
 }
+
+#[test]
+fn every_binary_refuses_a_bad_config_naming_file_key_and_variable_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "warren-dispatcher",
+            "[dispatcher]\nprefetch = 0\n",
+            "dispatcher.prefetch",
+        ),
+        (
+            "warren-dispatcher",
+            "[dispatcher]\nresult_dir = \"x\"\n",
+            "result_dir",
+        ),
+        ("warren-worker", "[worker]\nslots = 0\n", "worker.slots"),
+        (
+            "warren-worker",
+            "[broker]\nheartbeat = \"0s\"\n",
+            "broker.heartbeat",
+        ),
+        ("warren-watcher", "[watcher]\nstate_dir = \"x\"\n", "repos"),
+        (
+            "warren-watcher",
+            "[repos.api]\nurl = \"/x\"\nbranches = []\n",
+            "repos.api.branches",
+        ),
+    ];
+    for (index, (binary, contents, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad-{index}.toml"));
+        // A broker URL nobody listens on: a component that tried to connect
+        // would hang in its reconnection loop instead of exiting.
+        let contents = if contents.contains("[broker]") {
+            contents.replace(
+                "[broker]\n",
+                "[broker]\nurl = \"amqp://u:p@127.0.0.1:1/%2f\"\n",
+            )
+        } else {
+            format!("[broker]\nurl = \"amqp://u:p@127.0.0.1:1/%2f\"\n{contents}")
+        };
+        std::fs::write(&path, &contents).unwrap();
+        let output = std::process::Command::new(warren_harness::process::bin_dir().join(binary))
+            .args(["--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{binary} {contents:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(key),
+            "{binary}: expected {key:?} in {stderr}"
+        );
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "{binary} names the file: {stderr}"
+        );
+    }
+    // A typo in an environment variable is refused too.
+    let output =
+        std::process::Command::new(warren_harness::process::bin_dir().join("warren-worker"))
+            .env("WARREN_WORKER_SLOTS", "2")
+            .output()
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("WARREN_WORKER__SLOTS"), "{stderr}");
+}

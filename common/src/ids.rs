@@ -131,6 +131,16 @@ string_id!(
     validate_repo_url
 );
 
+string_id!(
+    /// A file of a repository, relative to its root (`tests/test_api.py`):
+    /// what a suite is split into. It comes from the commit's tree, so it is
+    /// checked before it reaches a command line or a path: relative, no
+    /// `..` or empty parts, no control characters, not starting with `-`
+    /// (a test runner would read it as an option), at most 4096 bytes.
+    SuitePath,
+    validate_suite_path
+);
+
 impl CommitId {
     /// The first 12 digits, for logs and tables.
     pub fn short(&self) -> &str {
@@ -261,6 +271,37 @@ fn validate_repo_url(value: &str) -> Result<String, InvalidId> {
     Ok(value.to_owned())
 }
 
+/// Longest suite file path, in bytes (Linux's PATH_MAX).
+const SUITE_PATH_MAX: usize = 4096;
+
+fn validate_suite_path(value: &str) -> Result<String, InvalidId> {
+    const KIND: &str = "suite file path";
+    if value.is_empty() || value.len() > SUITE_PATH_MAX {
+        return Err(invalid(KIND, value, "expected 1 to 4096 bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(KIND, value, "must not contain control characters"));
+    }
+    if value.starts_with('/') || value.starts_with('-') {
+        return Err(invalid(
+            KIND,
+            value,
+            "must be relative and not start with '-'",
+        ));
+    }
+    if value
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(invalid(
+            KIND,
+            value,
+            "must not contain empty, '.' or '..' parts",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 /// A job's identity: a UUID chosen by the dispatcher when it plans the job.
 /// Every attempt of the job carries the same id.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -345,6 +386,26 @@ mod tests {
         assert!(RepoUrl::parse("/tmp/repo").is_ok());
         for bad in ["", "-uhack", "a b", "x\ny"] {
             assert!(RepoUrl::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn suite_paths_are_relative_and_harmless() {
+        for good in ["tests/test_a.py", "a b/c-d.rb", "x", "src/-odd/name"] {
+            assert!(SuitePath::parse(good).is_ok(), "{good:?} should pass");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "-rf",
+            "a\nb",
+            "a/",
+        ] {
+            assert!(SuitePath::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
 

@@ -7,7 +7,7 @@
 //! missing fields, invalid ids and oversize bodies are all [`DecodeError`]s,
 //! which consumers dead-letter with the error as the reason.
 
-use crate::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, WorkerId};
+use crate::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath, WorkerId};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -215,8 +215,25 @@ pub struct Job {
     pub timeout_ms: u64,
     /// Extra environment for the command, from `warren.toml`.
     pub env: BTreeMap<String, String>,
+    /// The suite files of this shard, for the command's `{files}` (all at
+    /// once) or `{file}` (one run per file); empty when the suite is not
+    /// split. A re-issued shard carries the same files.
+    #[serde(default)]
+    pub files: Vec<SuitePath>,
+    /// A JUnit XML report the command writes, relative to the checkout.
+    #[serde(default)]
+    pub junit: Option<SuitePath>,
+    /// Runs of failed tests (files) again, to tell flaky tests from broken
+    /// ones. 0: no reruns.
+    #[serde(default)]
+    pub retry_failed: u32,
     pub published_at: DateTime<Utc>,
 }
+
+/// Most files one job may carry.
+pub const MAX_FILES_PER_JOB: usize = 10_000;
+/// Most reruns of failed tests.
+pub const MAX_RETRY_FAILED: u32 = 5;
 
 impl Message for Job {
     const TYPE: &'static str = "job";
@@ -235,6 +252,18 @@ impl Message for Job {
         }
         for name in self.env.keys() {
             validate_env_name(name)?;
+        }
+        if self.files.len() > MAX_FILES_PER_JOB {
+            return Err(format!(
+                "{} files in one job, more than {MAX_FILES_PER_JOB}",
+                self.files.len()
+            ));
+        }
+        if self.retry_failed > MAX_RETRY_FAILED {
+            return Err(format!(
+                "retry_failed {} is more than {MAX_RETRY_FAILED}",
+                self.retry_failed
+            ));
         }
         Ok(())
     }
@@ -301,6 +330,9 @@ pub enum JobStatus {
     TimedOut,
     /// The test could not be run: bad config, missing commit, command not found…
     Error,
+    /// Not run to the end: a newer commit on the branch replaced it (the
+    /// dispatcher's verdict; workers never report it).
+    Superseded,
 }
 
 impl JobStatus {
@@ -311,26 +343,36 @@ impl JobStatus {
             Self::Failed => "failed",
             Self::TimedOut => "timed_out",
             Self::Error => "error",
+            Self::Superseded => "superseded",
         }
     }
 
     /// Parses the name written by [`JobStatus::as_str`].
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::Passed, Self::Failed, Self::TimedOut, Self::Error]
-            .into_iter()
-            .find(|status| status.as_str() == value)
+        [
+            Self::Passed,
+            Self::Failed,
+            Self::TimedOut,
+            Self::Error,
+            Self::Superseded,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == value)
     }
 
     /// The commit's verdict from its jobs': the worst one wins
-    /// (error > timed_out > failed > passed). No jobs means passed.
+    /// (error > timed_out > failed > superseded > passed): a commit with a
+    /// failed job has failed even if its other jobs were superseded. No
+    /// jobs means passed.
     pub fn aggregate(statuses: impl IntoIterator<Item = JobStatus>) -> JobStatus {
         statuses
             .into_iter()
             .max_by_key(|status| match status {
                 Self::Passed => 0,
-                Self::Failed => 1,
-                Self::TimedOut => 2,
-                Self::Error => 3,
+                Self::Superseded => 1,
+                Self::Failed => 2,
+                Self::TimedOut => 3,
+                Self::Error => 4,
             })
             .unwrap_or(Self::Passed)
     }
@@ -374,6 +416,90 @@ pub struct JobResult {
     pub output_truncated: bool,
     /// How many bytes the command wrote in all.
     pub output_bytes: u64,
+    /// Per test, from the job's JUnit report (after reruns of failures).
+    #[serde(default)]
+    pub tests: Vec<TestCase>,
+    /// Time per suite file: measured (`{file}` runs), summed from the
+    /// report, or the shard's time shared out evenly (`estimated`).
+    #[serde(default)]
+    pub file_timings: Vec<FileTiming>,
+    /// Why the JUnit report could not be read (missing, malformed), for the
+    /// commit's result. `None` when there is none to read or it was fine.
+    #[serde(default)]
+    pub report_problem: Option<String>,
+}
+
+/// How one test ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    Skipped,
+    Error,
+}
+
+impl TestStatus {
+    /// The name used in messages, the database and result files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Error => "error",
+        }
+    }
+
+    /// Parses the name written by [`TestStatus::as_str`].
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Passed, Self::Failed, Self::Skipped, Self::Error]
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
+}
+
+/// One test case of a JUnit report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    /// The test's name (`testcase/@name`).
+    pub name: String,
+    /// Its class or module (`testcase/@classname`).
+    pub classname: String,
+    /// The suite file it lives in, when the report says (`@file`).
+    pub file: Option<String>,
+    pub duration_ms: u64,
+    /// The final status, after reruns.
+    pub status: TestStatus,
+    /// The failure or error message (first line of it, capped).
+    pub message: Option<String>,
+    /// Failed, then passed on a rerun.
+    pub flaky: bool,
+}
+
+/// How long one suite file took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTiming {
+    pub path: SuitePath,
+    pub duration_ms: u64,
+    /// Shared out from the shard's time, not measured for this file.
+    pub estimated: bool,
+}
+
+/// Workers are asked to stop jobs, published by the dispatcher to every
+/// worker (the control exchange is a fanout): a worker running one of them
+/// kills it and frees its slot; a worker handed one later drops it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelJobs {
+    pub job_ids: Vec<JobId>,
+    /// Why (for logs): "superseded by <sha>".
+    pub reason: String,
+}
+
+impl Message for CancelJobs {
+    const TYPE: &'static str = "cancel_jobs";
 }
 
 impl Message for JobResult {
@@ -404,6 +530,9 @@ mod tests {
             command: TestCommand::Shell("make test".into()),
             timeout_ms: 60_000,
             env: BTreeMap::from([("CI".to_string(), "1".to_string())]),
+            files: vec![SuitePath::parse("tests/a.py").unwrap()],
+            junit: None,
+            retry_failed: 0,
             published_at: Utc::now(),
         }
     }
@@ -541,7 +670,9 @@ mod tests {
         assert_eq!(JobStatus::aggregate([Passed, Failed, Passed]), Failed);
         assert_eq!(JobStatus::aggregate([Failed, TimedOut]), TimedOut);
         assert_eq!(JobStatus::aggregate([TimedOut, Error, Passed]), Error);
-        for status in [Passed, Failed, TimedOut, Error] {
+        assert_eq!(JobStatus::aggregate([Passed, Superseded]), Superseded);
+        assert_eq!(JobStatus::aggregate([Failed, Superseded]), Failed);
+        for status in [Passed, Failed, TimedOut, Error, Superseded] {
             assert_eq!(JobStatus::parse(status.as_str()), Some(status));
         }
     }

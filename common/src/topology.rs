@@ -149,6 +149,12 @@ impl Topology {
         self.queue(queue.source())
     }
 
+    /// The fanout exchange of [`CancelJobs`](crate::messages::CancelJobs)
+    /// messages; every worker binds a private queue of its own to it.
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
     /// The full name of `queue`.
     pub fn queue(&self, queue: Queue) -> String {
         format!("{}.{}", self.prefix, queue.suffix())
@@ -158,6 +164,17 @@ impl Topology {
     /// PRECONDITION_FAILED channel error if a queue exists with other
     /// arguments (for example a different delivery limit).
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        channel
+            .exchange_declare(
+                ShortString::from(self.control_exchange()),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
         for queue in Queue::ALL {
             let name = self.queue(queue);
             if queue.source() == queue {
@@ -219,6 +236,12 @@ impl Topology {
     /// Deletes every queue and exchange of this prefix. For tests and for
     /// operators tearing an installation down; messages in the queues are lost.
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        channel
+            .exchange_delete(
+                ShortString::from(self.control_exchange()),
+                Default::default(),
+            )
+            .await?;
         for queue in Queue::ALL {
             let name = self.queue(queue);
             channel

@@ -946,6 +946,9 @@ fn unpublished_jobs(
             command: serde_json::from_str(&row.8).map_err(|e| corrupt("command", e))?,
             timeout_ms: row.9,
             env: serde_json::from_str(&row.10).map_err(|e| corrupt("env", e))?,
+            files: Vec::new(),
+            junit: None,
+            retry_failed: 0,
             published_at: now,
         });
     }
@@ -1026,6 +1029,9 @@ mod tests {
             output: format!("output of {worker}"),
             output_truncated: false,
             output_bytes: 12,
+            tests: Vec::new(),
+            file_timings: Vec::new(),
+            report_problem: None,
         }
     }
 

@@ -128,6 +128,9 @@ fn result_for(job: &Job, run_id: uuid::Uuid, worker: &str, status: JobStatus) ->
         output: "ok: 3 tests\n".into(),
         output_truncated: false,
         output_bytes: 12,
+        tests: Vec::new(),
+        file_timings: Vec::new(),
+        report_problem: None,
     }
 }
 

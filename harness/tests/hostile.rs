@@ -68,6 +68,9 @@ async fn every_bad_message_is_dead_lettered_with_its_reason_and_good_work_goes_o
         command: TestCommand::Shell("true".into()),
         timeout_ms: 1000,
         env: Default::default(),
+        files: Vec::new(),
+        junit: None,
+        retry_failed: 0,
         published_at: chrono::Utc::now(),
     };
     let result = JobResult {
@@ -89,6 +92,9 @@ async fn every_bad_message_is_dead_lettered_with_its_reason_and_good_work_goes_o
         output: String::new(),
         output_truncated: false,
         output_bytes: 0,
+        tests: Vec::new(),
+        file_timings: Vec::new(),
+        report_problem: None,
     };
     let huge = "x".repeat(warren_common::messages::MAX_BODY_BYTES + 1);
     // (queue, body, what the dead letter's reason must say)

@@ -380,6 +380,9 @@ impl<'a> Report<'a> {
             output: output.text,
             output_truncated: output.truncated,
             output_bytes: output.total_bytes,
+            tests: Vec::new(),
+            file_timings: Vec::new(),
+            report_problem: None,
         });
         fit_body(&mut result);
         result
@@ -454,6 +457,9 @@ mod tests {
             command,
             timeout_ms: 30_000,
             env: BTreeMap::from([("FROM_JOB".into(), "yes".into())]),
+            files: Vec::new(),
+            junit: None,
+            retry_failed: 0,
             published_at: Utc::now(),
         }
     }

@@ -111,6 +111,9 @@ mod tests {
             output: String::new(),
             output_truncated: false,
             output_bytes: 0,
+            tests: Vec::new(),
+            file_timings: Vec::new(),
+            report_problem: None,
         }
     }
 

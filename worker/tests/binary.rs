@@ -116,6 +116,9 @@ async fn the_binary_runs_a_job_and_stops_cleanly_on_sigterm() {
             command: TestCommand::Argv(vec!["cat".into(), "a.txt".into()]),
             timeout_ms: 60_000,
             env: BTreeMap::new(),
+            files: Vec::new(),
+            junit: None,
+            retry_failed: 0,
             published_at: chrono::Utc::now(),
         };
         let outgoing = Outgoing {

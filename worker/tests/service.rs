@@ -106,6 +106,9 @@ fn job(upstream: &Upstream, sha: &str, command: TestCommand) -> Job {
         command,
         timeout_ms: 60_000,
         env: BTreeMap::new(),
+        files: Vec::new(),
+        junit: None,
+        retry_failed: 0,
         published_at: chrono::Utc::now(),
     }
 }

@@ -220,6 +220,40 @@ impl Session {
         })
     }
 
+    /// Publishes a control message ([`CancelJobs`](crate::messages::CancelJobs))
+    /// to every worker, with a confirm. Not mandatory: with no worker
+    /// connected nobody needs to hear it.
+    pub async fn publish_control<M: Message>(
+        &self,
+        message: &M,
+        message_id: String,
+    ) -> Result<(), PublishError> {
+        let outgoing = Outgoing {
+            routing_key: "",
+            message_id,
+            persistent: false,
+            headers: Vec::new(),
+        };
+        let exchange = self.topology.control_exchange();
+        let confirm = self
+            .confirmed
+            .basic_publish(
+                ShortString::from(exchange.clone()),
+                ShortString::from(""),
+                BasicPublishOptions::default(),
+                &encode(message),
+                self.properties(M::TYPE, &outgoing),
+            )
+            .await?;
+        PendingConfirm {
+            confirm,
+            exchange,
+            routing_key: String::new(),
+        }
+        .wait()
+        .await
+    }
+
     /// Publishes a transient message (job events): no confirm, no
     /// persistence. Losing one is harmless; the next heartbeat replaces it.
     pub async fn publish_transient<M: Message>(

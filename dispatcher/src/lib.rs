@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: `[broker]`, `[dispatcher]`, `[defaults]`, `[log]`.
 //! - [`spec`]: the commit's own `warren.toml`, with defaults applied.
+//! - [`select`]: which suite files a change affects.
+//! - [`split`]: suite files into shards, balanced by recorded timings.
 //! - [`mirror`]: reading `warren.toml` from the commit's tree via a bare mirror.
 //! - [`store`]: commits, jobs and attempts in SQLite; the source of truth.
 //! - [`report`]: the result file, `<results_dir>/<repo>/<sha>.json`.
@@ -11,8 +13,10 @@
 pub mod config;
 pub mod mirror;
 pub mod report;
+pub mod select;
 pub mod service;
 pub mod spec;
+pub mod split;
 pub mod store;
 
 pub use config::DispatcherConfig;

@@ -54,16 +54,15 @@ impl Mirrors {
         }
     }
 
-    /// Returns the contents of `warren.toml` at the root of commit `sha` (or
-    /// `None` if the commit has no such file), fetching `url` into the
-    /// repository's mirror first if the commit is not there yet. Blocking:
-    /// call it from a blocking thread.
-    pub fn read_spec(
+    /// Reads what planning needs from commit `sha` (see [`CommitTree`]),
+    /// fetching `url` into the repository's mirror first if the commit is not
+    /// there yet. Blocking: call it from a blocking thread.
+    pub fn read_commit(
         &self,
         repo: &RepoName,
         url: &RepoUrl,
         sha: &CommitId,
-    ) -> Result<Option<Vec<u8>>, MirrorError> {
+    ) -> Result<CommitTree, MirrorError> {
         // One commit at a time per dispatcher; the lock is never held across
         // an await (this runs on a blocking thread).
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
@@ -81,13 +80,31 @@ impl Mirrors {
     }
 }
 
-/// Reads `warren.toml` of `sha` from `mirror`, fetching first if needed.
+/// What planning needs from one commit.
+#[derive(Debug, Clone, Default)]
+pub struct CommitTree {
+    /// `warren.toml` at the root, if any.
+    pub spec: Option<Vec<u8>>,
+    /// Every file (blob) of the tree, by path.
+    pub files: Vec<String>,
+    /// The first parent, if any.
+    pub parent: Option<CommitId>,
+    /// Paths changed against the first parent (both sides of renames and
+    /// deletions); `None` for a root commit.
+    pub changed: Option<Vec<String>>,
+}
+
+/// Most files listed from one tree: beyond this the repository is not one
+/// Warren can split (and the dispatcher's memory is protected).
+const MAX_TREE_FILES: usize = 1_000_000;
+
+/// Reads `sha` from `mirror`, fetching first if needed.
 fn read_from(
     mirror: &Repository,
     path: &Path,
     url: &RepoUrl,
     sha: &CommitId,
-) -> Result<Option<Vec<u8>>, MirrorError> {
+) -> Result<CommitTree, MirrorError> {
     let local = |error: git2::Error| MirrorError::Local {
         path: path.to_path_buf(),
         message: error.message().to_owned(),
@@ -103,16 +120,68 @@ fn read_from(
             url: url.to_string(),
         })?;
     let tree = commit.tree().map_err(local)?;
-    let entry = match tree.get_path(Path::new(SPEC_FILE)) {
-        Ok(entry) => entry,
-        Err(error) if error.code() == ErrorCode::NotFound => return Ok(None),
+    let spec = match tree.get_path(Path::new(SPEC_FILE)) {
+        Ok(entry) => {
+            let object = entry.to_object(mirror).map_err(local)?;
+            match object.as_blob() {
+                Some(blob) => Some(blob.content().to_vec()),
+                None => return Err(MirrorError::SpecNotAFile),
+            }
+        }
+        Err(error) if error.code() == ErrorCode::NotFound => None,
         Err(error) => return Err(local(error)),
     };
-    let object = entry.to_object(mirror).map_err(local)?;
-    match object.as_blob() {
-        Some(blob) => Ok(Some(blob.content().to_vec())),
-        None => Err(MirrorError::SpecNotAFile),
+    let mut files = Vec::new();
+    let mut too_many = false;
+    tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        if entry.kind() == Some(git2::ObjectType::Blob) {
+            if files.len() >= MAX_TREE_FILES {
+                too_many = true;
+                return git2::TreeWalkResult::Abort;
+            }
+            if let Ok(name) = entry.name() {
+                files.push(format!("{root}{name}"));
+            }
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .or_else(|error| if too_many { Ok(()) } else { Err(error) })
+    .map_err(local)?;
+    if too_many {
+        return Err(MirrorError::Local {
+            path: path.to_path_buf(),
+            message: format!("the commit has more than {MAX_TREE_FILES} files"),
+        });
     }
+    let (parent, changed) = match commit.parents().next() {
+        None => (None, None),
+        Some(parent) => {
+            let parent_tree = parent.tree().map_err(local)?;
+            let diff = mirror
+                .diff_tree_to_tree(Some(&parent_tree), Some(&tree), None)
+                .map_err(local)?;
+            let mut changed = std::collections::BTreeSet::new();
+            for delta in diff.deltas() {
+                for file in [delta.old_file(), delta.new_file()] {
+                    if let Some(path) = file.path().and_then(Path::to_str) {
+                        changed.insert(path.to_owned());
+                    }
+                }
+            }
+            let parent =
+                CommitId::parse(&parent.id().to_string()).map_err(|error| MirrorError::Local {
+                    path: path.to_path_buf(),
+                    message: error.to_string(),
+                })?;
+            (Some(parent), Some(changed.into_iter().collect()))
+        }
+    };
+    Ok(CommitTree {
+        spec,
+        files,
+        parent,
+        changed,
+    })
 }
 
 /// Opens the mirror, or creates it; a mirror that cannot be opened (deleted
@@ -173,18 +242,48 @@ mod tests {
         let (repo, url, sha) = ids(&upstream, &first);
         assert_eq!(
             Mirrors::new(dir.path())
-                .read_spec(&repo, &url, &sha)
+                .read_commit(&repo, &url, &sha)
                 .unwrap()
+                .spec
                 .unwrap(),
             b"command = \"a\""
         );
         let (_, _, sha) = ids(&upstream, &second);
         assert_eq!(
             Mirrors::new(dir.path())
-                .read_spec(&repo, &url, &sha)
-                .unwrap(),
+                .read_commit(&repo, &url, &sha)
+                .unwrap()
+                .spec,
             None
         );
+    }
+
+    #[test]
+    fn lists_the_files_and_the_change_against_the_parent() {
+        let upstream = Upstream::new();
+        let first = upstream.commit(
+            "main",
+            "one",
+            &[("src/a.py", Some("a")), ("tests/t.py", Some("t"))],
+        );
+        let second = upstream.commit(
+            "main",
+            "two",
+            &[("src/a.py", Some("b")), ("README", Some("r"))],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, url, sha) = ids(&upstream, &second);
+        let tree = Mirrors::new(dir.path())
+            .read_commit(&repo, &url, &sha)
+            .unwrap();
+        assert_eq!(tree.files, ["README", "src/a.py", "tests/t.py"]);
+        assert_eq!(tree.changed.unwrap(), ["README", "src/a.py"]);
+        assert_eq!(tree.parent.unwrap().as_str(), first);
+        let (_, _, root) = ids(&upstream, &first);
+        let tree = Mirrors::new(dir.path())
+            .read_commit(&repo, &url, &root)
+            .unwrap();
+        assert!(tree.parent.is_none() && tree.changed.is_none());
     }
 
     #[test]
@@ -195,14 +294,14 @@ mod tests {
         let (repo, url, _) = ids(&upstream, &"0".repeat(40));
         let missing = CommitId::parse(&"1".repeat(40)).unwrap();
         let err = Mirrors::new(dir.path())
-            .read_spec(&repo, &url, &missing)
+            .read_commit(&repo, &url, &missing)
             .unwrap_err();
         assert!(matches!(err, MirrorError::CommitNotFound { .. }), "{err}");
         assert!(!err.is_retryable());
 
         let nowhere = RepoUrl::parse("/nonexistent/repo.git").unwrap();
         let err = Mirrors::new(dir.path())
-            .read_spec(&repo, &nowhere, &missing)
+            .read_commit(&repo, &nowhere, &missing)
             .unwrap_err();
         assert!(matches!(err, MirrorError::Fetch { .. }), "{err}");
         assert!(err.is_retryable());
@@ -215,15 +314,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (repo, url, sha) = ids(&upstream, &sha);
         Mirrors::new(dir.path())
-            .read_spec(&repo, &url, &sha)
+            .read_commit(&repo, &url, &sha)
             .unwrap();
         let mirror = dir.path().join("sample.git");
         std::fs::remove_dir_all(mirror.join("objects")).unwrap();
         std::fs::remove_file(mirror.join("HEAD")).unwrap();
         assert!(
             Mirrors::new(dir.path())
-                .read_spec(&repo, &url, &sha)
+                .read_commit(&repo, &url, &sha)
                 .unwrap()
+                .spec
                 .is_some()
         );
     }

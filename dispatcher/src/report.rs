@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use warren_common::ids::{BranchName, CommitId, JobId, RepoName};
-use warren_common::messages::{JobStatus, Shard};
+use warren_common::messages::{JobStatus, Shard, TestStatus};
 
 /// A commit's verdict and how it was reached.
 #[derive(Debug, Clone, Serialize)]
@@ -36,7 +36,50 @@ pub struct CommitReport {
     pub duration_ms: Option<u64>,
     /// Times the commit event arrived again (redeliveries, other branches).
     pub duplicate_events: u64,
+    /// Which suite files were selected and why (`null` without a suite).
+    pub selection: Option<serde_json::Value>,
+    /// Counts over `tests` (from the jobs' JUnit reports).
+    pub test_counts: TestCounts,
+    /// Every test case, failed and errored ones first.
+    pub tests: Vec<TestReport>,
+    /// Tests that failed and then passed on a rerun, with their history.
+    pub flaky_tests: Vec<FlakyReport>,
     pub jobs: Vec<JobReport>,
+}
+
+/// How many tests ended how.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TestCounts {
+    pub total: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub errors: u64,
+    /// Passed only on a rerun (counted in `passed` too).
+    pub flaky: u64,
+}
+
+/// One test case of the commit.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestReport {
+    /// The shard (job) that ran it.
+    pub shard: u32,
+    pub name: String,
+    pub classname: String,
+    pub file: Option<String>,
+    pub duration_ms: u64,
+    pub status: TestStatus,
+    pub message: Option<String>,
+    pub flaky: bool,
+}
+
+/// A flaky test of this commit.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlakyReport {
+    pub name: String,
+    pub classname: String,
+    /// Commits of this repository in which it was flaky, this one included.
+    pub times_flaky: u64,
 }
 
 /// One job of a commit, with the attempt that decided it.
@@ -62,6 +105,12 @@ pub struct JobReport {
     pub lost_runs: u32,
     /// Results that arrived after the job was decided (ignored, counted).
     pub late_results: u64,
+    /// The suite files this shard ran (the same in every attempt).
+    pub files: Vec<String>,
+    /// What the split expected the shard to take, from earlier timings.
+    pub estimated_ms: Option<u64>,
+    /// Why the shard's JUnit report could not be read, if it could not.
+    pub report_problem: Option<String>,
     /// Every run of the job on a worker, in order.
     pub attempts: Vec<AttemptReport>,
 }
@@ -109,6 +158,27 @@ impl CommitReport {
     /// Fills `message` for a commit that did not pass from its first job
     /// that says why.
     pub fn explain(mut self) -> Self {
+        let failed: Vec<&str> = self
+            .tests
+            .iter()
+            .filter(|test| matches!(test.status, TestStatus::Failed | TestStatus::Error))
+            .map(|test| test.name.as_str())
+            .collect();
+        if self.message.is_none() && self.status == Some(JobStatus::Failed) && !failed.is_empty() {
+            const NAMED: usize = 5;
+            let more = failed.len().saturating_sub(NAMED);
+            self.message = Some(format!(
+                "{} test{} failed: {}{}",
+                failed.len(),
+                if failed.len() == 1 { "" } else { "s" },
+                failed[..failed.len().min(NAMED)].join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
         if self.message.is_none() && self.status.is_some_and(|s| s != JobStatus::Passed) {
             self.message = self
                 .jobs
@@ -126,12 +196,102 @@ impl CommitReport {
         self
     }
 
-    /// Writes the file atomically and durably.
+    /// Writes the file atomically and durably, and beside it
+    /// `<sha>.junit.xml`, one JUnit report merged from every shard's, when
+    /// the commit has test cases.
     pub fn write(&self, results_dir: &Path) -> std::io::Result<PathBuf> {
         let path = self.path(results_dir);
+        if !self.tests.is_empty() {
+            let junit = path.with_extension("junit.xml");
+            warren_common::atomic_file::write(&junit, self.junit_xml().as_bytes())?;
+        }
         let mut json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         json.push(b'\n');
         warren_common::atomic_file::write(&path, &json)?;
         Ok(path)
     }
+
+    /// The commit's test cases as one JUnit XML document: a `<testsuite>`
+    /// per shard.
+    pub fn junit_xml(&self) -> String {
+        let seconds = |ms: u64| format!("{:.3}", ms as f64 / 1000.0);
+        let counts = &self.test_counts;
+        let total_ms: u64 = self.tests.iter().map(|t| t.duration_ms).sum();
+        let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        xml.push_str(&format!(
+            "<testsuites name=\"{} {}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">\n",
+            xml_escape(self.repo.as_str()),
+            self.sha,
+            counts.total,
+            counts.failed,
+            counts.errors,
+            counts.skipped,
+            seconds(total_ms)
+        ));
+        for job in &self.jobs {
+            let tests: Vec<&TestReport> = self
+                .tests
+                .iter()
+                .filter(|t| t.shard == job.shard.index)
+                .collect();
+            if tests.is_empty() {
+                continue;
+            }
+            let count = |status| tests.iter().filter(|t| t.status == status).count();
+            xml.push_str(&format!(
+                "  <testsuite name=\"shard {} of {}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">\n",
+                job.shard.index + 1,
+                job.shard.count,
+                tests.len(),
+                count(TestStatus::Failed),
+                count(TestStatus::Error),
+                count(TestStatus::Skipped),
+                seconds(tests.iter().map(|t| t.duration_ms).sum())
+            ));
+            for test in tests {
+                xml.push_str(&format!(
+                    "    <testcase name=\"{}\" classname=\"{}\" time=\"{}\"",
+                    xml_escape(&test.name),
+                    xml_escape(&test.classname),
+                    seconds(test.duration_ms)
+                ));
+                if let Some(file) = &test.file {
+                    xml.push_str(&format!(" file=\"{}\"", xml_escape(file)));
+                }
+                let message = xml_escape(test.message.as_deref().unwrap_or_default());
+                match test.status {
+                    TestStatus::Passed => xml.push_str("/>\n"),
+                    TestStatus::Failed => xml.push_str(&format!(
+                        ">\n      <failure message=\"{message}\"/>\n    </testcase>\n"
+                    )),
+                    TestStatus::Error => xml.push_str(&format!(
+                        ">\n      <error message=\"{message}\"/>\n    </testcase>\n"
+                    )),
+                    TestStatus::Skipped => xml.push_str(">\n      <skipped/>\n    </testcase>\n"),
+                }
+            }
+            xml.push_str("  </testsuite>\n");
+        }
+        xml.push_str("</testsuites>\n");
+        xml
+    }
+}
+
+/// Escapes text for an XML attribute; drops characters XML 1.0 forbids.
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\n' => out.push_str("&#10;"),
+            '\t' | '\r' => out.push(' '),
+            c if (c as u32) < 0x20 => {}
+            c => out.push(c),
+        }
+    }
+    out
 }

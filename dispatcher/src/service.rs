@@ -12,9 +12,13 @@
 //! means a redelivery, which the database deduplicates.
 
 use crate::config::DispatcherConfig;
-use crate::mirror::{MirrorError, Mirrors};
+use crate::mirror::{CommitTree, MirrorError, Mirrors};
+use crate::select::{self, Selection};
 use crate::spec;
-use crate::store::{CommitSeen, EventRecorded, ResultRecorded, RetryBudget, Store, StoreError};
+use crate::split::{self, ShardPlan};
+use crate::store::{
+    CommitSeen, EventRecorded, Planned, ResultRecorded, RetryBudget, Store, StoreError,
+};
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -26,7 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
 use warren_common::backoff::Backoff;
-use warren_common::messages::{CommitEvent, Job, JobEvent, JobResult, decode};
+use warren_common::ids::SuitePath;
+use warren_common::messages::{CancelJobs, CommitEvent, Job, JobEvent, JobResult, decode};
 use warren_common::session::{Outgoing, PublishError, Session, SessionError, message_id};
 use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
@@ -286,25 +291,123 @@ impl Dispatcher<'_> {
             return Ok(None);
         }
         let now = Utc::now();
-        match plan(&self.config, &self.mirrors, &event).await {
-            Ok(plan) => {
-                let jobs = self.store.insert_planned(&event, &plan, now)?;
-                let confirmed = start_publishing(session, &jobs).await?;
-                info!(repo = %event.repo, branch = %event.branch, sha = %event.sha, jobs = jobs.len(), "commit queued");
-                Ok(Some(Unconfirmed {
-                    confirmed,
-                    jobs,
-                    delivery,
-                }))
-            }
+        let planned = match prepare(&self.config, &self.mirrors, &event).await {
+            Ok(prepared) => self.shard(&event, prepared)?,
+            Err(message) => Err(message),
+        };
+        let (plan, shards, selection) = match planned {
+            Ok(planned) => planned,
             Err(message) => {
                 warn!(repo = %event.repo, sha = %event.sha, %message, "commit cannot be tested");
                 let commit_id = self.store.insert_errored(&event, &message, now)?;
                 self.write_result(commit_id)?;
                 delivery.ack(BasicAckOptions::default()).await?;
-                Ok(None)
+                return Ok(None);
+            }
+        };
+        let inserted = self.store.insert_planned(
+            &event,
+            &Planned {
+                plan: &plan,
+                shards: &shards,
+                selection: selection.as_ref(),
+            },
+            now,
+        )?;
+        if plan.supersede.matches(event.branch.as_str()) {
+            self.supersede_older(session, &event, inserted.commit_id, now)
+                .await?;
+        }
+        if let Some(commit_id) = inserted.finished {
+            self.write_result(commit_id)?;
+            delivery.ack(BasicAckOptions::default()).await?;
+            return Ok(None);
+        }
+        let confirmed = start_publishing(session, &inserted.jobs).await?;
+        info!(repo = %event.repo, branch = %event.branch, sha = %event.sha,
+              jobs = inserted.jobs.len(), "commit queued");
+        Ok(Some(Unconfirmed {
+            confirmed,
+            jobs: inserted.jobs,
+            delivery,
+        }))
+    }
+
+    /// The suite of a prepared commit, selected and split into shards; the
+    /// message of an `error` verdict when it cannot be. The outer error is a
+    /// database failure.
+    #[allow(clippy::type_complexity)]
+    fn shard(
+        &self,
+        event: &CommitEvent,
+        (plan, tree): (spec::Plan, CommitTree),
+    ) -> Result<Result<(spec::Plan, Vec<ShardPlan>, Option<Selection>), String>, StoreError> {
+        let Some(suite) = &plan.suite else {
+            let whole = ShardPlan {
+                files: Vec::new(),
+                estimated_ms: 0,
+            };
+            return Ok(Ok((plan, vec![whole], None)));
+        };
+        let mut files = Vec::new();
+        for path in tree.files.iter().filter(|path| suite.files.matches(path)) {
+            match SuitePath::parse(path) {
+                Ok(file) => files.push(file),
+                Err(error) => {
+                    return Ok(Err(format!(
+                        "suite file cannot be passed to a command safely: {error}"
+                    )));
+                }
             }
         }
+        if files.is_empty() {
+            return Ok(Err(format!(
+                "no file of the commit matches `files` = {:?} in {}",
+                suite.files.patterns(),
+                spec::SPEC_FILE
+            )));
+        }
+        let parent_has_result = match &tree.parent {
+            Some(parent) => self.store.has_result(&event.repo, parent)?,
+            None => false,
+        };
+        let change = select::Change {
+            branch: event.branch.as_str(),
+            changed: tree.changed.as_deref(),
+            parent_has_result,
+        };
+        let (selected, selection) = select::select(&files, suite.select.as_ref(), &change);
+        let timings = self.store.file_timings(&event.repo)?;
+        let shards = split::split(&selected, &timings, suite.shards);
+        Ok(Ok((plan, shards, Some(selection))))
+    }
+
+    /// Cancels the older commits of the event's branch (its `warren.toml`
+    /// asks for it): their undecided jobs become `superseded`, and workers
+    /// running them are told to stop.
+    async fn supersede_older(
+        &mut self,
+        session: &Session,
+        event: &CommitEvent,
+        commit_id: i64,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), ServeError> {
+        let superseded = self.store.supersede_older(commit_id, &event.sha, now)?;
+        if !superseded.jobs.is_empty() {
+            info!(repo = %event.repo, branch = %event.branch, sha = %event.sha,
+                  jobs = superseded.jobs.len(), "older commits' jobs superseded");
+            let cancel = CancelJobs {
+                job_ids: superseded.jobs,
+                reason: format!("superseded by {}", event.sha),
+            };
+            session
+                .publish_control(&cancel, format!("cancel.{}", event.sha))
+                .await?;
+        }
+        for finished in superseded.finished_commits {
+            self.write_result(finished)?;
+        }
+        Ok(())
     }
 
     /// The broker confirmed a commit's jobs: note it, then ack the event.
@@ -405,23 +508,24 @@ impl Dispatcher<'_> {
     }
 }
 
-/// Reads the commit's `warren.toml` (retrying fetch failures a few
-/// times) and plans its jobs, or says why it cannot be tested.
-async fn plan(
+/// Reads the commit (its `warren.toml`, files and change, retrying fetch
+/// failures a few times) and makes its plan, or says why it cannot be
+/// tested.
+async fn prepare(
     config: &DispatcherConfig,
     mirrors: &Arc<Mirrors>,
     event: &CommitEvent,
-) -> Result<spec::Plan, String> {
+) -> Result<(spec::Plan, CommitTree), String> {
     let mut backoff = Backoff::new(Duration::from_secs(2));
     let mut attempt = 1;
-    let contents = loop {
+    let tree = loop {
         let mirrors = Arc::clone(mirrors);
         let (repo, url, sha) = (event.repo.clone(), event.url.clone(), event.sha.clone());
-        let read = tokio::task::spawn_blocking(move || mirrors.read_spec(&repo, &url, &sha))
+        let read = tokio::task::spawn_blocking(move || mirrors.read_commit(&repo, &url, &sha))
             .await
-            .map_err(|error| format!("reading {}: {error}", spec::SPEC_FILE))?;
+            .map_err(|error| format!("reading the commit: {error}"))?;
         match read {
-            Ok(contents) => break contents,
+            Ok(tree) => break tree,
             Err(error) if error.is_retryable() && attempt < FETCH_ATTEMPTS => {
                 warn!(repo = %event.repo, %error, attempt, "fetch failed; retrying");
                 attempt += 1;
@@ -433,7 +537,8 @@ async fn plan(
             Err(error) => return Err(error.to_string()),
         }
     };
-    spec::plan(contents.as_deref(), &config.defaults, config.max_timeout)
+    let plan = spec::plan(tree.spec.as_deref(), &config.defaults, config.max_timeout)?;
+    Ok((plan, tree))
 }
 
 /// Dead-letters a delivery that cannot be processed, logging it once.

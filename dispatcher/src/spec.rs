@@ -2,20 +2,38 @@
 //!
 //! The file sits at the repository root of the commit itself, so a change to
 //! how tests run is tested with the change. Every key is optional; what is
-//! missing comes from the dispatcher's `[defaults]`.
+//! missing comes from the dispatcher's `[defaults]`. Unknown keys are errors.
 //!
 //! ```toml
-//! command = "python3 -m unittest discover -s tests"   # or ["cargo", "test"]
-//! timeout = "5m"
+//! command = "python3 -m pytest {files}"   # or ["cargo", "test"]; {files} / {file}: see below
+//! timeout = "5m"                          # per job (shard)
+//!
+//! files = ["tests/**/test_*.py"]          # the suite: files of the commit's tree, by glob
+//! shards = 4                              # split into 4 jobs; or:
+//! # shard_duration = "30s"                # as many shards as make about 30 s each (from timings)
+//! # max_shards = 16                       # with shard_duration
+//! junit = "report.xml"                    # a JUnit XML report the command writes
+//! retry_failed = 1                        # rerun failures once: fail-then-pass = flaky
+//! supersede = ["feature/*"]               # branches where a newer commit cancels older ones
 //!
 //! [env]
 //! PYTHONDONTWRITEBYTECODE = "1"
+//!
+//! [select]                                # run only the tests a change affects
+//! rules = [{ paths = ["src/calc/**"], tests = ["tests/test_calc*.py"] }]
+//! full_branches = ["main"]                # always the whole suite there
 //! ```
+//!
+//! In the command, `{files}` stands for the shard's files (one argument
+//! each) and `{file}` for one file, the command then running once per file;
+//! the files are also in `WARREN_FILES`, one per line.
 
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use warren_common::messages::{TestCommand, validate_env_name};
+use warren_common::ids::SuitePath;
+use warren_common::messages::{MAX_RETRY_FAILED, MAX_SHARDS, TestCommand, validate_env_name};
 
 /// The name of the file, at the root of the commit's tree.
 pub const SPEC_FILE: &str = "warren.toml";
@@ -23,6 +41,9 @@ pub const SPEC_FILE: &str = "warren.toml";
 /// Largest `warren.toml` read, in bytes: it is a few lines; anything bigger
 /// is a mistake or an attack on the dispatcher's memory.
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+
+/// Shards made with `shard_duration` when `max_shards` is not given.
+pub const DEFAULT_MAX_SHARDS: u32 = 16;
 
 /// How to test a commit, after defaults were applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +63,125 @@ struct SpecFile {
     timeout: Option<Duration>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    files: Option<Vec<String>>,
+    shards: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    shard_duration: Option<Duration>,
+    max_shards: Option<u32>,
+    junit: Option<String>,
+    #[serde(default)]
+    retry_failed: u32,
+    #[serde(default)]
+    supersede: Vec<String>,
+    select: Option<SelectFile>,
 }
 
-/// A plan for a commit: one job per shard (one shard for now).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectFile {
+    #[serde(default)]
+    rules: Vec<RuleFile>,
+    #[serde(default)]
+    full_branches: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    paths: Vec<String>,
+    tests: Vec<String>,
+}
+
+/// How to test one commit.
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub command: TestCommand,
     pub timeout: Duration,
     pub env: BTreeMap<String, String>,
+    /// The suite to split, when `files` is given.
+    pub suite: Option<Suite>,
+    pub junit: Option<SuitePath>,
+    pub retry_failed: u32,
+    /// Branches on which a newer commit cancels the older ones' jobs.
+    pub supersede: Globs,
+}
+
+/// The files of a suite and how to split them.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    pub files: Globs,
+    pub shards: ShardCount,
+    pub select: Option<Select>,
+}
+
+/// How many shards to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardCount {
+    /// Exactly this many (fewer if there are fewer files).
+    Fixed(u32),
+    /// About this much work per shard, at most `max` shards.
+    Duration { target: Duration, max: u32 },
+}
+
+/// Change-based selection rules.
+#[derive(Debug, Clone)]
+pub struct Select {
+    pub rules: Vec<Rule>,
+    pub full_branches: Globs,
+}
+
+/// Changes to `paths` affect the suite files matching `tests`.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub paths: Globs,
+    pub tests: Globs,
+}
+
+/// Glob patterns (`*` stays within one path segment, `**` crosses them),
+/// with their text for messages.
+#[derive(Debug, Clone)]
+pub struct Globs {
+    set: GlobSet,
+    patterns: Vec<String>,
+}
+
+impl Globs {
+    /// Compiles `patterns`; the error names the bad one.
+    pub fn new(patterns: &[String], key: &str) -> Result<Self, String> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob: Glob = GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|error| format!("{SPEC_FILE}: `{key}`: pattern {pattern:?}: {error}"))?;
+            builder.add(glob);
+        }
+        let set = builder
+            .build()
+            .map_err(|error| format!("{SPEC_FILE}: `{key}`: {error}"))?;
+        Ok(Self {
+            set,
+            patterns: patterns.to_vec(),
+        })
+    }
+
+    /// No pattern: matches nothing.
+    pub fn none() -> Self {
+        Self {
+            set: GlobSet::empty(),
+            patterns: Vec::new(),
+        }
+    }
+
+    /// Whether `path` matches one of the patterns.
+    pub fn matches(&self, path: &str) -> bool {
+        self.set.is_match(path)
+    }
+
+    /// The patterns as written.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
 }
 
 /// Turns the contents of `warren.toml` (or `None` when the commit has none)
@@ -76,29 +208,40 @@ pub fn plan(
                 })?)
             }
         };
-    let (command, timeout, env) = match file {
-        Some(file) => (file.command, file.timeout, file.env),
-        None => (None, None, BTreeMap::new()),
-    };
-    let command = command
+    let had_file = file.is_some();
+    let file = file.unwrap_or(SpecFile {
+        command: None,
+        timeout: None,
+        env: BTreeMap::new(),
+        files: None,
+        shards: None,
+        shard_duration: None,
+        max_shards: None,
+        junit: None,
+        retry_failed: 0,
+        supersede: Vec::new(),
+        select: None,
+    });
+    let command = file
+        .command
         .or_else(|| defaults.command.clone())
         .ok_or_else(|| {
-            if contents.is_some() {
+            if had_file {
                 format!(
                     "{SPEC_FILE} has no `command` and the dispatcher has no default \
-                 (defaults.command)"
+                     (defaults.command)"
                 )
             } else {
                 format!(
                     "the commit has no {SPEC_FILE} at its root and the dispatcher has no \
-                 default command (defaults.command)"
+                     default command (defaults.command)"
                 )
             }
         })?;
     command
         .validate()
         .map_err(|message| format!("{SPEC_FILE}: `command`: {message}"))?;
-    let timeout = timeout.unwrap_or(defaults.timeout);
+    let timeout = file.timeout.unwrap_or(defaults.timeout);
     if timeout.is_zero() || timeout > max_timeout {
         return Err(format!(
             "{SPEC_FILE}: `timeout` is {}, but it must be more than 0 and at most {}",
@@ -106,16 +249,117 @@ pub fn plan(
             humantime::format_duration(max_timeout)
         ));
     }
-    let mut merged = defaults.env.clone();
-    for (name, value) in env {
+    let mut env = defaults.env.clone();
+    for (name, value) in file.env {
         validate_env_name(&name).map_err(|message| format!("{SPEC_FILE}: `env`: {message}"))?;
-        merged.insert(name, value);
+        env.insert(name, value);
     }
+    if file.retry_failed > MAX_RETRY_FAILED {
+        return Err(format!(
+            "{SPEC_FILE}: `retry_failed` is {}, at most {MAX_RETRY_FAILED}",
+            file.retry_failed
+        ));
+    }
+    let junit = file
+        .junit
+        .map(|path| {
+            SuitePath::parse(&path).map_err(|error| format!("{SPEC_FILE}: `junit`: {error}"))
+        })
+        .transpose()?;
+    let suite = suite(
+        file.files,
+        file.shards,
+        file.shard_duration,
+        file.max_shards,
+        file.select,
+    )?;
     Ok(Plan {
         command,
         timeout,
-        env: merged,
+        env,
+        suite,
+        junit,
+        retry_failed: file.retry_failed,
+        supersede: Globs::new(&file.supersede, "supersede")?,
     })
+}
+
+/// The `files`, sharding and `[select]` keys.
+fn suite(
+    files: Option<Vec<String>>,
+    shards: Option<u32>,
+    shard_duration: Option<Duration>,
+    max_shards: Option<u32>,
+    select: Option<SelectFile>,
+) -> Result<Option<Suite>, String> {
+    let Some(files) = files else {
+        for (given, key) in [
+            (shards.is_some(), "shards"),
+            (shard_duration.is_some(), "shard_duration"),
+            (max_shards.is_some(), "max_shards"),
+            (select.is_some(), "select"),
+        ] {
+            if given {
+                return Err(format!(
+                    "{SPEC_FILE}: `{key}` needs `files` (the globs of the suite's files)"
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if files.is_empty() {
+        return Err(format!("{SPEC_FILE}: `files` is empty"));
+    }
+    let in_range = |n: u32| (1..=MAX_SHARDS).contains(&n);
+    let shards = match (shards, shard_duration) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{SPEC_FILE}: give `shards` or `shard_duration`, not both"
+            ));
+        }
+        (Some(n), None) if in_range(n) => ShardCount::Fixed(n),
+        (Some(n), None) => {
+            return Err(format!(
+                "{SPEC_FILE}: `shards` is {n}, but it must be between 1 and {MAX_SHARDS}"
+            ));
+        }
+        (None, Some(target)) if !target.is_zero() => {
+            let max = max_shards.unwrap_or(DEFAULT_MAX_SHARDS);
+            if !in_range(max) {
+                return Err(format!(
+                    "{SPEC_FILE}: `max_shards` is {max}, but it must be between 1 and {MAX_SHARDS}"
+                ));
+            }
+            ShardCount::Duration { target, max }
+        }
+        (None, Some(_)) => {
+            return Err(format!("{SPEC_FILE}: `shard_duration` must be more than 0"));
+        }
+        (None, None) => ShardCount::Fixed(1),
+    };
+    let select = select
+        .map(|select| -> Result<Select, String> {
+            let rules = select
+                .rules
+                .iter()
+                .map(|rule| {
+                    Ok(Rule {
+                        paths: Globs::new(&rule.paths, "select.rules.paths")?,
+                        tests: Globs::new(&rule.tests, "select.rules.tests")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(Select {
+                rules,
+                full_branches: Globs::new(&select.full_branches, "select.full_branches")?,
+            })
+        })
+        .transpose()?;
+    Ok(Some(Suite {
+        files: Globs::new(&files, "files")?,
+        shards,
+        select,
+    }))
 }
 
 #[cfg(test)]
@@ -143,6 +387,7 @@ mod tests {
         assert_eq!(plan.command, TestCommand::Shell("make test".into()));
         assert_eq!(plan.timeout, Duration::from_secs(5));
         assert_eq!(plan.env["A"], "1");
+        assert!(plan.suite.is_none());
     }
 
     #[test]
@@ -153,8 +398,49 @@ mod tests {
     }
 
     #[test]
+    fn a_suite_with_shards_selection_and_junit_is_read() {
+        let text = br#"
+command = "pytest {files}"
+files = ["tests/**/test_*.py"]
+shards = 3
+junit = "out/report.xml"
+retry_failed = 2
+supersede = ["feature/*"]
+[select]
+rules = [{ paths = ["src/a/**"], tests = ["tests/test_a*.py"] }]
+full_branches = ["main"]
+"#;
+        let plan = plan(Some(text), &defaults(None), MAX).unwrap();
+        let suite = plan.suite.unwrap();
+        assert_eq!(suite.shards, ShardCount::Fixed(3));
+        assert!(suite.files.matches("tests/unit/test_x.py"));
+        assert!(!suite.files.matches("src/test_x.py"));
+        let select = suite.select.unwrap();
+        assert!(select.rules[0].paths.matches("src/a/b/c.py"));
+        assert!(select.full_branches.matches("main"));
+        assert_eq!(plan.junit.unwrap().as_str(), "out/report.xml");
+        assert_eq!(plan.retry_failed, 2);
+        assert!(plan.supersede.matches("feature/x") && !plan.supersede.matches("feature/x/y"));
+        let by_time =
+            plan_of("command = \"x {file}\"\nfiles = [\"t/*\"]\nshard_duration = \"30s\"\n")
+                .suite
+                .unwrap();
+        assert_eq!(
+            by_time.shards,
+            ShardCount::Duration {
+                target: Duration::from_secs(30),
+                max: DEFAULT_MAX_SHARDS
+            }
+        );
+    }
+
+    fn plan_of(text: &str) -> Plan {
+        plan(Some(text.as_bytes()), &defaults(None), MAX).unwrap()
+    }
+
+    #[test]
     fn broken_files_say_what_is_wrong() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 16] = [
             (b"command = ", "warren.toml is invalid"),
             (b"comand = \"x\"", "unknown field `comand`"),
             (b"timeout = \"1m\"", "has no `command`"),
@@ -164,6 +450,27 @@ mod tests {
             (
                 b"command = \"x\"\n[env]\nWARREN_BROKER__URL = \"x\"",
                 "reserved",
+            ),
+            (b"command = \"x\"\nshards = 2", "`shards` needs `files`"),
+            (b"command = \"x\"\nfiles = []", "`files` is empty"),
+            (
+                b"command = \"x\"\nfiles = [\"t/*\"]\nshards = 0",
+                "between 1 and",
+            ),
+            (
+                b"command = \"x\"\nfiles = [\"t/*\"]\nshards = 2\nshard_duration = \"1s\"",
+                "not both",
+            ),
+            (b"command = \"x\"\nfiles = [\"t/[\"]", "pattern \"t/[\""),
+            (b"command = \"x\"\njunit = \"../r.xml\"", "`junit`"),
+            (b"command = \"x\"\nretry_failed = 9", "`retry_failed`"),
+            (
+                b"command = \"x\"\nfiles = [\"t/*\"]\n[select]\nrules = [{ paths = [\"a\"] }]",
+                "missing field `tests`",
+            ),
+            (
+                b"command = \"x\"\n[select]\nfull_branches = [\"main\"]",
+                "`select` needs `files`",
             ),
         ];
         for (contents, expected) in cases {

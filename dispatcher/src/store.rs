@@ -20,15 +20,18 @@
 //! lease expires. Both are rows of the `attempts` table, one per run.
 
 use crate::config::SyncMode;
-use crate::report::{AttemptReport, CommitReport, JobReport};
+use crate::report::{AttemptReport, CommitReport, FlakyReport, JobReport, TestCounts, TestReport};
+use crate::select::Selection;
 use crate::spec::Plan;
+use crate::split::ShardPlan;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
-use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl};
+use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath};
 use warren_common::messages::{
-    CommitEvent, Job, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand,
+    CommitEvent, Job, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand, TestStatus,
 };
 
 /// A database error. The dispatcher cannot record anything safely after one:
@@ -52,7 +55,7 @@ const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// Version of the schema below (`PRAGMA user_version`). A database of
 /// another version is refused rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS commits (
@@ -71,8 +74,10 @@ CREATE TABLE IF NOT EXISTS commits (
     finished_at      TEXT,
     result_written   INTEGER NOT NULL DEFAULT 0,
     duplicate_events INTEGER NOT NULL DEFAULT 0,
+    selection        TEXT,
     UNIQUE (repo, sha)
 );
+CREATE INDEX IF NOT EXISTS commits_branch ON commits (repo, branch, status);
 CREATE INDEX IF NOT EXISTS commits_unwritten ON commits (result_written) WHERE result_written = 0;
 CREATE TABLE IF NOT EXISTS jobs (
     id                TEXT PRIMARY KEY,
@@ -90,7 +95,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     decided_run       TEXT,
     finished_at       TEXT,
     lost_runs         INTEGER NOT NULL DEFAULT 0,
-    late_results      INTEGER NOT NULL DEFAULT 0
+    late_results      INTEGER NOT NULL DEFAULT 0,
+    files             TEXT NOT NULL DEFAULT '[]',
+    junit             TEXT,
+    retry_failed      INTEGER NOT NULL DEFAULT 0,
+    estimated_ms      INTEGER,
+    report_problem    TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_commit ON jobs (commit_id);
 CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs (published) WHERE published = 0;
@@ -115,6 +125,33 @@ CREATE TABLE IF NOT EXISTS attempts (
     output_bytes     INTEGER
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
+CREATE TABLE IF NOT EXISTS tests (
+    job_id      TEXT NOT NULL REFERENCES jobs (id),
+    name        TEXT NOT NULL,
+    classname   TEXT NOT NULL,
+    file        TEXT,
+    duration_ms INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    message     TEXT,
+    flaky       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tests_job ON tests (job_id);
+CREATE TABLE IF NOT EXISTS file_timings (
+    repo        TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    measured    INTEGER NOT NULL,
+    samples     INTEGER NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (repo, path)
+);
+CREATE TABLE IF NOT EXISTS flaky (
+    repo      TEXT NOT NULL,
+    test      TEXT NOT NULL,
+    sha       TEXT NOT NULL,
+    at        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flaky_test ON flaky (repo, test);
 CREATE INDEX IF NOT EXISTS attempts_running ON attempts (state) WHERE state = 'running';
 ";
 
@@ -145,6 +182,32 @@ pub enum ResultRecorded {
     Redelivered,
     /// No such job, or it belongs to another commit: dead-letter the message.
     Rejected(String),
+}
+
+/// A commit's plan as the store needs it.
+pub struct Planned<'a> {
+    pub plan: &'a Plan,
+    pub shards: &'a [ShardPlan],
+    pub selection: Option<&'a Selection>,
+}
+
+/// A newly recorded commit.
+#[derive(Debug)]
+pub struct Inserted {
+    pub commit_id: i64,
+    /// Job messages to publish (one per shard).
+    pub jobs: Vec<Job>,
+    /// Set when the commit finished at once (nothing to run).
+    pub finished: Option<i64>,
+}
+
+/// Older commits' work cancelled by a newer commit.
+#[derive(Debug, Default)]
+pub struct Superseded {
+    /// Jobs to stop on the workers.
+    pub jobs: Vec<JobId>,
+    /// Commits that this finished (their result files are due).
+    pub finished_commits: Vec<i64>,
 }
 
 /// What happened to a job event.
@@ -232,6 +295,92 @@ fn spend_budget(
         budget.max_lost_runs
     );
     decide_error(tx, job, &message, now)
+}
+
+/// Most test cases kept per job: a report with more is cut (and says so
+/// in the job's `report_problem`).
+const MAX_TESTS_PER_JOB: usize = 100_000;
+
+/// Keeps the decided run's test cases, its files' durations (for the next
+/// split) and its flaky tests (for their history).
+fn record_tests_and_timings(
+    tx: &Transaction<'_>,
+    job: &JobRow,
+    result: &JobResult,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let at = ts(now);
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO tests (job_id, name, classname, file, duration_ms, status, message, flaky)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut flaky =
+            tx.prepare_cached("INSERT INTO flaky (repo, test, sha, at) VALUES (?1, ?2, ?3, ?4)")?;
+        for test in result.tests.iter().take(MAX_TESTS_PER_JOB) {
+            insert.execute(params![
+                job.id,
+                test.name,
+                test.classname,
+                test.file,
+                test.duration_ms,
+                test.status.as_str(),
+                test.message,
+                test.flaky
+            ])?;
+            if test.flaky {
+                flaky.execute(params![
+                    job.repo,
+                    test_key(&test.classname, &test.name),
+                    job.sha,
+                    at
+                ])?;
+            }
+        }
+    }
+    // A measured duration replaces an estimated one and is averaged with an
+    // earlier measurement (the latest runs count most); an estimate only
+    // refines other estimates.
+    let mut measured = tx.prepare_cached(
+        "INSERT INTO file_timings (repo, path, duration_ms, measured, samples, updated_at)
+         VALUES (?1, ?2, ?3, 1, 1, ?4)
+         ON CONFLICT (repo, path) DO UPDATE SET
+             duration_ms = CASE WHEN file_timings.measured = 1
+                 THEN (file_timings.duration_ms + excluded.duration_ms) / 2
+                 ELSE excluded.duration_ms END,
+             measured = 1, samples = file_timings.samples + 1, updated_at = excluded.updated_at",
+    )?;
+    let mut estimated = tx.prepare_cached(
+        "INSERT INTO file_timings (repo, path, duration_ms, measured, samples, updated_at)
+         VALUES (?1, ?2, ?3, 0, 1, ?4)
+         ON CONFLICT (repo, path) DO UPDATE SET
+             duration_ms = (file_timings.duration_ms + excluded.duration_ms) / 2,
+             samples = file_timings.samples + 1, updated_at = excluded.updated_at
+         WHERE file_timings.measured = 0",
+    )?;
+    for timing in &result.file_timings {
+        let statement = if timing.estimated {
+            &mut estimated
+        } else {
+            &mut measured
+        };
+        statement.execute(params![
+            job.repo,
+            timing.path.as_str(),
+            timing.duration_ms,
+            at
+        ])?;
+    }
+    Ok(())
+}
+
+/// How a test is named in the flaky history: `classname::name`.
+fn test_key(classname: &str, name: &str) -> String {
+    if classname.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{classname}::{name}")
+    }
 }
 
 /// Decides `job` as `error` with `message` (no run decided it).
@@ -338,36 +487,145 @@ impl Store {
         }
     }
 
-    /// Records a new commit with its jobs (not yet published) and returns the
-    /// job messages to publish.
+    /// Records a new commit with one job per shard (not yet published) and
+    /// returns the job messages to publish. With no shard at all (a
+    /// selection that picked nothing) the commit passes at once.
     pub fn insert_planned(
         &mut self,
         event: &CommitEvent,
-        plan: &Plan,
+        planned: &Planned<'_>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Job>> {
+    ) -> Result<Inserted> {
         let tx = self.conn.transaction()?;
+        let plan = planned.plan;
+        let selection = planned
+            .selection
+            .map(|selection| serde_json::to_string(selection).map_err(|e| corrupt("selection", e)))
+            .transpose()?;
         let commit_id = insert_commit(&tx, event, RUNNING, None, None, now)?;
-        let job_id = JobId::new();
-        let shard = Shard::WHOLE;
         tx.execute(
-            "INSERT INTO jobs (id, commit_id, shard_index, shard_count, command, timeout_ms, env,
-                               status, attempt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1)",
-            params![
-                job_id.to_string(),
-                commit_id,
-                shard.index,
-                shard.count,
-                serde_json::to_string(&plan.command).map_err(|e| corrupt("command", e))?,
-                crate::config::duration_ms(plan.timeout),
-                serde_json::to_string(&plan.env).map_err(|e| corrupt("env", e))?,
-                QUEUED,
-            ],
+            "UPDATE commits SET selection = ?2 WHERE id = ?1",
+            params![commit_id, selection],
         )?;
+        let count = u32::try_from(planned.shards.len()).unwrap_or(u32::MAX);
+        for (index, shard) in planned.shards.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO jobs (id, commit_id, shard_index, shard_count, command, timeout_ms,
+                                   env, status, attempt, files, junit, retry_failed, estimated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?10, ?11, ?12)",
+                params![
+                    JobId::new().to_string(),
+                    commit_id,
+                    u32::try_from(index).unwrap_or(u32::MAX),
+                    count,
+                    serde_json::to_string(&plan.command).map_err(|e| corrupt("command", e))?,
+                    crate::config::duration_ms(plan.timeout),
+                    serde_json::to_string(&plan.env).map_err(|e| corrupt("env", e))?,
+                    QUEUED,
+                    serde_json::to_string(&shard.files).map_err(|e| corrupt("files", e))?,
+                    plan.junit.as_ref().map(|path| path.to_string()),
+                    plan.retry_failed,
+                    shard.estimated_ms,
+                ],
+            )?;
+        }
+        let finished = if planned.shards.is_empty() {
+            tx.execute(
+                "UPDATE commits SET status = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
+                params![
+                    commit_id,
+                    JobStatus::Passed.as_str(),
+                    "no suite file was selected for this change, so nothing ran",
+                    ts(now)
+                ],
+            )?;
+            Some(commit_id)
+        } else {
+            None
+        };
         let jobs = unpublished_jobs(&tx, Some(commit_id), now)?;
         tx.commit()?;
-        Ok(jobs)
+        Ok(Inserted {
+            commit_id,
+            jobs,
+            finished,
+        })
+    }
+
+    /// The latest recorded duration of each suite file of `repo`, in ms.
+    pub fn file_timings(&self, repo: &RepoName) -> Result<HashMap<String, u64>> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT path, duration_ms FROM file_timings WHERE repo = ?1")?;
+        let timings = statement
+            .query_map(params![repo.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<std::result::Result<HashMap<String, u64>, _>>()?;
+        Ok(timings)
+    }
+
+    /// Whether commit `sha` of `repo` has a finished result.
+    pub fn has_result(&self, repo: &RepoName, sha: &CommitId) -> Result<bool> {
+        let finished: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT finished_at FROM commits WHERE repo = ?1 AND sha = ?2",
+                params![repo.as_str(), sha.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(matches!(finished, Some(Some(_))))
+    }
+
+    /// A newer commit (`newer`) arrived on a branch whose older commits are
+    /// superseded: every undecided job of the older running commits of that
+    /// branch becomes `superseded`, their running runs `cancelled`. Returns
+    /// the jobs to cancel on the workers and the commits this finished.
+    pub fn supersede_older(
+        &mut self,
+        newer: i64,
+        newer_sha: &CommitId,
+        now: DateTime<Utc>,
+    ) -> Result<Superseded> {
+        let tx = self.conn.transaction()?;
+        let reason = format!("superseded by {}", newer_sha);
+        let older: Vec<i64> = {
+            let mut statement = tx.prepare(
+                "SELECT o.id FROM commits o JOIN commits n ON n.id = ?1
+                 WHERE o.repo = n.repo AND o.branch = n.branch AND o.id < n.id AND o.status = ?2",
+            )?;
+            statement
+                .query_map(params![newer, RUNNING], |row| row.get(0))?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        let mut superseded = Superseded::default();
+        for commit_id in older {
+            let jobs: Vec<String> = {
+                let mut statement =
+                    tx.prepare("SELECT id FROM jobs WHERE commit_id = ?1 AND status = ?2")?;
+                statement
+                    .query_map(params![commit_id, QUEUED], |row| row.get(0))?
+                    .collect::<std::result::Result<_, _>>()?
+            };
+            for job_id in jobs {
+                tx.execute(
+                    "UPDATE jobs SET status = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
+                    params![job_id, JobStatus::Superseded.as_str(), reason, ts(now)],
+                )?;
+                tx.execute(
+                    "UPDATE attempts SET state = 'cancelled', message = ?2, finished_at = ?3
+                     WHERE job_id = ?1 AND state = 'running'",
+                    params![job_id, reason, ts(now)],
+                )?;
+                superseded
+                    .jobs
+                    .push(job_id.parse().map_err(|e| corrupt("jobs.id", e))?);
+            }
+            if let Some(finished) = finish_commit_if_done(&tx, commit_id, now)? {
+                superseded.finished_commits.push(finished);
+            }
+        }
+        tx.commit()?;
+        Ok(superseded)
     }
 
     /// Records a commit that cannot be tested (broken `warren.toml`, missing
@@ -642,9 +900,17 @@ impl Store {
             return Ok(ResultRecorded::Late);
         }
         tx.execute(
-            "UPDATE jobs SET status = ?2, decided_run = ?3, finished_at = ?4 WHERE id = ?1",
-            params![job_id, result.status.as_str(), run_id, ts(now)],
+            "UPDATE jobs SET status = ?2, decided_run = ?3, finished_at = ?4, report_problem = ?5
+             WHERE id = ?1",
+            params![
+                job_id,
+                result.status.as_str(),
+                run_id,
+                ts(now),
+                result.report_problem
+            ],
         )?;
+        record_tests_and_timings(&tx, &job, result, now)?;
         let commit_finished = finish_commit_if_done(&tx, job.commit_id, now)?;
         tx.commit()?;
         Ok(ResultRecorded::Decided { commit_finished })
@@ -676,7 +942,7 @@ impl Store {
             .conn
             .query_row(
                 "SELECT repo, sha, branch, author, summary, committed_at, detected_at, received_at,
-                    status, message, finished_at, duplicate_events
+                    status, message, finished_at, duplicate_events, selection
              FROM commits WHERE id = ?1",
                 params![commit_id],
                 |row| {
@@ -693,6 +959,7 @@ impl Store {
                         row.get::<_, Option<String>>(9)?,
                         row.get::<_, Option<String>>(10)?,
                         row.get::<_, u64>(11)?,
+                        row.get::<_, Option<String>>(12)?,
                     ))
                 },
             )
@@ -700,6 +967,14 @@ impl Store {
             .and_then(|row| {
                 Ok(CommitReport {
                     schema: 1,
+                    selection: row
+                        .12
+                        .map(|text| serde_json::from_str(&text))
+                        .transpose()
+                        .map_err(|e| corrupt("selection", e))?,
+                    test_counts: TestCounts::default(),
+                    tests: Vec::new(),
+                    flaky_tests: Vec::new(),
                     repo: RepoName::parse(&row.0).map_err(|e| corrupt("repo", e))?,
                     sha: CommitId::parse(&row.1).map_err(|e| corrupt("sha", e))?,
                     branch: BranchName::parse(&row.2).map_err(|e| corrupt("branch", e))?,
@@ -722,6 +997,7 @@ impl Store {
                 })
             })?;
         report.jobs = self.job_reports(commit_id)?;
+        self.fill_tests(commit_id, &mut report)?;
         report.started_at = report
             .jobs
             .iter()
@@ -742,7 +1018,8 @@ impl Store {
     fn job_reports(&self, commit_id: i64) -> Result<Vec<JobReport>> {
         let mut statement = self.conn.prepare(
             "SELECT id, shard_index, shard_count, command, timeout_ms, status, attempt,
-                    decided_run, message, lost_runs, late_results
+                    decided_run, message, lost_runs, late_results, files, estimated_ms,
+                    report_problem
              FROM jobs WHERE commit_id = ?1 ORDER BY shard_index",
         )?;
         let rows = statement
@@ -759,6 +1036,9 @@ impl Store {
                     row.get::<_, Option<String>>(8)?,
                     row.get::<_, u32>(9)?,
                     row.get::<_, u64>(10)?,
+                    row.get::<_, String>(11)?,
+                    row.get::<_, Option<u64>>(12)?,
+                    row.get::<_, Option<String>>(13)?,
                 ))
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -767,6 +1047,9 @@ impl Store {
             let (id, index, count, command, timeout_ms, status, attempt, decided_run) =
                 (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7);
             let (job_message, lost_runs, late_results) = (row.8, row.9, row.10);
+            let files: Vec<String> =
+                serde_json::from_str(&row.11).map_err(|e| corrupt("files", e))?;
+            let (estimated_ms, report_problem) = (row.12.filter(|_| !files.is_empty()), row.13);
             let attempts = self.attempt_reports(&id)?;
             let decided = attempts
                 .iter()
@@ -795,10 +1078,75 @@ impl Store {
                 output_bytes: decided.and_then(|a| a.output_bytes).unwrap_or(0),
                 lost_runs,
                 late_results,
+                files,
+                estimated_ms,
+                report_problem,
                 attempts,
             });
         }
         Ok(jobs)
+    }
+
+    /// The commit's test cases (failed first), their counts, and its flaky
+    /// tests with how often each has been flaky in this repository.
+    fn fill_tests(&self, commit_id: i64, report: &mut CommitReport) -> Result<()> {
+        let mut statement = self.conn.prepare(
+            "SELECT j.shard_index, t.name, t.classname, t.file, t.duration_ms, t.status,
+                    t.message, t.flaky
+             FROM tests t JOIN jobs j ON j.id = t.job_id WHERE j.commit_id = ?1
+             ORDER BY CASE t.status WHEN 'failed' THEN 0 WHEN 'error' THEN 1 ELSE 2 END,
+                      j.shard_index, t.classname, t.name",
+        )?;
+        let rows = statement
+            .query_map(params![commit_id], |row| {
+                Ok((
+                    row.get::<_, u32>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, u64>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                    row.get::<_, bool>(7)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for (shard, name, classname, file, duration_ms, status, message, flaky) in rows {
+            let status = TestStatus::parse(&status)
+                .ok_or_else(|| corrupt("tests.status", format!("unknown status {status:?}")))?;
+            let counts = &mut report.test_counts;
+            counts.total += 1;
+            match status {
+                TestStatus::Passed => counts.passed += 1,
+                TestStatus::Failed => counts.failed += 1,
+                TestStatus::Skipped => counts.skipped += 1,
+                TestStatus::Error => counts.errors += 1,
+            }
+            if flaky {
+                counts.flaky += 1;
+                let times_flaky: u64 = self.conn.query_row(
+                    "SELECT count(*) FROM flaky WHERE repo = ?1 AND test = ?2",
+                    params![report.repo.as_str(), test_key(&classname, &name)],
+                    |row| row.get(0),
+                )?;
+                report.flaky_tests.push(FlakyReport {
+                    name: name.clone(),
+                    classname: classname.clone(),
+                    times_flaky,
+                });
+            }
+            report.tests.push(TestReport {
+                shard,
+                name,
+                classname,
+                file,
+                duration_ms,
+                status,
+                message,
+                flaky,
+            });
+        }
+        Ok(())
     }
 
     fn attempt_reports(&self, job_id: &str) -> Result<Vec<AttemptReport>> {
@@ -904,7 +1252,7 @@ fn unpublished_jobs(
 ) -> Result<Vec<Job>> {
     let mut statement = tx.prepare(
         "SELECT j.id, j.attempt, c.repo, c.url, c.branch, c.sha, j.shard_index, j.shard_count,
-                j.command, j.timeout_ms, j.env
+                j.command, j.timeout_ms, j.env, j.files, j.junit, j.retry_failed
          FROM jobs j JOIN commits c ON c.id = j.commit_id
          WHERE j.published = 0 AND j.status = 'queued' AND (?1 IS NULL OR j.commit_id = ?1)
          ORDER BY j.commit_id, j.shard_index",
@@ -923,6 +1271,9 @@ fn unpublished_jobs(
                 row.get::<_, String>(8)?,
                 row.get::<_, u64>(9)?,
                 row.get::<_, String>(10)?,
+                row.get::<_, String>(11)?,
+                row.get::<_, Option<String>>(12)?,
+                row.get::<_, u32>(13)?,
             ))
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -946,9 +1297,13 @@ fn unpublished_jobs(
             command: serde_json::from_str(&row.8).map_err(|e| corrupt("command", e))?,
             timeout_ms: row.9,
             env: serde_json::from_str(&row.10).map_err(|e| corrupt("env", e))?,
-            files: Vec::new(),
-            junit: None,
-            retry_failed: 0,
+            files: serde_json::from_str(&row.11).map_err(|e| corrupt("files", e))?,
+            junit: row
+                .12
+                .map(|path| SuitePath::parse(&path))
+                .transpose()
+                .map_err(|e| corrupt("junit", e))?,
+            retry_failed: row.13,
             published_at: now,
         });
     }
@@ -1006,7 +1361,29 @@ mod tests {
             command: TestCommand::Shell("make test".into()),
             timeout: Duration::from_secs(60),
             env: BTreeMap::new(),
+            suite: None,
+            junit: None,
+            retry_failed: 0,
+            supersede: crate::spec::Globs::none(),
         }
+    }
+
+    fn try_insert(store: &mut Store, event: &CommitEvent) -> Result<Inserted> {
+        let whole = [ShardPlan {
+            files: Vec::new(),
+            estimated_ms: 0,
+        }];
+        let plan = plan();
+        let planned = Planned {
+            plan: &plan,
+            shards: &whole,
+            selection: None,
+        };
+        store.insert_planned(event, &planned, Utc::now())
+    }
+
+    fn insert(store: &mut Store, event: &CommitEvent) -> Vec<Job> {
+        try_insert(store, event).unwrap().jobs
     }
 
     fn result(job: &Job, worker: &str, status: JobStatus) -> JobResult {
@@ -1046,15 +1423,12 @@ mod tests {
         let (_dir, mut store) = store();
         let e = event("a");
         assert_eq!(store.see_commit(&e.repo, &e.sha).unwrap(), CommitSeen::New);
-        store.insert_planned(&e, &plan(), Utc::now()).unwrap();
+        insert(&mut store, &e);
         assert!(matches!(
             store.see_commit(&e.repo, &e.sha).unwrap(),
             CommitSeen::Duplicate { .. }
         ));
-        assert!(
-            store.insert_planned(&e, &plan(), Utc::now()).is_err(),
-            "unique (repo, sha)"
-        );
+        assert!(try_insert(&mut store, &e).is_err(), "unique (repo, sha)");
     }
 
     #[test]
@@ -1063,9 +1437,7 @@ mod tests {
         let path = dir.path().join("warren.db");
         let jobs = {
             let mut store = Store::open(&path, SyncMode::Normal).unwrap();
-            store
-                .insert_planned(&event("b"), &plan(), Utc::now())
-                .unwrap()
+            insert(&mut store, &event("b"))
         };
         let mut store = Store::open(&path, SyncMode::Normal).unwrap();
         let again = store.unpublished_jobs(Utc::now()).unwrap();
@@ -1078,9 +1450,7 @@ mod tests {
     #[test]
     fn the_first_result_decides_and_later_ones_are_counted() {
         let (_dir, mut store) = store();
-        let jobs = store
-            .insert_planned(&event("c"), &plan(), Utc::now())
-            .unwrap();
+        let jobs = insert(&mut store, &event("c"));
         let job = &jobs[0];
         let decisive = result(job, "w1", JobStatus::Failed);
         let first = store.record_result(&decisive, Utc::now()).unwrap();
@@ -1124,9 +1494,7 @@ mod tests {
     #[test]
     fn results_for_unknown_or_mismatched_jobs_are_rejected() {
         let (_dir, mut store) = store();
-        let jobs = store
-            .insert_planned(&event("d"), &plan(), Utc::now())
-            .unwrap();
+        let jobs = insert(&mut store, &event("d"));
         let mut stranger = result(&jobs[0], "w", JobStatus::Passed);
         stranger.job_id = JobId::new();
         assert!(matches!(
@@ -1172,9 +1540,7 @@ mod tests {
     #[test]
     fn events_open_runs_and_heartbeats_renew_them() {
         let (_dir, mut store) = store();
-        let jobs = store
-            .insert_planned(&event("f"), &plan(), Utc::now())
-            .unwrap();
+        let jobs = insert(&mut store, &event("f"));
         let mut e = started(&jobs[0], "w1", Utc::now());
         e.event = JobEventKind::Heartbeat;
         let recorded = store.record_event(&e, &BUDGET, Utc::now()).unwrap();
@@ -1197,9 +1563,7 @@ mod tests {
     #[test]
     fn a_redelivered_attempt_marks_the_previous_run_lost_and_spends_the_budget() {
         let (_dir, mut store) = store();
-        let jobs = store
-            .insert_planned(&event("1"), &plan(), Utc::now())
-            .unwrap();
+        let jobs = insert(&mut store, &event("1"));
         let job = &jobs[0];
         store
             .record_event(&started(job, "w1", Utc::now()), &BUDGET, Utc::now())
@@ -1255,9 +1619,7 @@ mod tests {
     #[test]
     fn an_expired_lease_loses_the_run_and_plans_the_next_attempt() {
         let (_dir, mut store) = store();
-        let jobs = store
-            .insert_planned(&event("2"), &plan(), Utc::now())
-            .unwrap();
+        let jobs = insert(&mut store, &event("2"));
         store.mark_published(&jobs).unwrap();
         let job = &jobs[0];
         let long_ago = Utc::now() - chrono::Duration::seconds(60);
@@ -1306,9 +1668,7 @@ mod tests {
     #[test]
     fn a_dead_lettered_job_gets_an_error_unless_decided() {
         let (_dir, mut store) = store();
-        let jobs = store
-            .insert_planned(&event("3"), &plan(), Utc::now())
-            .unwrap();
+        let jobs = insert(&mut store, &event("3"));
         let finished = store
             .dead_lettered(&jobs[0].job_id, "delivered too often", Utc::now())
             .unwrap();
@@ -1356,5 +1716,172 @@ mod tests {
         assert_eq!(report.message.as_deref(), Some("warren.toml is invalid"));
         assert!(report.jobs.is_empty());
         assert_eq!(store.unwritten_results().unwrap(), [id]);
+    }
+
+    fn suite_file(path: &str) -> SuitePath {
+        SuitePath::parse(path).unwrap()
+    }
+
+    #[test]
+    fn a_split_commit_gets_a_job_per_shard_carrying_its_files() {
+        let (_dir, mut store) = store();
+        let shards = [
+            ShardPlan {
+                files: vec![suite_file("t/a.py"), suite_file("t/b.py")],
+                estimated_ms: 3000,
+            },
+            ShardPlan {
+                files: vec![suite_file("t/c.py")],
+                estimated_ms: 2500,
+            },
+        ];
+        let plan = plan();
+        let inserted = store
+            .insert_planned(
+                &event("4"),
+                &Planned {
+                    plan: &plan,
+                    shards: &shards,
+                    selection: None,
+                },
+                Utc::now(),
+            )
+            .unwrap();
+        assert_eq!(inserted.jobs.len(), 2);
+        assert_eq!(inserted.jobs[1].shard, Shard { index: 1, count: 2 });
+        assert_eq!(inserted.jobs[0].files, shards[0].files);
+        // A re-issue carries the same files.
+        let again = store.unpublished_jobs(Utc::now()).unwrap();
+        assert_eq!(again[0].files, shards[0].files);
+        let report = store.commit_report(inserted.commit_id).unwrap();
+        assert_eq!(report.jobs[1].files, ["t/c.py"]);
+        assert_eq!(report.jobs[1].estimated_ms, Some(2500));
+        // Nothing selected: the commit passes at once.
+        let none = store
+            .insert_planned(
+                &event("5"),
+                &Planned {
+                    plan: &plan,
+                    shards: &[],
+                    selection: None,
+                },
+                Utc::now(),
+            )
+            .unwrap();
+        assert!(none.jobs.is_empty() && none.finished == Some(none.commit_id));
+        assert_eq!(
+            store.commit_report(none.commit_id).unwrap().status,
+            Some(JobStatus::Passed)
+        );
+    }
+
+    #[test]
+    fn a_decided_result_keeps_its_tests_timings_and_flaky_history() {
+        use warren_common::messages::{FileTiming, TestCase};
+        let (_dir, mut store) = store();
+        let mut flaky_runs = 0;
+        for sha in ["6", "7"] {
+            let jobs = insert(&mut store, &event(sha));
+            let mut result = result(&jobs[0], "w1", JobStatus::Failed);
+            result.tests = vec![
+                TestCase {
+                    name: "test_ok".into(),
+                    classname: "m".into(),
+                    file: Some("t/a.py".into()),
+                    duration_ms: 5,
+                    status: TestStatus::Passed,
+                    message: None,
+                    flaky: false,
+                },
+                TestCase {
+                    name: "test_wobbly".into(),
+                    classname: "m".into(),
+                    file: Some("t/a.py".into()),
+                    duration_ms: 7,
+                    status: TestStatus::Passed,
+                    message: None,
+                    flaky: true,
+                },
+                TestCase {
+                    name: "test_bad".into(),
+                    classname: "m".into(),
+                    file: Some("t/b.py".into()),
+                    duration_ms: 9,
+                    status: TestStatus::Failed,
+                    message: Some("assert 1 == 2".into()),
+                    flaky: false,
+                },
+            ];
+            result.file_timings = vec![
+                FileTiming {
+                    path: suite_file("t/a.py"),
+                    duration_ms: if sha == "6" { 1000 } else { 3000 },
+                    estimated: false,
+                },
+                FileTiming {
+                    path: suite_file("t/b.py"),
+                    duration_ms: 500,
+                    estimated: true,
+                },
+            ];
+            store.record_result(&result, Utc::now()).unwrap();
+            flaky_runs += 1;
+            let report = store.commit_report(1 + flaky_runs - 1).unwrap().explain();
+            assert_eq!(
+                (
+                    report.test_counts.total,
+                    report.test_counts.failed,
+                    report.test_counts.flaky
+                ),
+                (3, 1, 1)
+            );
+            assert_eq!(report.tests[0].name, "test_bad", "failed first");
+            assert_eq!(report.flaky_tests[0].times_flaky, flaky_runs as u64);
+            assert_eq!(report.message.as_deref(), Some("1 test failed: test_bad"));
+            assert!(
+                report
+                    .junit_xml()
+                    .contains("<failure message=\"assert 1 == 2\"/>")
+            );
+        }
+        let timings = store
+            .file_timings(&RepoName::parse("api").unwrap())
+            .unwrap();
+        assert_eq!(timings["t/a.py"], 2000, "measured timings are averaged");
+        assert_eq!(timings["t/b.py"], 500, "estimates refine estimates");
+    }
+
+    #[test]
+    fn a_newer_commit_supersedes_the_older_ones_on_its_branch() {
+        let (_dir, mut store) = store();
+        let older = insert(&mut store, &event("8"));
+        let mut other_branch = event("9");
+        other_branch.branch = BranchName::parse("other").unwrap();
+        let untouched = insert(&mut store, &other_branch);
+        let newer = insert(&mut store, &event("a"));
+        let newer_commit = 3;
+        store
+            .record_event(&started(&older[0], "w1", Utc::now()), &BUDGET, Utc::now())
+            .unwrap();
+        let superseded = store
+            .supersede_older(newer_commit, &newer[0].sha, Utc::now())
+            .unwrap();
+        assert_eq!(superseded.jobs, [older[0].job_id]);
+        assert_eq!(superseded.finished_commits, [1]);
+        let report = store.commit_report(1).unwrap().explain();
+        assert_eq!(report.status, Some(JobStatus::Superseded));
+        assert!(report.message.unwrap().contains("superseded by"));
+        assert_eq!(report.jobs[0].attempts[0].state, "cancelled");
+        assert_eq!(
+            store.commit_report(2).unwrap().status,
+            None,
+            "other branches are left alone"
+        );
+        assert!(store.has_result(&older[0].repo, &older[0].sha).unwrap());
+        assert!(
+            !store
+                .has_result(&untouched[0].repo, &untouched[0].sha)
+                .unwrap()
+        );
     }
 }

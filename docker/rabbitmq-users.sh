@@ -14,11 +14,13 @@
 # | user       | configure     | write (publish, bind)              | read (consume, bind)                 |
 # | dispatcher | ^P\.          | ^P\.                               | ^P\.                                 |
 # | watcher    | (nothing)     | ^P\.commits$                       | (nothing)                            |
-# | worker     | (nothing)     | ^P\.(results|events|dead)$         | ^P\.jobs$                            |
+# | worker     | ^amq\.gen-.*  | ^P\.(results|events|dead)$|^amq\.gen-.* | ^P\.(jobs|control)$|^amq\.gen-.*  |
 #
 # The dispatcher owns the prefix: it declares the exchanges and queues (and
 # the bindings, which need write on queues and read on exchanges). The
-# watcher and the workers must run with broker.declare = false
+# worker's `amq.gen-*` permissions cover the private, server-named queue it
+# binds to the P.control fanout exchange to hear cancellations (superseded
+# jobs). The watcher and the workers must run with broker.declare = false
 # (WARREN_BROKER__DECLARE=false): they only check, with passive declares,
 # that the topology exists, and wait (with backoff) until the dispatcher has
 # created it. A worker can then neither publish commits nor read results; a
@@ -60,6 +62,7 @@ ensure_user "${user_prefix}watcher" "$WATCHER_PASSWORD"
 rabbitmqctl -q set_permissions -p "$vhost" "${user_prefix}watcher" '^$' "^$p\\.commits\$" '^$' >/dev/null
 
 ensure_user "${user_prefix}worker" "$WORKER_PASSWORD"
-rabbitmqctl -q set_permissions -p "$vhost" "${user_prefix}worker" '^$' "^$p\\.(results|events|dead)\$" "^$p\\.jobs\$" >/dev/null
+rabbitmqctl -q set_permissions -p "$vhost" "${user_prefix}worker" \
+    '^amq\.gen-.*' "^$p\\.(results|events|dead)\$|^amq\\.gen-.*" "^$p\\.(jobs|control)\$|^amq\\.gen-.*" >/dev/null
 
 echo "users ${user_prefix}dispatcher, ${user_prefix}watcher, ${user_prefix}worker ready for prefix $prefix on vhost $vhost"

@@ -305,6 +305,19 @@ impl Session {
         Ok((channel, consumer))
     }
 
+    /// Opens a plain channel on this connection (no prefetch, no confirms),
+    /// for what a component sets up itself: the worker's private queue on
+    /// the control exchange. A channel error there closes only that channel.
+    pub async fn open_channel(&self) -> Result<Channel, SessionError> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|cause| SessionError::Broker {
+                what: "opening a channel",
+                cause,
+            })
+    }
+
     /// Moves a delivery that cannot be processed to the dead-letter queue with
     /// `reason` in the [`REASON_HEADER`] header, then acks the original. The
     /// copy is confirmed before the ack, so the message is never lost; if the

@@ -1,16 +1,19 @@
 //! One delivery of the jobs queue, turned into one [`Outcome`].
 //!
-//! [`execute`] decodes the body, checks the allow-list, prepares the work
-//! tree, runs the command and builds the [`JobResult`], sending `started` and
-//! `heartbeat` events meanwhile. It does not touch the delivery: publishing,
-//! acking and dead-lettering are the service loop's, so a test can drive one
-//! job with a body and a folder.
+//! [`execute`] decodes the body and [`execute_job`] checks the allow-list
+//! and the command's placeholders, prepares the work tree, runs the command
+//! ([`crate::suite`]: once, per file, reruns) and builds the [`JobResult`],
+//! sending `started` and `heartbeat` events meanwhile. Neither touches the
+//! delivery: publishing, acking and dead-lettering are the service loop's,
+//! so a test can drive one job with a body and a folder.
 
+use crate::cancel::{JobStop, StopReason};
 use crate::checkout::{self, CheckoutError, CheckoutRequest};
 use crate::config::{AllowList, WorkerConfig};
 use crate::events::Events;
 use crate::output::{self, CapturedOutput};
-use crate::run::{self, CommandSpec, Ending};
+use crate::substitute::{self, Placeholder, SubstituteError};
+use crate::suite::{self, Ran, SuiteEnd};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -25,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 use warren_common::ids::WorkerId;
 use warren_common::messages::{
-    Job, JobEventKind, JobResult, JobStatus, MAX_BODY_BYTES, TestCommand, decode, encode,
+    Job, JobEventKind, JobResult, JobStatus, MAX_BODY_BYTES, TestStatus, decode, encode,
 };
 
 /// Prefix of the variables the worker keeps from the command (its own
@@ -47,6 +50,9 @@ pub enum Outcome {
     /// The worker is being forced to stop and killed the job: do not ack; the
     /// broker gives the job to another worker.
     Abandoned,
+    /// The dispatcher cancelled the job and it was killed: ack it, publish
+    /// nothing (the job already has its verdict).
+    Cancelled,
 }
 
 /// What every job of a worker needs: its identity and limits.
@@ -83,6 +89,12 @@ impl JobRunner {
     }
 }
 
+/// Decodes a delivery's body as a job; `Err` is the reason to dead-letter
+/// it with (it is never retried).
+pub fn decode_job(body: &[u8]) -> Result<Job, String> {
+    decode::<Job>(body).map_err(|error| error.to_string())
+}
+
 /// Runs the job in `body` in the slot folder `slot_dir`. `abort` (a forced
 /// stop) kills the command and makes the outcome [`Outcome::Abandoned`].
 pub async fn execute(
@@ -92,23 +104,24 @@ pub async fn execute(
     events: &Events,
     abort: &CancellationToken,
 ) -> Outcome {
-    match decode::<Job>(body) {
-        Ok(job) => run_job(runner, slot_dir, &job, events, abort).await,
-        Err(error) => Outcome::Poison {
-            reason: error.to_string(),
-        },
+    match decode_job(body) {
+        Ok(job) => execute_job(runner, slot_dir, &job, events, &JobStop::new(abort)).await,
+        Err(reason) => Outcome::Poison { reason },
     }
 }
 
+/// Runs `job` in the slot folder `slot_dir` until it ends or `stop`: the
+/// worker's stop makes the outcome [`Outcome::Abandoned`], a cancellation
+/// of this job [`Outcome::Cancelled`].
 #[instrument(skip_all, fields(
     repo = %job.repo, sha = %job.sha, job = %job.job_id, attempt = job.attempt,
 ))]
-async fn run_job(
+pub async fn execute_job(
     runner: &JobRunner,
     slot_dir: &Path,
     job: &Job,
     events: &Events,
-    abort: &CancellationToken,
+    stop: &JobStop,
 ) -> Outcome {
     let report = Report::new(runner, job);
     if !runner.allowed_repos.allows(&job.repo) {
@@ -120,7 +133,16 @@ async fn run_job(
         );
         return Outcome::Finished(report.error(message, Duration::ZERO));
     }
-    info!(command = %job.command, shard = job.shard.index, shards = job.shard.count, "job started");
+    let placeholder = match files_placeholder(job) {
+        Ok(placeholder) => placeholder,
+        Err(error) => {
+            warn!(%error, "job refused: its command cannot take its files");
+            let message = format!("cannot run the command `{}`: {error}", job.command);
+            return Outcome::Finished(report.error(message, Duration::ZERO));
+        }
+    };
+    info!(command = %job.command, shard = job.shard.index, shards = job.shard.count,
+        files = job.files.len(), ?placeholder, "job started");
     events.send(job, report.run_id, JobEventKind::Started).await;
     let outcome = with_heartbeats(
         events,
@@ -129,9 +151,9 @@ async fn run_job(
         runner.heartbeat_interval,
         async {
             let checkout_started = Instant::now();
-            let tree = match prepare_tree(slot_dir, job, abort).await {
+            let tree = match prepare_tree(slot_dir, job, stop.token()).await {
                 Ok(tree) => tree,
-                Err(CheckoutError::Interrupted) => return Outcome::Abandoned,
+                Err(CheckoutError::Interrupted) => return stopped(stop),
                 Err(error) => {
                     warn!(%error, "checkout failed");
                     return Outcome::Finished(
@@ -140,20 +162,9 @@ async fn run_job(
                 }
             };
             let checkout_time = checkout_started.elapsed();
-            let spec = command_spec(runner, job, &tree.path);
-            match run::run(&spec, abort).await {
-                Ok(finished) if finished.ending == Ending::Aborted => Outcome::Abandoned,
-                Ok(finished) => Outcome::Finished(report.ran(
-                    job,
-                    finished.ending,
-                    finished.output,
-                    checkout_time,
-                    finished.duration,
-                )),
-                Err(error) => {
-                    warn!(%error, "command could not start");
-                    Outcome::Finished(report.error(error.to_string(), checkout_time))
-                }
+            match suite::run(runner, job, &tree.path, placeholder, stop.token()).await {
+                SuiteEnd::Ran(ran) => Outcome::Finished(report.ran(*ran, checkout_time)),
+                SuiteEnd::Stopped => stopped(stop),
             }
         },
     )
@@ -164,12 +175,35 @@ async fn run_job(
             exit_code = ?result.exit_code,
             duration_ms = result.duration_ms,
             output_bytes = result.output_bytes,
+            tests = result.tests.len(),
+            failed_tests = result.tests.iter()
+                .filter(|t| matches!(t.status, TestStatus::Failed | TestStatus::Error)).count(),
+            flaky_tests = result.tests.iter().filter(|t| t.flaky).count(),
+            report_problem = result.report_problem.as_deref(),
+            message = result.message.as_deref(),
             "job finished"
         ),
         Outcome::Abandoned => warn!("job abandoned: the worker is stopping"),
+        Outcome::Cancelled => info!("job cancelled: its processes are gone; no result"),
         Outcome::Poison { .. } => {}
     }
     outcome
+}
+
+/// The outcome of a job stopped before its end.
+fn stopped(stop: &JobStop) -> Outcome {
+    match stop.reason() {
+        StopReason::Worker => Outcome::Abandoned,
+        StopReason::Cancelled => Outcome::Cancelled,
+    }
+}
+
+/// How the job's command takes its files; `{file}` needs files.
+fn files_placeholder(job: &Job) -> Result<Placeholder, SubstituteError> {
+    match substitute::placeholder(&job.command)? {
+        Placeholder::EachFile if job.files.is_empty() => Err(SubstituteError::NoFiles),
+        placeholder => Ok(placeholder),
+    }
 }
 
 /// Runs `work`, sending a heartbeat for `job` every `interval` meanwhile.
@@ -234,31 +268,10 @@ async fn prepare_tree(
     result
 }
 
-/// The command of `job`, to run in `cwd`.
-fn command_spec(runner: &JobRunner, job: &Job, cwd: &Path) -> CommandSpec {
-    let (program, args): (OsString, Vec<OsString>) = match &job.command {
-        TestCommand::Shell(script) => ("sh".into(), vec!["-c".into(), script.into()]),
-        TestCommand::Argv(argv) => {
-            // `validate` guarantees a first element; an empty program would
-            // simply not be found.
-            let mut parts = argv.iter().map(OsString::from);
-            (parts.next().unwrap_or_default(), parts.collect())
-        }
-    };
-    CommandSpec {
-        program,
-        args,
-        cwd: cwd.to_path_buf(),
-        env: job_environment(runner.base_env.iter().cloned(), job),
-        timeout: Duration::from_millis(job.timeout_ms),
-        kill_grace: runner.kill_grace,
-        output_limit: runner.output_limit,
-    }
-}
-
 /// The command's environment: `base` without any `WARREN_*` variable (the
 /// worker's own settings, which can hold the broker password), the job's
-/// `env`, then `CI=true` and the `WARREN_*` description of the job.
+/// `env`, then `CI=true` and the `WARREN_*` description of the job. Each
+/// run adds `WARREN_FILES`, its files (see [`crate::substitute`]).
 pub fn job_environment(
     base: impl IntoIterator<Item = (OsString, OsString)>,
     job: &Job,
@@ -307,60 +320,22 @@ impl<'a> Report<'a> {
 
     /// Status `error`: nothing (useful) ran.
     fn error(&self, message: String, checkout: Duration) -> Box<JobResult> {
-        self.build(
-            JobStatus::Error,
-            (None, None),
-            Some(message),
-            empty_output(),
-            checkout,
-            Duration::ZERO,
-        )
-    }
-
-    /// The command ran and ended with `ending`.
-    fn ran(
-        &self,
-        job: &Job,
-        ending: Ending,
-        output: CapturedOutput,
-        checkout: Duration,
-        duration: Duration,
-    ) -> Box<JobResult> {
-        let shell = matches!(job.command, TestCommand::Shell(_));
-        let (status, exit, message) = match ending {
-            Ending::Exited(0) => (JobStatus::Passed, (Some(0), None), None),
-            // The shell's own codes for "not found" (127) and "found but not
-            // executable" (126): the test never ran.
-            Ending::Exited(code @ (126 | 127)) if shell => (
-                JobStatus::Error,
-                (Some(code), None),
-                Some(format!(
-                    "command not found or not executable (exit status {code})"
-                )),
-            ),
-            Ending::Exited(code) => (JobStatus::Failed, (Some(code), None), None),
-            Ending::Signalled(signal) => (JobStatus::Failed, (None, Some(signal)), None),
-            Ending::TimedOut | Ending::Aborted => (
-                JobStatus::TimedOut,
-                (None, None),
-                Some(format!(
-                    "killed after the job timeout of {}",
-                    humantime::format_duration(Duration::from_millis(job.timeout_ms))
-                )),
-            ),
+        let ran = Ran {
+            status: JobStatus::Error,
+            exit_code: None,
+            signal: None,
+            message: Some(message),
+            output: empty_output(),
+            duration: Duration::ZERO,
+            tests: Vec::new(),
+            file_timings: Vec::new(),
+            report_problem: None,
         };
-        self.build(status, exit, message, output, checkout, duration)
+        self.ran(ran, checkout)
     }
 
-    fn build(
-        &self,
-        status: JobStatus,
-        (exit_code, signal): (Option<i32>, Option<i32>),
-        message: Option<String>,
-        output: CapturedOutput,
-        checkout: Duration,
-        duration: Duration,
-    ) -> Box<JobResult> {
+    /// The command ran (once or more) and came to `ran`.
+    fn ran(&self, ran: Ran, checkout: Duration) -> Box<JobResult> {
         let mut result = Box::new(JobResult {
             job_id: self.job.job_id,
             attempt: self.job.attempt,
@@ -369,20 +344,20 @@ impl<'a> Report<'a> {
             host: self.runner.host.clone(),
             repo: self.job.repo.clone(),
             sha: self.job.sha.clone(),
-            status,
-            exit_code,
-            signal,
-            message,
+            status: ran.status,
+            exit_code: ran.exit_code,
+            signal: ran.signal,
+            message: ran.message,
             started_at: self.started_at,
             finished_at: Utc::now(),
             checkout_ms: millis(checkout),
-            duration_ms: millis(duration),
-            output: output.text,
-            output_truncated: output.truncated,
-            output_bytes: output.total_bytes,
-            tests: Vec::new(),
-            file_timings: Vec::new(),
-            report_problem: None,
+            duration_ms: millis(ran.duration),
+            output: ran.output.text,
+            output_truncated: ran.output.truncated,
+            output_bytes: ran.output.total_bytes,
+            tests: ran.tests,
+            file_timings: ran.file_timings,
+            report_problem: ran.report_problem,
         });
         fit_body(&mut result);
         result
@@ -401,9 +376,11 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Shortens the output until the encoded result fits the consumers' body
-/// limit. Output within the configured cap can still be too large once JSON
-/// escapes its control characters (each one becomes six bytes).
+/// Shortens the result until it fits the consumers' body limit: first the
+/// output (within the configured cap it can still be too large once JSON
+/// escapes its control characters, each one six bytes), then the passing
+/// test cases, then the other test cases (saying so in `report_problem`),
+/// then the file timings.
 fn fit_body(result: &mut JobResult) {
     let mut size = encode(result).len();
     while size > MAX_BODY_BYTES && !result.output.is_empty() {
@@ -412,14 +389,40 @@ fn fit_body(result: &mut JobResult) {
         result.output_truncated = true;
         size = encode(result).len();
     }
+    let reported = result.tests.len();
+    if size > MAX_BODY_BYTES && reported > 0 {
+        // Failures first: they are what a person looks for.
+        result
+            .tests
+            .sort_by_key(|test| matches!(test.status, TestStatus::Passed | TestStatus::Skipped));
+        while size > MAX_BODY_BYTES && !result.tests.is_empty() {
+            result.tests.truncate(result.tests.len() / 2);
+            size = encode(result).len();
+        }
+        let problem = format!(
+            "only {} of {reported} test cases are reported (failures first): the result would be \
+             larger than the broker's limit",
+            result.tests.len()
+        );
+        result.report_problem = Some(match result.report_problem.take() {
+            Some(earlier) => format!("{earlier}; {problem}"),
+            None => problem,
+        });
+    }
+    while size > MAX_BODY_BYTES && !result.file_timings.is_empty() {
+        result.file_timings.truncate(result.file_timings.len() / 2);
+        size = encode(result).len();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run;
     use std::path::PathBuf;
+    use warren_common::ids::SuitePath;
     use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl};
-    use warren_common::messages::Shard;
+    use warren_common::messages::{Shard, TestCase, TestCommand};
     use warren_harness::git::Upstream;
 
     fn runner(allowed: &[&str]) -> JobRunner {
@@ -691,6 +694,145 @@ mod tests {
         assert!(matches!(outcome, Outcome::Abandoned), "{outcome:?}");
     }
 
+    #[tokio::test]
+    async fn a_cancelled_job_is_killed_and_reports_nothing() {
+        let f = fixture();
+        let job = job(
+            &f.upstream,
+            &f.sha,
+            TestCommand::Shell("echo $$ > pid.tmp; mv pid.tmp pid; sleep 100".into()),
+        );
+        let abort = CancellationToken::new();
+        let stop = JobStop::new(&abort);
+        let canceller = stop.clone();
+        let pid_file = f.slot.path().join("api/pid");
+        let watched = pid_file.clone();
+        tokio::spawn(async move {
+            while !watched.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            canceller.cancel();
+        });
+        run::adopt_orphans();
+        let r = runner(&["*"]);
+        let events = Events::disabled(r.worker.clone());
+        let started = std::time::Instant::now();
+        let outcome = execute_job(&r, f.slot.path(), &job, &events, &stop).await;
+        assert!(matches!(outcome, Outcome::Cancelled), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(!abort.is_cancelled(), "only this job was stopped");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the command survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_that_cannot_take_its_files_is_an_error_before_checkout() {
+        let f = fixture();
+        let r = runner(&["*"]);
+        let mut embedded = job(
+            &f.upstream,
+            &f.sha,
+            TestCommand::Argv(vec!["pytest".into(), "--x={files}".into()]),
+        );
+        embedded.files = vec![SuitePath::parse("a.py").unwrap()];
+        let result = finish(&r, f.slot.path(), &embedded).await;
+        assert_eq!(result.status, JobStatus::Error);
+        let message = result.message.unwrap();
+        assert!(
+            message.contains("must be an element of its own"),
+            "{message}"
+        );
+        assert!(
+            !f.slot.path().join("api").exists(),
+            "nothing was checked out"
+        );
+
+        let no_files = job(&f.upstream, &f.sha, TestCommand::Shell("sh {file}".into()));
+        let result = finish(&r, f.slot.path(), &no_files).await;
+        assert_eq!(result.status, JobStatus::Error);
+        assert!(result.message.unwrap().contains("lists no files"));
+    }
+
+    #[tokio::test]
+    async fn a_junit_job_reports_its_tests() {
+        let f = fixture();
+        let script = r#"mkdir -p out; cat > out/report.xml <<EOF
+<testsuites><testsuite name="s">
+<testcase classname="t.a" name="ok" file="test.sh" time="0.5"/>
+<testcase classname="t.a" name="bad" file="test.sh" time="0.25"><failure message="1 != 2"/></testcase>
+</testsuite></testsuites>
+EOF
+exit 1"#;
+        let mut job = job(&f.upstream, &f.sha, TestCommand::Shell(script.into()));
+        job.files = vec![SuitePath::parse("test.sh").unwrap()];
+        job.junit = Some(SuitePath::parse("out/report.xml").unwrap());
+        let result = finish(&runner(&["*"]), f.slot.path(), &job).await;
+        assert_eq!(result.status, JobStatus::Failed);
+        let tests: Vec<(&str, TestStatus)> = result
+            .tests
+            .iter()
+            .map(|t| (t.name.as_str(), t.status))
+            .collect();
+        assert_eq!(
+            tests,
+            [("ok", TestStatus::Passed), ("bad", TestStatus::Failed)]
+        );
+        assert_eq!(result.tests[1].message.as_deref(), Some("1 != 2"));
+        let timing = &result.file_timings[0];
+        assert_eq!((timing.duration_ms, timing.estimated), (750, false));
+        assert_eq!(result.report_problem, None);
+    }
+
+    #[test]
+    fn a_result_with_too_many_tests_for_the_broker_keeps_the_failures() {
+        let f = fixture();
+        let r = runner(&["*"]);
+        let job = job(&f.upstream, &f.sha, TestCommand::Shell("true".into()));
+        let test = |i: usize, status| TestCase {
+            name: format!("{i}-{}", "n".repeat(900)),
+            classname: "c".repeat(900),
+            file: None,
+            duration_ms: 1,
+            status,
+            message: None,
+            flaky: false,
+        };
+        // 30 000 tests of ~2 KB: ~55 MB encoded, over the 40 MiB limit.
+        let mut tests: Vec<_> = (0..29_990).map(|i| test(i, TestStatus::Passed)).collect();
+        tests.extend((0..10).map(|i| test(i, TestStatus::Failed)));
+        let ran = Ran {
+            status: JobStatus::Failed,
+            exit_code: Some(1),
+            signal: None,
+            message: None,
+            output: empty_output(),
+            duration: Duration::ZERO,
+            tests,
+            file_timings: Vec::new(),
+            report_problem: None,
+        };
+        let result = Report::new(&r, &job).ran(ran, Duration::ZERO);
+        assert!(encode(&*result).len() <= MAX_BODY_BYTES);
+        assert!(result.tests.len() > 1000, "{}", result.tests.len());
+        assert!(
+            result.tests[..10]
+                .iter()
+                .all(|t| t.status == TestStatus::Failed)
+        );
+        let problem = result.report_problem.unwrap();
+        assert!(
+            problem.contains("of 30000 test cases are reported"),
+            "{problem}"
+        );
+    }
+
     #[test]
     fn a_result_too_large_for_the_broker_is_shortened() {
         let f = fixture();
@@ -703,13 +845,18 @@ mod tests {
             truncated: false,
             total_bytes: 8 * 1024 * 1024,
         };
-        let result = Report::new(&r, &job).ran(
-            &job,
-            Ending::Exited(0),
+        let ran = Ran {
+            status: JobStatus::Passed,
+            exit_code: Some(0),
+            signal: None,
+            message: None,
             output,
-            Duration::ZERO,
-            Duration::ZERO,
-        );
+            duration: Duration::ZERO,
+            tests: Vec::new(),
+            file_timings: Vec::new(),
+            report_problem: None,
+        };
+        let result = Report::new(&r, &job).ran(ran, Duration::ZERO);
         assert!(encode(&*result).len() <= MAX_BODY_BYTES);
         assert!(result.output_truncated);
         assert_eq!(result.output_bytes, 8 * 1024 * 1024);

@@ -6,21 +6,35 @@
 //!   publish each result then ack its job, reconnect, stop in two stages.
 //! - [`job`]: one delivery → one [`Outcome`] ([`job::execute`]): decode,
 //!   allow-list, checkout, run, result; `started`/`heartbeat` meanwhile.
+//! - [`cancel`]: the control queue's `CancelJobs`, a stop per job, and the
+//!   ids cancelled lately.
 //! - [`checkout`]: a clean work tree at a commit, reusing a clone per slot (git2).
+//! - [`suite`]: the runs of one job: once, once per file (`{file}`), reruns
+//!   of what failed, within the job's timeout.
+//! - [`substitute`]: the shard's files into the command (`{files}`, `{file}`,
+//!   `WARREN_FILES`), quoted, never interpolated raw.
+//! - [`junit`]: reading the JUnit XML report safely; [`flaky`]: tests across
+//!   reruns; [`timings`]: time per suite file.
 //! - [`run`](mod@run): a command in its own process group, with a timeout that kills
 //!   the whole group, and bounded output.
 //! - [`output`]: head + tail capture of a command's output within a budget.
 //! - [`events`]: transient job events through the current connection.
 //! - [`outbox`]: results kept across a lost connection.
 
+pub mod cancel;
 pub mod checkout;
 pub mod config;
 pub mod events;
+pub mod flaky;
 pub mod job;
+pub mod junit;
 pub mod outbox;
 pub mod output;
 pub mod run;
 pub mod service;
+pub mod substitute;
+pub mod suite;
+pub mod timings;
 
 pub use config::WorkerConfig;
 pub use job::Outcome;

@@ -3,7 +3,8 @@
 //! A test may print gigabytes; the result keeps the first half of the budget
 //! and the last half (where the failure usually is), with a marker line in
 //! between that says how much was left out. Memory never exceeds the budget,
-//! whatever the command writes.
+//! whatever the command writes. A [`Transcript`] joins the outputs of a
+//! job's several runs (one per file, reruns) within the same budget.
 
 use std::collections::VecDeque;
 
@@ -165,9 +166,161 @@ pub fn shrink(text: &str, max_bytes: usize) -> String {
     )
 }
 
+/// The output of every run of one job as one text: each run's captured
+/// output after a header line, capped head + tail at the job's limit like a
+/// single run's. A job of a single run without a header keeps that run's
+/// output exactly as it was captured.
+#[derive(Debug)]
+pub struct Transcript {
+    capture: OutputCapture,
+    /// The only part so far, kept as it is until a second one arrives.
+    single: Option<CapturedOutput>,
+    parts: usize,
+    /// Bytes the runs wrote (headers and notes not counted).
+    run_bytes: u64,
+    /// Whether a run's own capture left bytes out.
+    run_truncated: bool,
+    ends_with_newline: bool,
+}
+
+impl Transcript {
+    /// An empty transcript keeping at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            capture: OutputCapture::new(limit),
+            single: None,
+            parts: 0,
+            run_bytes: 0,
+            run_truncated: false,
+            ends_with_newline: true,
+        }
+    }
+
+    /// Adds a line of the worker's own (a note for people), on a line of its own.
+    pub fn note(&mut self, line: &str) {
+        self.new_line();
+        self.push_text(&format!("{line}\n"));
+    }
+
+    /// Adds one run's `output`, after `header` (a line, without its newline)
+    /// when there is one.
+    pub fn push_run(&mut self, header: Option<&str>, output: &CapturedOutput) {
+        self.run_bytes += output.total_bytes;
+        self.run_truncated |= output.truncated;
+        match header {
+            Some(header) => {
+                self.new_line();
+                self.push_text(&format!("==> {header}\n"));
+                self.push_text(&output.text);
+            }
+            None if self.parts == 0 => {
+                self.parts = 1;
+                self.ends_with_newline = output.text.is_empty() || output.text.ends_with('\n');
+                self.single = Some(output.clone());
+            }
+            None => self.push_text(&output.text),
+        }
+    }
+
+    /// Ends the last line, so that what comes next starts a line.
+    fn new_line(&mut self) {
+        if !self.ends_with_newline {
+            self.push_text("\n");
+        }
+    }
+
+    fn push_text(&mut self, text: &str) {
+        if let Some(single) = self.single.take() {
+            self.capture.push(single.text.as_bytes());
+        }
+        if text.is_empty() {
+            return;
+        }
+        self.capture.push(text.as_bytes());
+        self.ends_with_newline = text.ends_with('\n');
+        self.parts += 1;
+    }
+
+    /// The text for the result: `total_bytes` counts what the runs wrote,
+    /// `truncated` says whether anything was left out anywhere.
+    pub fn finish(&self) -> CapturedOutput {
+        let mut output = match &self.single {
+            Some(single) => single.clone(),
+            None => self.capture.finish(),
+        };
+        output.truncated |= self.run_truncated;
+        output.total_bytes = self.run_bytes;
+        output
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn captured(text: &str, total_bytes: u64, truncated: bool) -> CapturedOutput {
+        CapturedOutput {
+            text: text.into(),
+            truncated,
+            total_bytes,
+        }
+    }
+
+    #[test]
+    fn a_single_run_without_a_header_is_kept_as_it_was() {
+        let mut transcript = Transcript::new(8);
+        let run = captured("0123\n[warren: 90 bytes omitted…]\n6789", 100, true);
+        transcript.push_run(None, &run);
+        assert_eq!(transcript.finish(), run);
+    }
+
+    #[test]
+    fn runs_follow_their_headers_and_bytes_add_up() {
+        let mut transcript = Transcript::new(1024);
+        transcript.push_run(Some("a.py (exit 0, 0.1 s)"), &captured("ok\n", 3, false));
+        transcript.push_run(
+            Some("b.py (exit 1, 0.2 s)"),
+            &captured("no newline", 10, false),
+        );
+        transcript.push_run(
+            Some("rerun 1 of 1: b.py (exit 0, 0.1 s)"),
+            &captured("", 0, false),
+        );
+        let output = transcript.finish();
+        assert_eq!(
+            output.text,
+            "==> a.py (exit 0, 0.1 s)\nok\n==> b.py (exit 1, 0.2 s)\nno newline\n\
+             ==> rerun 1 of 1: b.py (exit 0, 0.1 s)\n"
+        );
+        assert_eq!(output.total_bytes, 13);
+        assert!(!output.truncated);
+    }
+
+    #[test]
+    fn many_runs_are_capped_head_and_tail_together() {
+        let mut transcript = Transcript::new(200);
+        transcript.push_run(None, &captured("first run\n", 10, false));
+        for i in 0..50 {
+            transcript.push_run(
+                Some(&format!("run {i}")),
+                &captured("xxxxxxxxxx\n", 11, false),
+            );
+        }
+        let output = transcript.finish();
+        assert!(output.truncated);
+        assert_eq!(output.total_bytes, 10 + 50 * 11);
+        assert!(
+            output.text.starts_with("first run\n==> run 0\n"),
+            "{}",
+            output.text
+        );
+        assert!(
+            output.text.ends_with("==> run 49\nxxxxxxxxxx\n"),
+            "{}",
+            output.text
+        );
+        assert!(output.text.len() < 200 + 150);
+    }
 
     #[test]
     fn short_output_is_kept_whole() {

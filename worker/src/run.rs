@@ -79,7 +79,8 @@ pub enum Ending {
     Signalled(i32),
     /// It ran past its timeout; its group was stopped.
     TimedOut,
-    /// The worker stopped it (forced shutdown).
+    /// Stopped from outside: the worker's forced shutdown, or the job's
+    /// cancellation.
     Aborted,
 }
 
@@ -182,7 +183,7 @@ pub async fn run(spec: &CommandSpec, abort: &CancellationToken) -> Result<Finish
             Ending::TimedOut
         }
         () = abort.cancelled() => {
-            debug!("worker stopping; stopping the command's group");
+            debug!("stopped from outside (worker stopping or job cancelled); stopping the command's group");
             Ending::Aborted
         }
     };

@@ -6,7 +6,13 @@
 //! jobs run in tasks of their own and hand their outcome back through a
 //! channel, so nothing here needs a lock. The channel is unbounded because
 //! the prefetch already bounds it: at most `slots` jobs are in flight.
+//!
+//! The loop also listens to the control exchange ([`crate::cancel`]): a
+//! `CancelJobs` naming a job in a slot kills it through that slot's
+//! [`JobStop`]; its delivery is acked without a result, and a later
+//! delivery of a cancelled job is acked and dropped without running.
 
+use crate::cancel::{CancelledJobs, ControlQueue, JobStop, decode_cancel};
 use crate::config::WorkerConfig;
 use crate::events::Events;
 use crate::job::{self, JobRunner, Outcome};
@@ -16,7 +22,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
 use lapin::{Channel, Consumer};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -28,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 use warren_common::backoff::Backoff;
-use warren_common::messages::JobResult;
+use warren_common::ids::{CommitId, JobId, RepoName};
+use warren_common::messages::{Job, JobResult};
 use warren_common::session::{Outgoing, Session, message_id};
 use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
@@ -49,6 +56,13 @@ const CONNECTION_CHECK: Duration = Duration::from_secs(1);
 /// starts again from the shortest backoff. Shorter-lived ones (a broker that
 /// accepts and then drops connections) keep backing off.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Longest wait before listening for cancellations again after the control
+/// queue failed while the connection stayed up (a permission missing, the
+/// queue deleted by hand); the waits start at 100 ms and double. Jobs run
+/// meanwhile, they just cannot be cancelled; five minutes keeps a worker
+/// without the permission from filling its log.
+const CONTROL_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
 
 /// After a forced stop, how long the killed jobs may take to report back
 /// (their process groups get the kill grace, then SIGKILL), beyond the kill
@@ -156,6 +170,27 @@ impl Stop {
 #[derive(Debug)]
 struct ConnectionLost(String);
 
+/// The job in a slot, to find and stop it by id.
+struct Running {
+    job_id: JobId,
+    attempt: u32,
+    repo: RepoName,
+    sha: CommitId,
+    stop: JobStop,
+    /// Set when the dispatcher cancelled it: (reason, when).
+    cancelled: Option<(String, Instant)>,
+}
+
+/// The channels of one connection, closed only after the connection: a
+/// channel closing while the connection closes is an error.
+#[derive(Default)]
+struct Channels {
+    jobs: Option<Channel>,
+    control: Option<ControlQueue>,
+    /// When to try listening for cancellations again.
+    control_retry: Option<Instant>,
+}
+
 struct Service {
     config: WorkerConfig,
     runner: Arc<JobRunner>,
@@ -170,6 +205,14 @@ struct Service {
     /// Slot numbers not running a job; the lowest is used first, so the
     /// clones of slot 0 are the warmest.
     free_slots: BTreeSet<u16>,
+    /// The job in each busy slot.
+    running: BTreeMap<u16, Running>,
+    /// Jobs cancelled lately: a delivery of one is dropped.
+    cancelled: CancelledJobs,
+    /// Control messages that could not be decoded, since the start.
+    ignored_controls: u64,
+    /// Waits between attempts to listen for cancellations.
+    control_backoff: Backoff,
     in_flight: usize,
     outbox: Outbox,
     /// Counts connections; a delivery can only be acked on its own.
@@ -186,6 +229,10 @@ impl Service {
         Self {
             runner: Arc::new(JobRunner::new(&config)),
             free_slots: (0..config.slots).collect(),
+            running: BTreeMap::new(),
+            cancelled: CancelledJobs::default(),
+            ignored_controls: 0,
+            control_backoff: Backoff::new(CONTROL_RETRY_MAX),
             outbox: Outbox::new(2 * usize::from(config.slots)),
             config,
             shutdown,
@@ -307,23 +354,26 @@ impl Service {
         // The consumer's channel lives as long as the session, even after the
         // consumer is cancelled: lapin closes a channel when its last handle
         // is dropped, and the broker would requeue the jobs in hand.
-        let mut channel = None;
-        let result = self.serve_session(session, &mut channel).await;
+        let mut channels = Channels::default();
+        let result = self.serve_session(session, &mut channels).await;
         self.session_tx.send_replace(None);
         // Closing requeues every delivery not acked (jobs abandoned or whose
         // result could not be published).
         session.close().await;
         // Only now: a channel closing while the connection closes is an error.
-        drop(channel);
+        drop(channels);
         result
     }
 
     async fn serve_session(
         &mut self,
         session: &Session,
-        channel: &mut Option<Channel>,
+        channels: &mut Channels,
     ) -> Result<(), ConnectionLost> {
         self.flush_outbox(session).await?;
+        // Before taking jobs, so that no cancellation of a job taken on this
+        // connection is missed.
+        self.listen_for_cancellations(session, channels).await;
         let mut consumer: Option<Consumer> = None;
         let mut check = tokio::time::interval(CONNECTION_CHECK);
         loop {
@@ -332,15 +382,18 @@ impl Service {
             }
             // Take jobs only with every slot free: jobs of a lost connection
             // may still be running, and prefetch = slots must stay the bound.
-            if channel.is_none() && self.stop == Stop::Running && self.in_flight == 0 {
+            if channels.jobs.is_none() && self.stop == Stop::Running && self.in_flight == 0 {
                 let (opened, started) = self.start_consuming(session).await?;
-                *channel = Some(opened);
+                channels.jobs = Some(opened);
                 consumer = Some(started);
             }
             let stop = self.stop.next_step(&self.shutdown);
+            let control_retry = channels.control_retry;
             tokio::select! {
                 delivery = next_delivery(&mut consumer) => match delivery {
-                    Some(Ok(delivery)) if self.stop == Stop::Running => self.start_job(delivery).await,
+                    Some(Ok(delivery)) if self.stop == Stop::Running => {
+                        self.take_delivery(session, delivery).await?;
+                    }
                     Some(Ok(delivery)) => {
                         // Sent before the broker saw the cancel: give it back.
                         let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
@@ -354,12 +407,33 @@ impl Service {
                         consumer = None;
                     }
                 },
+                message = next_control(&mut channels.control) => match message {
+                    Some(Ok(delivery)) => self.on_control(&delivery),
+                    failed => {
+                        if !session.is_connected() {
+                            return Err(ConnectionLost("the connection is closed".into()));
+                        }
+                        let delay = self.control_backoff.next_delay();
+                        let error = match failed {
+                            Some(Err(error)) => error.to_string(),
+                            _ => "the broker cancelled its consumer".into(),
+                        };
+                        warn!(%error, retry_in = ?delay,
+                            "the cancellation queue failed; jobs cannot be cancelled until it is back");
+                        channels.control = None;
+                        channels.control_retry = Some(Instant::now() + delay);
+                    }
+                },
+                () = sleep_until_some(control_retry) => {
+                    channels.control_retry = None;
+                    self.listen_for_cancellations(session, channels).await;
+                }
                 Some(done) = self.done_rx.recv() => self.settle(session, done).await?,
                 step = stop => {
                     let was_running = self.stop == Stop::Running;
                     self.apply(step);
                     if was_running
-                        && let (Some(channel), Some(consumer)) = (channel.as_ref(), &consumer)
+                        && let (Some(channel), Some(consumer)) = (channels.jobs.as_ref(), &consumer)
                     {
                         // Stop taking jobs; the stream ends once the broker
                         // confirms.
@@ -422,7 +496,84 @@ impl Service {
         }
     }
 
-    async fn start_job(&mut self, delivery: Delivery) {
+    /// Opens the private queue on the control exchange; on failure, says
+    /// so and tries again later (jobs still run, they cannot be cancelled).
+    async fn listen_for_cancellations(&mut self, session: &Session, channels: &mut Channels) {
+        let tag = format!("{}-control", self.config.id);
+        match ControlQueue::open(session, &tag).await {
+            Ok(queue) => {
+                debug!("listening for cancellations");
+                self.control_backoff.reset();
+                channels.control = Some(queue);
+            }
+            Err(error) if !session.is_connected() => {
+                // The connection is going; the loop notices and reconnects.
+                debug!(%error, "cannot listen for cancellations: the connection is closed");
+            }
+            Err(error) => {
+                let delay = self.control_backoff.next_delay();
+                warn!(%error, retry_in = ?delay,
+                    "cannot listen for cancellations (the worker's broker user needs configure, \
+                     write and read on amq.gen-* and read on the control exchange); \
+                     jobs run to their end meanwhile");
+                channels.control_retry = Some(Instant::now() + delay);
+            }
+        }
+    }
+
+    /// A control message: kill the listed jobs running here, and remember
+    /// them so that a later delivery is dropped.
+    fn on_control(&mut self, delivery: &Delivery) {
+        let cancel = match decode_cancel(&delivery.data) {
+            Ok(cancel) => cancel,
+            Err(error) => {
+                self.ignored_controls += 1;
+                warn!(message_id = %message_id(delivery), %error,
+                    ignored_total = self.ignored_controls, "control message ignored: not a valid CancelJobs");
+                return;
+            }
+        };
+        debug!(jobs = cancel.job_ids.len(), reason = %cancel.reason, "cancellation received");
+        let now = Instant::now();
+        for id in &cancel.job_ids {
+            self.cancelled.remember(*id, now.into_std());
+            for running in self.running.values_mut() {
+                if running.job_id != *id || running.cancelled.is_some() {
+                    continue;
+                }
+                info!(repo = %running.repo, sha = %running.sha, job = %running.job_id,
+                    attempt = running.attempt, reason = %cancel.reason,
+                    "job cancelled by the dispatcher: killing its processes; no result will be published");
+                running.cancelled = Some((cancel.reason.clone(), now));
+                running.stop.cancel();
+            }
+        }
+    }
+
+    /// A delivery from the jobs queue: dead-letter it, drop it (cancelled
+    /// already) or start it in a free slot.
+    async fn take_delivery(
+        &mut self,
+        session: &Session,
+        delivery: Delivery,
+    ) -> Result<(), ConnectionLost> {
+        let job = match job::decode_job(&delivery.data) {
+            Ok(job) => job,
+            Err(reason) => return dead_letter(session, &delivery, &reason).await,
+        };
+        if self
+            .cancelled
+            .contains(&job.job_id, Instant::now().into_std())
+        {
+            info!(repo = %job.repo, sha = %job.sha, job = %job.job_id, attempt = job.attempt,
+                "job dropped without running: the dispatcher cancelled it");
+            return ack(&delivery).await;
+        }
+        self.start_job(job, delivery).await;
+        Ok(())
+    }
+
+    async fn start_job(&mut self, job: Job, delivery: Delivery) {
         let Some(slot) = self.free_slots.pop_first() else {
             // Cannot happen with prefetch = slots; if it does, the job goes
             // back to the queue rather than wait here.
@@ -431,18 +582,28 @@ impl Service {
             return;
         };
         self.in_flight += 1;
+        let stop = JobStop::new(&self.abort);
+        self.running.insert(
+            slot,
+            Running {
+                job_id: job.job_id,
+                attempt: job.attempt,
+                repo: job.repo.clone(),
+                sha: job.sha.clone(),
+                stop: stop.clone(),
+                cancelled: None,
+            },
+        );
         let runner = Arc::clone(&self.runner);
         let events = self.events.clone();
-        let abort = self.abort.clone();
         let done_tx = self.done_tx.clone();
         let dir = slot_dir(&self.config, slot);
         let generation = self.generation;
         let ack_deadline = self.config.ack_deadline;
         self.tracker.spawn(async move {
             let outcome = {
-                let job =
-                    AssertUnwindSafe(job::execute(&runner, &dir, &delivery.data, &events, &abort))
-                        .catch_unwind();
+                let job = AssertUnwindSafe(job::execute_job(&runner, &dir, &job, &events, &stop))
+                    .catch_unwind();
                 let mut job = std::pin::pin!(job);
                 tokio::select! {
                     outcome = &mut job => outcome,
@@ -464,11 +625,23 @@ impl Service {
         });
     }
 
-    /// A job came back while connected: dead-letter, or publish then ack.
+    /// A job came back while connected: publish then ack; or, cancelled,
+    /// just ack.
     async fn settle(&mut self, session: &Session, done: Done) -> Result<(), ConnectionLost> {
-        self.release(done.slot);
+        let cancelled = self.release(done.slot);
         let current = done.generation == self.generation;
         let delivery = done.delivery;
+        if let Some((reason, since)) = cancelled {
+            // Whatever it came to (killed, or finished just before the kill):
+            // the dispatcher has decided the job; no result, and the broker
+            // must not give it to anyone again.
+            info!(message_id = %message_id(&delivery), %reason, stopped_in = ?since.elapsed(),
+                "cancelled job gone; its slot is free");
+            if current {
+                ack(&delivery).await?;
+            }
+            return Ok(());
+        }
         match done.outcome {
             Ok(Outcome::Finished(result)) => {
                 if let Err(error) = publish_result(session, &result).await {
@@ -480,26 +653,17 @@ impl Service {
                 }
             }
             Ok(Outcome::Poison { reason }) if current => {
-                let id = message_id(&delivery);
-                let dead = tokio::time::timeout(
-                    PUBLISH_TIMEOUT,
-                    session.dead_letter(&delivery, Queue::Jobs, &reason),
-                )
-                .await;
-                match dead {
-                    Ok(Ok(())) => warn!(message_id = %id, %reason,
-                        rejected_total = warren_common::session::rejected_total(Queue::Jobs),
-                        "job message dead-lettered"),
-                    Ok(Err(error)) => {
-                        return Err(ConnectionLost(format!("dead-lettering {id}: {error}")));
-                    }
-                    Err(_) => {
-                        return Err(ConnectionLost(format!("dead-lettering {id}: no confirm")));
-                    }
-                }
+                dead_letter(session, &delivery, &reason).await?;
             }
             Ok(Outcome::Poison { .. }) => {
                 // From a lost connection: the broker delivers it again.
+            }
+            Ok(Outcome::Cancelled) => {
+                // Only a cancellation stops a job this way, and it was
+                // handled above; ack so the broker does not run it again.
+                if current {
+                    ack(&delivery).await?;
+                }
             }
             Ok(Outcome::Abandoned) if self.abort.is_cancelled() => self.abandoned += 1,
             Ok(Outcome::Abandoned) => {
@@ -524,18 +688,27 @@ impl Service {
 
     /// A job came back while disconnected: keep its result for later.
     fn settle_offline(&mut self, done: Done) {
-        self.release(done.slot);
+        if self.release(done.slot).is_some() {
+            // Cancelled: its delivery returns to the queue with the lost
+            // connection, and is dropped when it comes back.
+            return;
+        }
         match done.outcome {
             Ok(Outcome::Finished(result)) => self.outbox.push(*result),
             Ok(Outcome::Abandoned) => self.abandoned += 1,
             // Its delivery returns to the queue with the lost connection.
-            Ok(Outcome::Poison { .. }) | Err(_) => {}
+            Ok(Outcome::Poison { .. } | Outcome::Cancelled) | Err(_) => {}
         }
     }
 
-    fn release(&mut self, slot: u16) {
+    /// Frees `slot`; returns the reason and time of its job's cancellation,
+    /// if it was cancelled.
+    fn release(&mut self, slot: u16) -> Option<(String, Instant)> {
         self.in_flight -= 1;
         self.free_slots.insert(slot);
+        self.running
+            .remove(&slot)
+            .and_then(|running| running.cancelled)
     }
 
     /// Publishes the results kept from earlier connections.
@@ -564,6 +737,46 @@ async fn next_delivery(consumer: &mut Option<Consumer>) -> Option<lapin::Result<
     match consumer {
         Some(consumer) => consumer.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The next control message; pending for ever when not listening.
+async fn next_control(control: &mut Option<ControlQueue>) -> Option<lapin::Result<Delivery>> {
+    match control {
+        Some(queue) => queue.consumer().next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes at `at`; never without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Moves an undecodable job to the dead-letter queue with `reason`.
+async fn dead_letter(
+    session: &Session,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), ConnectionLost> {
+    let id = message_id(delivery);
+    let dead = tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        session.dead_letter(delivery, Queue::Jobs, reason),
+    )
+    .await;
+    match dead {
+        Ok(Ok(())) => {
+            warn!(message_id = %id, %reason,
+                rejected_total = warren_common::session::rejected_total(Queue::Jobs),
+                "job message dead-lettered");
+            Ok(())
+        }
+        Ok(Err(error)) => Err(ConnectionLost(format!("dead-lettering {id}: {error}"))),
+        Err(_) => Err(ConnectionLost(format!("dead-lettering {id}: no confirm"))),
     }
 }
 

@@ -15,10 +15,11 @@ use std::sync::Once;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use warren_common::config::{ConfigSource, LogSettings};
-use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl};
+use warren_common::config::{BrokerConfig, BrokerSettings, ConfigSource, LogSettings};
+use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath};
 use warren_common::messages::{
-    Job, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand, decode,
+    CancelJobs, Job, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand, TestStatus,
+    decode, encode,
 };
 use warren_common::session::{Outgoing, Session};
 use warren_common::shutdown::Shutdown;
@@ -66,6 +67,15 @@ impl SpawnedWorker {
 }
 
 fn spawn_worker(broker: &TestBroker, edit: impl FnOnce(&mut WorkerSettings)) -> SpawnedWorker {
+    spawn_worker_as(broker, broker.config.clone(), edit)
+}
+
+/// A worker connecting with `config` (another user, say).
+fn spawn_worker_as(
+    broker: &TestBroker,
+    config: BrokerConfig,
+    edit: impl FnOnce(&mut WorkerSettings),
+) -> SpawnedWorker {
     init_logs();
     let work = tempfile::tempdir().unwrap();
     let id = format!("w-{}", &broker.prefix);
@@ -78,12 +88,9 @@ fn spawn_worker(broker: &TestBroker, edit: impl FnOnce(&mut WorkerSettings)) -> 
         ..WorkerSettings::default()
     };
     edit(&mut settings);
-    let config = WorkerConfig::from_settings(
-        broker.config.clone(),
-        &settings,
-        &ConfigSource::named("test settings"),
-    )
-    .unwrap();
+    let config =
+        WorkerConfig::from_settings(config, &settings, &ConfigSource::named("test settings"))
+            .unwrap();
     let shutdown = Shutdown::manual();
     let handle = tokio::spawn(warren_worker::run(config, shutdown.clone()));
     SpawnedWorker {
@@ -578,4 +585,362 @@ async fn rabbitmqctl(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn suite_paths(paths: &[&str]) -> Vec<SuitePath> {
+    paths.iter().map(|p| SuitePath::parse(p).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_job_with_files_runs_them_at_once_and_shares_out_their_time() {
+    let broker = TestBroker::new("worker-files");
+    let session = broker.session().await;
+    let upstream = Upstream::new();
+    let sha = upstream.commit(
+        "main",
+        "tests",
+        &[
+            ("tests/a.sh", Some("sleep 0.2; echo a")),
+            ("tests/b c.sh", Some("echo 'b c'")),
+        ],
+    );
+    let mut job = job(
+        &upstream,
+        &sha,
+        shell("for f in {files}; do sh \"$f\"; done; echo \"$WARREN_FILES\" | wc -l"),
+    );
+    job.files = suite_paths(&["tests/a.sh", "tests/b c.sh"]);
+    publish_job(&session, &job).await;
+    let worker = spawn_worker(&broker, |_| {});
+
+    let results = take_results(&broker, 1).await;
+    let result = &results[0].0;
+    assert_eq!(result.status, JobStatus::Passed, "{result:?}");
+    assert_eq!(
+        result.output.split_whitespace().collect::<Vec<_>>(),
+        ["a", "b", "c", "2"]
+    );
+    let timings: Vec<(&str, bool)> = result
+        .file_timings
+        .iter()
+        .map(|t| (t.path.as_str(), t.estimated))
+        .collect();
+    assert_eq!(timings, [("tests/a.sh", true), ("tests/b c.sh", true)]);
+    assert_eq!(
+        result.file_timings[0].duration_ms,
+        result.file_timings[1].duration_ms
+    );
+    assert!(
+        result.file_timings[0].duration_ms >= 100,
+        "{:?}",
+        result.file_timings
+    );
+
+    worker.stop().await.unwrap();
+    session.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_per_file_runs_and_measures_each_file() {
+    let broker = TestBroker::new("worker-each-file");
+    let session = broker.session().await;
+    let upstream = Upstream::new();
+    let sha = upstream.commit(
+        "main",
+        "tests",
+        &[
+            ("t/a.sh", Some("sleep 0.3; echo A")),
+            ("t/b.sh", Some("echo B; exit 2")),
+        ],
+    );
+    let mut job = job(
+        &upstream,
+        &sha,
+        TestCommand::Argv(vec!["sh".into(), "{file}".into()]),
+    );
+    job.files = suite_paths(&["t/a.sh", "t/b.sh"]);
+    publish_job(&session, &job).await;
+    let worker = spawn_worker(&broker, |_| {});
+
+    let results = take_results(&broker, 1).await;
+    let result = &results[0].0;
+    assert_eq!(result.status, JobStatus::Failed);
+    assert_eq!(result.exit_code, Some(2));
+    let lines: Vec<&str> = result.output.lines().collect();
+    assert!(lines[0].starts_with("==> t/a.sh (exit 0, "), "{lines:?}");
+    assert_eq!(lines[1], "A");
+    assert!(lines[2].starts_with("==> t/b.sh (exit 2, "), "{lines:?}");
+    assert_eq!(lines[3], "B");
+    assert_eq!(result.output_bytes, 4);
+    assert!(result.file_timings.iter().all(|t| !t.estimated));
+    assert!(result.file_timings[0].duration_ms >= 300);
+    assert!(result.file_timings[1].duration_ms < result.file_timings[0].duration_ms);
+    let files: Vec<(&str, TestStatus)> = result
+        .tests
+        .iter()
+        .map(|t| (t.name.as_str(), t.status))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("t/a.sh", TestStatus::Passed),
+            ("t/b.sh", TestStatus::Failed)
+        ]
+    );
+
+    worker.stop().await.unwrap();
+    session.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_junit_job_reports_its_tests_and_reruns_a_flaky_one() {
+    let broker = TestBroker::new("worker-junit");
+    let session = broker.session().await;
+    let upstream = Upstream::new();
+    // The first run fails test_b and leaves a marker; the rerun passes it.
+    let script = r#"#!/bin/sh
+if [ -e flaky.ran ]; then b='<testcase classname="t" name="test_b" file="b.py" time="0.1"/>'
+else touch flaky.ran; b='<testcase classname="t" name="test_b" file="b.py" time="0.1"><failure message="timing">x</failure></testcase>'; fi
+cat > report.xml <<EOF
+<?xml version="1.0"?>
+<testsuites><testsuite name="t">
+<testcase classname="t" name="test_a" file="a.py" time="1.5"/>
+$b
+</testsuite></testsuites>
+EOF
+grep -q failure report.xml && exit 1
+exit 0
+"#;
+    let sha = upstream.commit("main", "tests", &[("run.sh", Some(script))]);
+    let mut job = job(&upstream, &sha, shell("sh run.sh"));
+    job.files = suite_paths(&["a.py", "b.py"]);
+    job.junit = Some(SuitePath::parse("report.xml").unwrap());
+    job.retry_failed = 2;
+    publish_job(&session, &job).await;
+    let worker = spawn_worker(&broker, |_| {});
+
+    let results = take_results(&broker, 1).await;
+    let result = &results[0].0;
+    assert_eq!(result.status, JobStatus::Passed, "{result:?}");
+    assert_eq!(
+        result.message.as_deref(),
+        Some("passed after rerunning 1 failed test: flaky: t.test_b")
+    );
+    let tests: Vec<(&str, TestStatus, bool)> = result
+        .tests
+        .iter()
+        .map(|t| (t.name.as_str(), t.status, t.flaky))
+        .collect();
+    assert_eq!(
+        tests,
+        [
+            ("test_a", TestStatus::Passed, false),
+            ("test_b", TestStatus::Passed, true)
+        ]
+    );
+    assert_eq!(result.tests[1].message.as_deref(), Some("timing"));
+    assert!(
+        result.output.contains("==> rerun 1 of 2: b.py (exit 0, "),
+        "{}",
+        result.output
+    );
+    // Timings from the first run's report: measured, not estimated.
+    let timings: Vec<(&str, u64, bool)> = result
+        .file_timings
+        .iter()
+        .map(|t| (t.path.as_str(), t.duration_ms, t.estimated))
+        .collect();
+    assert_eq!(timings, [("a.py", 1500, false), ("b.py", 100, false)]);
+    assert_eq!(result.report_problem, None);
+
+    worker.stop().await.unwrap();
+    session.close().await;
+    broker.cleanup().await;
+}
+
+/// Publishes `body` to the control exchange, as the dispatcher does.
+async fn publish_control(broker: &TestBroker, body: &[u8]) {
+    let (connection, channel) = broker.raw_channel().await;
+    channel
+        .basic_publish(
+            ShortString::from(broker.config.topology.control_exchange()),
+            ShortString::from(""),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_type(ShortString::from("cancel_jobs")),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = connection.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_job_is_killed_reports_nothing_and_is_dropped_when_delivered_again() {
+    let broker = TestBroker::new("worker-cancel");
+    let session = broker.session().await;
+    let upstream = Upstream::new();
+    let sha = upstream.commit("main", "one", &[("a.txt", Some("a"))]);
+    let sync = tempfile::tempdir().unwrap();
+    let pid_file = sync.path().join("pid");
+    let mut doomed = job(
+        &upstream,
+        &sha,
+        shell("echo $$ > \"$PID_FILE.tmp\"; mv \"$PID_FILE.tmp\" \"$PID_FILE\"; sleep 30"),
+    );
+    doomed
+        .env
+        .insert("PID_FILE".into(), pid_file.display().to_string());
+    publish_job(&session, &doomed).await;
+    let worker = spawn_worker(&broker, |_| {});
+    wait_for("the job to start", exists(&pid_file)).await;
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // Garbage on the control exchange is ignored; the cancellation is not.
+    publish_control(&broker, b"not a control message").await;
+    let cancel = CancelJobs {
+        job_ids: vec![JobId::new(), doomed.job_id],
+        reason: "superseded by a newer commit".into(),
+    };
+    let cancelled_at = Instant::now();
+    publish_control(&broker, &encode(&cancel)).await;
+    wait_for("the job's process to be killed", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        cancelled_at.elapsed()
+    );
+
+    // The slot is free: the next jobs run. A second delivery of the
+    // cancelled job (a re-issued attempt) comes first and is dropped.
+    std::fs::remove_file(&pid_file).unwrap();
+    let mut again = doomed.clone();
+    again.attempt = 2;
+    publish_job(&session, &again).await;
+    let next = job(&upstream, &sha, shell("echo next"));
+    publish_job(&session, &next).await;
+    let results = take_results(&broker, 1).await;
+    assert_eq!(results[0].0.job_id, next.job_id);
+    assert_eq!(results[0].0.output, "next\n");
+    // One slot, in order: the cancelled job's delivery was handled before
+    // `next`, and it published nothing.
+    assert!(
+        broker
+            .take(Queue::Results, 1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    assert!(!pid_file.exists(), "the cancelled job did not run again");
+
+    worker.stop().await.unwrap();
+    // Both deliveries of the cancelled job were acked.
+    wait_for_jobs_queue(&broker, 0, 0).await;
+    session.close().await;
+    broker.cleanup().await;
+}
+
+/// Sets the permissions (configure, write, read) of `user` on vhost `/`.
+async fn set_permissions(user: &str, configure: &str, write: &str, read: &str) {
+    rabbitmqctl(&["set_permissions", "-p", "/", user, configure, write, read]).await;
+}
+
+#[tokio::test]
+async fn a_least_privilege_worker_runs_jobs_without_and_cancels_them_with_the_control_permissions()
+{
+    let broker = TestBroker::new("worker-perms");
+    // The topology, declared by a user who may (the dispatcher, in real life).
+    let session = broker.session().await;
+    let user = format!("{}-worker", broker.prefix);
+    let password = "not-a-secret";
+    rabbitmqctl(&["add_user", &user, password]).await;
+    let p = &broker.prefix;
+    // As docker/rabbitmq-users.sh made the worker's user before
+    // cancellations: nothing to configure, so no queue of its own.
+    let (write, read) = (
+        format!("^{p}\\.(results|events|dead)$"),
+        format!("^{p}\\.jobs$"),
+    );
+    set_permissions(&user, "^$", &write, &read).await;
+    let url = warren_harness::broker::broker_url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    let settings = BrokerSettings {
+        url: format!("{scheme}://{user}:{password}@{host}").into(),
+        prefix: p.clone(),
+        heartbeat: Duration::from_secs(5),
+        declare: false,
+        ..BrokerSettings::default()
+    };
+    let config = BrokerConfig::from_settings(&settings, &ConfigSource::named("test")).unwrap();
+
+    let upstream = Upstream::new();
+    let sha = upstream.commit("main", "one", &[("a.txt", Some("a"))]);
+    let first = job(&upstream, &sha, shell("cat a.txt"));
+    publish_job(&session, &first).await;
+    let worker = spawn_worker_as(&broker, config, |_| {});
+    let results = take_results(&broker, 1).await;
+    assert_eq!(results[0].0.status, JobStatus::Passed);
+    assert_eq!(results[0].0.output, "a");
+
+    // The permissions the worker needs for cancellations: its server-named
+    // queue (amq.gen-*) to declare, bind and consume, and the control
+    // exchange to read from.
+    set_permissions(
+        &user,
+        "^amq\\.gen-.*",
+        &format!("{write}|^amq\\.gen-.*"),
+        &format!("^{p}\\.(jobs|control)$|^amq\\.gen-.*"),
+    )
+    .await;
+    let sync = tempfile::tempdir().unwrap();
+    let pid_file = sync.path().join("pid");
+    let mut doomed = job(
+        &upstream,
+        &sha,
+        shell("echo $$ > \"$PID_FILE.tmp\"; mv \"$PID_FILE.tmp\" \"$PID_FILE\"; sleep 30"),
+    );
+    doomed
+        .env
+        .insert("PID_FILE".into(), pid_file.display().to_string());
+    publish_job(&session, &doomed).await;
+    wait_for("the job to start", exists(&pid_file)).await;
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The worker listens again after a backoff; until then a cancellation
+    // goes nowhere, so it is repeated (it is idempotent).
+    let cancel = encode(&CancelJobs {
+        job_ids: vec![doomed.job_id],
+        reason: "superseded".into(),
+    });
+    let deadline = Instant::now() + WAIT;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the job was never cancelled");
+        publish_control(&broker, &cancel).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        broker
+            .take(Queue::Results, 1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+
+    worker.stop().await.unwrap();
+    wait_for_jobs_queue(&broker, 0, 0).await;
+    rabbitmqctl(&["delete_user", &user]).await;
+    session.close().await;
+    broker.cleanup().await;
 }

@@ -14,7 +14,7 @@
 # | user       | configure     | write (publish, bind)              | read (consume, bind)                 |
 # | dispatcher | ^P\.          | ^P\.                               | ^P\.                                 |
 # | watcher    | (nothing)     | ^P\.commits$                       | (nothing)                            |
-# | worker     | ^amq\.gen-.*  | ^P\.(results|events|dead)$|^amq\.gen-.* | ^P\.(jobs|control)$|^amq\.gen-.*  |
+# | worker     | ^amq\.gen-.*  | ^P\.(results|events|dead|logs)$|^amq\.gen-.* | ^P\.(jobs|control)$|^amq\.gen-.*  |
 #
 # The dispatcher owns the prefix: it declares the exchanges and queues (and
 # the bindings, which need write on queues and read on exchanges). The
@@ -63,6 +63,6 @@ rabbitmqctl -q set_permissions -p "$vhost" "${user_prefix}watcher" '^$' "^$p\\.c
 
 ensure_user "${user_prefix}worker" "$WORKER_PASSWORD"
 rabbitmqctl -q set_permissions -p "$vhost" "${user_prefix}worker" \
-    '^amq\.gen-.*' "^$p\\.(results|events|dead)\$|^amq\\.gen-.*" "^$p\\.(jobs|control)\$|^amq\\.gen-.*" >/dev/null
+    '^amq\.gen-.*' "^$p\\.(results|events|dead|logs)\$|^amq\\.gen-.*" "^$p\\.(jobs|control)\$|^amq\\.gen-.*" >/dev/null
 
 echo "users ${user_prefix}dispatcher, ${user_prefix}watcher, ${user_prefix}worker ready for prefix $prefix on vhost $vhost"

@@ -502,6 +502,49 @@ impl Message for CancelJobs {
     const TYPE: &'static str = "cancel_jobs";
 }
 
+/// A worker says it is alive, how many slots it has and how many are busy:
+/// sent every heartbeat interval, busy or not, as a transient message on the
+/// events exchange (routing key `worker`), so that the dispatcher knows the
+/// fleet even when it is idle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerStatus {
+    pub worker: WorkerId,
+    pub host: String,
+    pub slots: u16,
+    pub busy: u16,
+    /// Jobs this worker process finished since it started.
+    pub jobs_done: u64,
+    pub at: DateTime<Utc>,
+}
+
+impl Message for WorkerStatus {
+    const TYPE: &'static str = "worker_status";
+}
+
+/// Output of a running job as it is written, in chunks of whole lines, as
+/// transient messages on the logs exchange (routing key: the job id) for
+/// whoever follows the job live. Losing some is harmless: the result keeps
+/// the output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLines {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub run_id: uuid::Uuid,
+    /// Counts chunks of one run from 0, so a follower sees gaps.
+    pub seq: u64,
+    /// Lines of output, each ending with a newline (invalid UTF-8 replaced).
+    pub text: String,
+}
+
+impl Message for LogLines {
+    const TYPE: &'static str = "log_lines";
+}
+
+/// Most bytes of output in one [`LogLines`] chunk.
+pub const MAX_LOG_CHUNK_BYTES: usize = 64 * 1024;
+
 impl Message for JobResult {
     const TYPE: &'static str = "job_result";
 

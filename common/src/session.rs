@@ -254,6 +254,27 @@ impl Session {
         .await
     }
 
+    /// Publishes a transient message to a named exchange (live job output to
+    /// the logs exchange): no confirm, no persistence, not mandatory.
+    pub async fn publish_transient_to<M: Message>(
+        &self,
+        exchange: &str,
+        message: &M,
+        outgoing: Outgoing<'_>,
+    ) -> Result<(), PublishError> {
+        let properties = self.properties(M::TYPE, &outgoing);
+        self.transient
+            .basic_publish(
+                ShortString::from(exchange.to_owned()),
+                ShortString::from(outgoing.routing_key.to_owned()),
+                BasicPublishOptions::default(),
+                &encode(message),
+                properties,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Publishes a transient message (job events): no confirm, no
     /// persistence. Losing one is harmless; the next heartbeat replaces it.
     pub async fn publish_transient<M: Message>(

@@ -155,6 +155,12 @@ impl Topology {
         format!("{}.control", self.prefix)
     }
 
+    /// The topic exchange of live job output ([`LogLines`](crate::messages::LogLines)),
+    /// routed by job id; followers bind private queues to it.
+    pub fn logs_exchange(&self) -> String {
+        format!("{}.logs", self.prefix)
+    }
+
     /// The full name of `queue`.
     pub fn queue(&self, queue: Queue) -> String {
         format!("{}.{}", self.prefix, queue.suffix())
@@ -164,17 +170,22 @@ impl Topology {
     /// PRECONDITION_FAILED channel error if a queue exists with other
     /// arguments (for example a different delivery limit).
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        channel
-            .exchange_declare(
-                ShortString::from(self.control_exchange()),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        for (name, kind) in [
+            (self.control_exchange(), ExchangeKind::Fanout),
+            (self.logs_exchange(), ExchangeKind::Topic),
+        ] {
+            channel
+                .exchange_declare(
+                    ShortString::from(name),
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         for queue in Queue::ALL {
             let name = self.queue(queue);
             if queue.source() == queue {

@@ -137,7 +137,7 @@ pub fn load_with_env<S: DeserializeOwned>(
 
 /// Every table a Warren config file can have; an environment variable
 /// `WARREN_<TABLE>_<KEY>` with a single underscore is a typo of one.
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 9] = [
     "broker",
     "log",
     "worker",
@@ -145,6 +145,8 @@ const TABLES: [&str; 7] = [
     "dispatcher",
     "defaults",
     "repos",
+    "http",
+    "notify",
 ];
 
 /// The `WARREN_*` variables that are settings: those with a `__` between

@@ -333,6 +333,9 @@ pub enum JobStatus {
     /// Not run to the end: a newer commit on the branch replaced it (the
     /// dispatcher's verdict; workers never report it).
     Superseded,
+    /// Not run to the end: an operator cancelled it (the dispatcher's
+    /// verdict; workers never report it).
+    Cancelled,
 }
 
 impl JobStatus {
@@ -344,6 +347,7 @@ impl JobStatus {
             Self::TimedOut => "timed_out",
             Self::Error => "error",
             Self::Superseded => "superseded",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -355,6 +359,7 @@ impl JobStatus {
             Self::TimedOut,
             Self::Error,
             Self::Superseded,
+            Self::Cancelled,
         ]
         .into_iter()
         .find(|status| status.as_str() == value)
@@ -369,7 +374,7 @@ impl JobStatus {
             .into_iter()
             .max_by_key(|status| match status {
                 Self::Passed => 0,
-                Self::Superseded => 1,
+                Self::Superseded | Self::Cancelled => 1,
                 Self::Failed => 2,
                 Self::TimedOut => 3,
                 Self::Error => 4,
@@ -715,7 +720,7 @@ mod tests {
         assert_eq!(JobStatus::aggregate([TimedOut, Error, Passed]), Error);
         assert_eq!(JobStatus::aggregate([Passed, Superseded]), Superseded);
         assert_eq!(JobStatus::aggregate([Failed, Superseded]), Failed);
-        for status in [Passed, Failed, TimedOut, Error, Superseded] {
+        for status in [Passed, Failed, TimedOut, Error, Superseded, Cancelled] {
             assert_eq!(JobStatus::parse(status.as_str()), Some(status));
         }
     }

@@ -22,6 +22,64 @@ pub struct Settings {
     pub defaults: DefaultsSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub notify: NotifySettings,
+}
+
+/// `[http]`: the API, the status page and the metrics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to listen on. No authentication: keep it on a trusted
+    /// network (the default is this machine only).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// `[notify]`: webhooks called when a commit has its verdict.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    /// URLs that get a POST with a JSON summary of each finished commit.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// Longest wait for one webhook call.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Calls after a failed one (with backoff), per webhook and commit.
+    #[serde(default = "default_webhook_retries")]
+    pub retries: u32,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            webhooks: Vec::new(),
+            timeout: default_webhook_timeout(),
+            retries: default_webhook_retries(),
+        }
+    }
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_webhook_retries() -> u32 {
+    3
 }
 
 /// `[dispatcher]`.
@@ -144,12 +202,18 @@ pub struct DispatcherConfig {
     /// Longest timeout a `warren.toml` may ask for.
     pub max_timeout: Duration,
     pub log: LogSettings,
+    /// Where the API and the page listen.
+    pub http_listen: std::net::SocketAddr,
+    /// Webhooks.
+    pub webhooks: Vec<String>,
+    pub webhook_timeout: Duration,
+    pub webhook_retries: u32,
 }
 
 impl DispatcherConfig {
     /// Reads and validates `path` (if any) and the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let (settings, source) = load::<Settings>(path, &[])?;
+        let (settings, source) = load::<Settings>(path, &["notify.webhooks"])?;
         Self::from_settings(settings, &source)
     }
 
@@ -181,6 +245,32 @@ impl DispatcherConfig {
                 ),
             ));
         }
+        let http_listen = settings.http.listen.parse().map_err(|_| {
+            source.invalid(
+                "http.listen",
+                format!(
+                    "expected an address such as 127.0.0.1:8080, got {:?}",
+                    settings.http.listen
+                ),
+            )
+        })?;
+        for url in &settings.notify.webhooks {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(source.invalid(
+                    "notify.webhooks",
+                    format!(
+                        "expected http:// or https:// URLs, got {:?}",
+                        warren_common::config::safe_url(url)
+                    ),
+                ));
+            }
+        }
+        if settings.notify.timeout.is_zero() || settings.notify.timeout > Duration::from_secs(300) {
+            return Err(source.invalid("notify.timeout", "must be between 1ms and 5m"));
+        }
+        if settings.notify.retries > 20 {
+            return Err(source.invalid("notify.retries", "must be at most 20"));
+        }
         if let Some(command) = &defaults.command {
             command
                 .validate()
@@ -202,6 +292,10 @@ impl DispatcherConfig {
             },
             max_timeout: defaults.max_timeout,
             log: settings.log,
+            http_listen,
+            webhooks: settings.notify.webhooks,
+            webhook_timeout: settings.notify.timeout,
+            webhook_retries: settings.notify.retries,
         })
     }
 }

@@ -9,15 +9,21 @@
 //! - [`store`]: commits, jobs and attempts in SQLite; the source of truth.
 //! - [`report`]: the result file, `<results_dir>/<repo>/<sha>.json`.
 //! - [`service`]: the consume loop, reconnection and recovery.
+//! - [`http`]: the JSON API, live events, metrics and health; [`web`] the
+//!   status pages; [`metrics`] the Prometheus registry; [`notify`] webhooks.
 
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod mirror;
+pub mod notify;
 pub mod report;
 pub mod select;
 pub mod service;
 pub mod spec;
 pub mod split;
 pub mod store;
+pub mod web;
 
 pub use config::DispatcherConfig;
 pub use service::run;

@@ -82,6 +82,46 @@ pub struct FlakyReport {
     pub times_flaky: u64,
 }
 
+/// A commit in brief, for lists and live updates (docs/API.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct CommitSummary {
+    /// The database's id: the `before` of the next page.
+    #[serde(skip)]
+    pub id: i64,
+    pub repo: String,
+    pub sha: String,
+    pub branch: String,
+    pub summary: String,
+    pub author: String,
+    pub status: Option<JobStatus>,
+    pub detected_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub jobs: u64,
+    pub jobs_done: u64,
+}
+
+/// A worker, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerReport {
+    pub id: String,
+    pub host: String,
+    pub slots: u16,
+    pub busy: u16,
+    pub jobs_done: u64,
+    pub last_seen: DateTime<Utc>,
+    pub current_jobs: Vec<CurrentJob>,
+}
+
+/// A job a worker runs now.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurrentJob {
+    pub repo: String,
+    pub sha: String,
+    pub job_id: String,
+    pub attempt: u32,
+}
+
 /// One job of a commit, with the attempt that decided it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobReport {

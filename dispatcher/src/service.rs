@@ -12,7 +12,10 @@
 //! means a redelivery, which the database deduplicates.
 
 use crate::config::DispatcherConfig;
+use crate::http::{self, CommandOutcome};
+use crate::metrics::{Metrics, StatusLabel};
 use crate::mirror::{CommitTree, MirrorError, Mirrors};
+use crate::notify::{Notification, Notifier};
 use crate::select::{self, Selection};
 use crate::spec;
 use crate::split::{self, ShardPlan};
@@ -28,10 +31,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, error, info, warn};
 use warren_common::backoff::Backoff;
 use warren_common::ids::SuitePath;
-use warren_common::messages::{CancelJobs, CommitEvent, Job, JobEvent, JobResult, decode};
+use warren_common::messages::{
+    CancelJobs, CommitEvent, DecodeError, Job, JobEvent, JobResult, WorkerStatus, decode,
+};
 use warren_common::session::{Outgoing, PublishError, Session, SessionError, message_id};
 use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
@@ -78,44 +84,112 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
             config.database.display()
         )
     })?;
+    let reader = Store::open_read_only(&config.database).map_err(|error| {
+        anyhow::anyhow!(
+            "opening the database {} to read: {error}",
+            config.database.display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!("listening on http.listen {}: {error}", config.http_listen)
+        })?;
+    // Commands from the HTTP side wait here while the loop is busy or
+    // reconnecting; a handful is plenty (people click buttons).
+    let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+    let (ready, ready_rx) = watch::channel(false);
+    // Commit updates for live pages: a page that falls behind by more
+    // skips to the next update rather than holding the loop.
+    let (updates, _) = broadcast::channel(UPDATE_QUEUE);
+    let metrics = Arc::new(Metrics::new());
+    let state = http::AppState::new(
+        reader,
+        commands_tx,
+        ready_rx,
+        updates.clone(),
+        config.broker.clone(),
+        Arc::clone(&metrics),
+    );
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
+    let notifier = Notifier::start(
+        config.webhooks.clone(),
+        config.webhook_timeout,
+        config.webhook_retries,
+    );
     let mut dispatcher = Dispatcher {
         mirrors: Arc::new(Mirrors::new(&config.mirror_dir)),
         config,
         store: &mut store,
+        commands,
+        updates,
+        ready,
+        metrics,
+        notifier,
     };
-    let name = format!("{APP_ID} {}", warren_common::hostname());
-    let mut backoff = Backoff::new(dispatcher.config.broker.reconnect_max_delay);
-    while !shutdown.graceful.is_cancelled() {
-        match Session::connect(&dispatcher.config.broker, APP_ID, &name).await {
-            Ok(session) => {
-                info!(url = %dispatcher.config.broker.safe_url(), "connected to the broker");
-                backoff.reset();
-                let outcome = dispatcher.serve(&session, &shutdown).await;
-                session.close().await;
-                match outcome {
-                    Ok(()) => break,
-                    Err(ServeError::Store(error)) => {
-                        return Err(anyhow::anyhow!("database failure: {error}"));
-                    }
-                    Err(error) => warn!(%error, "lost the broker; reconnecting"),
-                }
-            }
-            Err(error) => warn!(%error, "cannot reach the broker; retrying"),
-        }
-        let delay = backoff.next_delay();
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.graceful.cancelled() => break,
-        }
+    let outcome = dispatcher.run(&shutdown).await;
+    http_stop.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(error))) => warn!(%error, "HTTP server"),
+        Err(_) => warn!("HTTP server did not stop in time"),
+        _ => {}
     }
-    info!("dispatcher stopped");
-    Ok(())
+    outcome
+}
+
+/// Commands from the HTTP side waiting for the loop.
+const COMMAND_QUEUE: usize = 16;
+/// Commit updates buffered for each live page.
+const UPDATE_QUEUE: usize = 1024;
+
+impl Dispatcher<'_> {
+    /// Connects, serves, reconnects, until `shutdown`.
+    async fn run(&mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let dispatcher = self;
+        let name = format!("{APP_ID} {}", warren_common::hostname());
+        let mut backoff = Backoff::new(dispatcher.config.broker.reconnect_max_delay);
+        while !shutdown.graceful.is_cancelled() {
+            match Session::connect(&dispatcher.config.broker, APP_ID, &name).await {
+                Ok(session) => {
+                    info!(url = %dispatcher.config.broker.safe_url(), "connected to the broker");
+                    backoff.reset();
+                    let outcome = dispatcher.serve(&session, shutdown).await;
+                    dispatcher.ready.send_replace(false);
+                    session.close().await;
+                    match outcome {
+                        Ok(()) => break,
+                        Err(ServeError::Store(error)) => {
+                            return Err(anyhow::anyhow!("database failure: {error}"));
+                        }
+                        Err(error) => warn!(%error, "lost the broker; reconnecting"),
+                    }
+                }
+                Err(error) => warn!(%error, "cannot reach the broker; retrying"),
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.graceful.cancelled() => break,
+            }
+        }
+        info!("dispatcher stopped");
+        Ok(())
+    }
 }
 
 struct Dispatcher<'a> {
     config: DispatcherConfig,
     mirrors: Arc<Mirrors>,
     store: &'a mut Store,
+    /// Retries and cancels asked for over HTTP.
+    commands: mpsc::Receiver<http::Command>,
+    /// Ids of commits that changed, for live pages.
+    updates: broadcast::Sender<i64>,
+    /// Whether the loop is connected and consuming (`/readyz`).
+    ready: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+    notifier: Notifier,
 }
 
 impl Dispatcher<'_> {
@@ -140,6 +214,7 @@ impl Dispatcher<'_> {
         // Workers' heartbeats may have waited in (or expired from) the events
         // queue while this dispatcher was away: leases count from now.
         let serving_since = Utc::now();
+        self.ready.send_replace(true);
         // Commits whose jobs were published but not yet confirmed, oldest
         // first (confirms arrive in publish order). Their events are acked
         // once confirmed; meanwhile other messages are served, so the broker
@@ -181,6 +256,7 @@ impl Dispatcher<'_> {
                         unconfirmed.push_back(pending);
                     }
                 }
+                Some(command) = self.commands.recv() => self.on_command(session, command).await?,
                 _ = leases.tick() => self.expire_leases(session, serving_since).await?,
                 _ = rewrite.tick() => self.write_pending_results()?,
             }
@@ -207,6 +283,7 @@ impl Dispatcher<'_> {
         }
         let budget = self.budget();
         let expiry = self.store.expire_leases(self.config.lease, &budget, now)?;
+        self.metrics.attempts_lost.inc_by(expiry.lost.len() as u64);
         for (job, attempt, worker) in &expiry.lost {
             warn!(%job, attempt, %worker, lease = %humantime::format_duration(self.config.lease),
                   "run lost: no heartbeat for a lease");
@@ -431,12 +508,24 @@ impl Dispatcher<'_> {
             Err(error) => return reject(session, &delivery, Queue::Results, error).await,
         };
         match self.store.record_result(&result, Utc::now())? {
-            ResultRecorded::Decided { commit_finished } => {
+            ResultRecorded::Decided {
+                commit_finished,
+                commit_id,
+                queue_wait_ms,
+            } => {
                 info!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
                       attempt = result.attempt, worker = %result.worker,
                       status = %result.status, "job finished");
+                self.metrics
+                    .job_duration
+                    .observe(result.duration_ms as f64 / 1000.0);
+                if let Some(wait) = queue_wait_ms {
+                    self.metrics.queue_wait.observe(wait as f64 / 1000.0);
+                }
                 if let Some(commit_id) = commit_finished {
                     self.write_result(commit_id)?;
+                } else {
+                    self.updated(commit_id);
                 }
             }
             ResultRecorded::Redelivered => {
@@ -459,6 +548,15 @@ impl Dispatcher<'_> {
     async fn on_event(&mut self, session: &Session, delivery: Delivery) -> Result<(), ServeError> {
         let event = match decode::<JobEvent>(&delivery.data) {
             Ok(event) => event,
+            // The events queue also carries workers' presence.
+            Err(DecodeError::WrongType { .. }) => {
+                match decode::<WorkerStatus>(&delivery.data) {
+                    Ok(status) => self.store.record_worker_status(&status)?,
+                    Err(error) => return reject(session, &delivery, Queue::Events, error).await,
+                }
+                delivery.ack(BasicAckOptions::default()).await?;
+                return Ok(());
+            }
             Err(error) => return reject(session, &delivery, Queue::Events, error).await,
         };
         let budget = self.budget();
@@ -470,7 +568,11 @@ impl Dispatcher<'_> {
                 );
                 return reject(session, &delivery, Queue::Events, reason).await;
             }
-            EventRecorded::Recorded { commit_finished } => {
+            EventRecorded::Recorded {
+                commit_finished,
+                lost,
+            } => {
+                self.metrics.attempts_lost.inc_by(lost as u64);
                 if let Some(commit_id) = commit_finished {
                     self.write_result(commit_id)?;
                 }
@@ -491,10 +593,76 @@ impl Dispatcher<'_> {
                 info!(repo = %report.repo, sha = %report.sha,
                       status = %report.status.map_or("running", |s| s.as_str()),
                       path = %path.display(), "result written");
+                if let Some(status) = report.status {
+                    self.metrics
+                        .commits
+                        .get_or_create(&StatusLabel {
+                            status: status.as_str().to_owned(),
+                        })
+                        .inc();
+                    self.notifier.notify(Notification::of(&report));
+                }
+                self.updated(commit_id);
             }
             Err(error) => {
                 error!(repo = %report.repo, sha = %report.sha, %error,
                        "cannot write the result file; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells live pages that a commit changed (nobody listening is fine).
+    fn updated(&self, commit_id: i64) {
+        let _ = self.updates.send(commit_id);
+    }
+
+    /// Carries out a retry or cancel asked for over HTTP.
+    async fn on_command(
+        &mut self,
+        session: &Session,
+        command: http::Command,
+    ) -> Result<(), ServeError> {
+        let now = Utc::now();
+        match command {
+            http::Command::Retry { commit_id, reply } => {
+                let outcome = match self.store.retry(commit_id, now)? {
+                    None => CommandOutcome::Conflict("the commit is still running".into()),
+                    Some(jobs) => {
+                        info!(commit_id, jobs = jobs.len(), "commit retried");
+                        self.publish_jobs(session, &jobs).await?;
+                        self.updated(commit_id);
+                        CommandOutcome::Done {
+                            status: "queued",
+                            jobs: jobs.len(),
+                        }
+                    }
+                };
+                let _ = reply.send(outcome);
+            }
+            http::Command::Cancel { commit_id, reply } => {
+                let outcome = match self.store.cancel(commit_id, now)? {
+                    None => CommandOutcome::Conflict("the commit has finished".into()),
+                    Some(jobs) => {
+                        info!(commit_id, jobs = jobs.len(), "commit cancelled");
+                        let count = jobs.len();
+                        if !jobs.is_empty() {
+                            let cancel = CancelJobs {
+                                job_ids: jobs,
+                                reason: "cancelled by an operator".into(),
+                            };
+                            session
+                                .publish_control(&cancel, format!("cancel.{commit_id}"))
+                                .await?;
+                        }
+                        self.write_result(commit_id)?;
+                        CommandOutcome::Done {
+                            status: "cancelled",
+                            jobs: count,
+                        }
+                    }
+                };
+                let _ = reply.send(outcome);
             }
         }
         Ok(())

@@ -20,7 +20,10 @@
 //! lease expires. Both are rows of the `attempts` table, one per run.
 
 use crate::config::SyncMode;
-use crate::report::{AttemptReport, CommitReport, FlakyReport, JobReport, TestCounts, TestReport};
+use crate::report::{
+    AttemptReport, CommitReport, CommitSummary, CurrentJob, FlakyReport, JobReport, TestCounts,
+    TestReport, WorkerReport,
+};
 use crate::select::Selection;
 use crate::spec::Plan;
 use crate::split::ShardPlan;
@@ -32,6 +35,7 @@ use std::time::Duration;
 use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath};
 use warren_common::messages::{
     CommitEvent, Job, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand, TestStatus,
+    WorkerStatus,
 };
 
 /// A database error. The dispatcher cannot record anything safely after one:
@@ -152,6 +156,14 @@ CREATE TABLE IF NOT EXISTS flaky (
     at        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS flaky_test ON flaky (repo, test);
+CREATE TABLE IF NOT EXISTS workers (
+    id        TEXT PRIMARY KEY,
+    host      TEXT NOT NULL,
+    slots     INTEGER NOT NULL,
+    busy      INTEGER NOT NULL,
+    jobs_done INTEGER NOT NULL,
+    last_seen TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS attempts_running ON attempts (state) WHERE state = 'running';
 ";
 
@@ -174,7 +186,13 @@ pub enum CommitSeen {
 pub enum ResultRecorded {
     /// The first result of the job; `commit_finished` when it was the last
     /// job of its commit (the result file is due).
-    Decided { commit_finished: Option<i64> },
+    Decided {
+        commit_finished: Option<i64>,
+        /// The job's commit (its progress changed).
+        commit_id: i64,
+        /// From the job's publish to the start of the deciding run, in ms.
+        queue_wait_ms: Option<u64>,
+    },
     /// The job already had a result; this one was counted and kept as a late
     /// attempt.
     Late,
@@ -182,6 +200,19 @@ pub enum ResultRecorded {
     Redelivered,
     /// No such job, or it belongs to another commit: dead-letter the message.
     Rejected(String),
+}
+
+/// Which commits to list.
+#[derive(Debug, Clone, Default)]
+pub struct CommitFilter {
+    pub repo: Option<String>,
+    pub branch: Option<String>,
+    pub status: Option<String>,
+    /// Lowercase hex digits the sha starts with.
+    pub sha_prefix: Option<String>,
+    /// Only commits older than this id (the previous page's `next_before`).
+    pub before: Option<i64>,
+    pub limit: usize,
 }
 
 /// A commit's plan as the store needs it.
@@ -215,7 +246,11 @@ pub struct Superseded {
 pub enum EventRecorded {
     /// Recorded; `commit_finished` when a lost run spent the job's budget
     /// and that finished its commit (the result file is due).
-    Recorded { commit_finished: Option<i64> },
+    Recorded {
+        commit_finished: Option<i64>,
+        /// Runs this event showed were lost (redelivered elsewhere).
+        lost: usize,
+    },
     /// No such job (or attempt): dead-letter the event.
     UnknownJob,
 }
@@ -242,6 +277,7 @@ struct JobRow {
     id: String,
     commit_id: i64,
     status: String,
+    published_at: Option<String>,
     decided_run: Option<String>,
     attempt: u32,
     lost_runs: u32,
@@ -253,7 +289,7 @@ fn job_row(tx: &Transaction<'_>, job_id: &str) -> Result<Option<JobRow>> {
     Ok(tx
         .query_row(
             "SELECT j.id, j.commit_id, j.status, j.attempt, j.lost_runs, c.repo, c.sha,
-                    j.decided_run
+                    j.decided_run, j.published_at
              FROM jobs j JOIN commits c ON c.id = j.commit_id WHERE j.id = ?1",
             params![job_id],
             |row| {
@@ -266,6 +302,7 @@ fn job_row(tx: &Transaction<'_>, job_id: &str) -> Result<Option<JobRow>> {
                     repo: row.get(5)?,
                     sha: row.get(6)?,
                     decided_run: row.get(7)?,
+                    published_at: row.get(8)?,
                 })
             },
         )
@@ -462,6 +499,24 @@ impl Store {
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Self { conn })
+    }
+
+    /// Opens an existing database for reading only (the HTTP API's
+    /// connection, beside the dispatcher's own writer: WAL lets both work).
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version != SCHEMA_VERSION {
+            return Err(corrupt(
+                "user_version",
+                format!("database schema version {version}; this build reads {SCHEMA_VERSION}"),
+            ));
+        }
         Ok(Self { conn })
     }
 
@@ -710,6 +765,7 @@ impl Store {
             tx.commit()?;
             return Ok(EventRecorded::Recorded {
                 commit_finished: None,
+                lost: 0,
             });
         }
         // A new run: any other live run of the same attempt was abandoned by
@@ -730,7 +786,10 @@ impl Store {
             None
         };
         tx.commit()?;
-        Ok(EventRecorded::Recorded { commit_finished })
+        Ok(EventRecorded::Recorded {
+            commit_finished,
+            lost,
+        })
     }
 
     /// Marks every run not heard from since `now - lease` as lost and, for
@@ -913,7 +972,284 @@ impl Store {
         record_tests_and_timings(&tx, &job, result, now)?;
         let commit_finished = finish_commit_if_done(&tx, job.commit_id, now)?;
         tx.commit()?;
-        Ok(ResultRecorded::Decided { commit_finished })
+        let queue_wait_ms = job
+            .published_at
+            .as_deref()
+            .and_then(|at| parse_ts("jobs.published_at", at).ok())
+            .and_then(|published| {
+                u64::try_from((result.started_at - published).num_milliseconds()).ok()
+            });
+        Ok(ResultRecorded::Decided {
+            commit_finished,
+            commit_id: job.commit_id,
+            queue_wait_ms,
+        })
+    }
+
+    /// Notes a worker's presence (its latest status wins).
+    pub fn record_worker_status(&mut self, status: &WorkerStatus) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO workers (id, host, slots, busy, jobs_done, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET host = excluded.host, slots = excluded.slots,
+                 busy = excluded.busy, jobs_done = excluded.jobs_done, last_seen = excluded.last_seen
+             WHERE excluded.last_seen >= workers.last_seen",
+            params![
+                status.worker.as_str(),
+                status.host,
+                status.slots,
+                status.busy,
+                status.jobs_done,
+                ts(status.at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The id of commit `sha` of `repo`, if known.
+    pub fn commit_id(&self, repo: &RepoName, sha: &CommitId) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM commits WHERE repo = ?1 AND sha = ?2",
+                params![repo.as_str(), sha.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Recent commits matching `filter`, newest first, and the id to pass as
+    /// `before` for the next page.
+    pub fn commit_summaries(
+        &self,
+        filter: &CommitFilter,
+    ) -> Result<(Vec<CommitSummary>, Option<i64>)> {
+        let sha_pattern = filter
+            .sha_prefix
+            .as_ref()
+            .map(|prefix| format!("{prefix}%"));
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id FROM commits
+             WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR branch = ?2)
+               AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR sha LIKE ?4)
+               AND (?5 IS NULL OR id < ?5)
+             ORDER BY id DESC LIMIT ?6",
+        )?;
+        let ids: Vec<i64> = statement
+            .query_map(
+                params![
+                    filter.repo,
+                    filter.branch,
+                    filter.status,
+                    sha_pattern,
+                    filter.before,
+                    filter.limit + 1
+                ],
+                |row| row.get(0),
+            )?
+            .collect::<std::result::Result<_, _>>()?;
+        let more = ids.len() > filter.limit;
+        let mut summaries = Vec::with_capacity(ids.len().min(filter.limit));
+        for id in ids.into_iter().take(filter.limit) {
+            summaries.push(self.commit_summary(id)?);
+        }
+        let next = if more {
+            summaries.last().map(|s| s.id)
+        } else {
+            None
+        };
+        Ok((summaries, next))
+    }
+
+    /// One commit, in brief.
+    pub fn commit_summary(&self, commit_id: i64) -> Result<CommitSummary> {
+        let row = self.conn.query_row(
+            "SELECT c.repo, c.sha, c.branch, c.summary, c.author, c.status, c.detected_at,
+                    c.received_at, c.finished_at,
+                    (SELECT count(*) FROM jobs j WHERE j.commit_id = c.id),
+                    (SELECT count(*) FROM jobs j WHERE j.commit_id = c.id AND j.status != 'queued')
+             FROM commits c WHERE c.id = ?1",
+            params![commit_id],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, String>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, u64>(9)?,
+                    row.get::<_, u64>(10)?,
+                ))
+            },
+        )?;
+        let received = parse_ts("received_at", &row.7)?;
+        let finished_at = parse_opt_ts("finished_at", row.8)?;
+        Ok(CommitSummary {
+            id: commit_id,
+            repo: row.0,
+            sha: row.1,
+            branch: row.2,
+            summary: row.3,
+            author: row.4,
+            status: if row.5 == RUNNING {
+                None
+            } else {
+                Some(parse_status("status", &row.5)?)
+            },
+            detected_at: parse_ts("detected_at", &row.6)?,
+            finished_at,
+            duration_ms: finished_at
+                .map(|end| u64::try_from((end - received).num_milliseconds()).unwrap_or(0)),
+            jobs: row.9,
+            jobs_done: row.10,
+        })
+    }
+
+    /// Workers heard from since `since`, with the jobs they run.
+    pub fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerReport>> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, host, slots, busy, jobs_done, last_seen FROM workers
+             WHERE last_seen >= ?1 ORDER BY id",
+        )?;
+        let rows = statement
+            .query_map(params![ts(since)], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u16>(2)?,
+                    row.get::<_, u16>(3)?,
+                    row.get::<_, u64>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut running = self.conn.prepare_cached(
+            "SELECT c.repo, c.sha, a.job_id, a.attempt FROM attempts a
+             JOIN jobs j ON j.id = a.job_id JOIN commits c ON c.id = j.commit_id
+             WHERE a.worker = ?1 AND a.state = 'running' AND j.status = 'queued'",
+        )?;
+        let mut workers = Vec::with_capacity(rows.len());
+        for (id, host, slots, busy, jobs_done, last_seen) in rows {
+            let current_jobs = running
+                .query_map(params![id], |row| {
+                    Ok(CurrentJob {
+                        repo: row.get(0)?,
+                        sha: row.get(1)?,
+                        job_id: row.get(2)?,
+                        attempt: row.get(3)?,
+                    })
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            workers.push(WorkerReport {
+                id,
+                host,
+                slots,
+                busy,
+                jobs_done,
+                last_seen: parse_ts("workers.last_seen", &last_seen)?,
+                current_jobs,
+            });
+        }
+        Ok(workers)
+    }
+
+    /// A job's verdict (`None` while undecided), the output of the run that
+    /// decided it, and its commit.
+    pub fn job_output(&self, job_id: &JobId) -> Result<Option<(Option<JobStatus>, String, i64)>> {
+        let row: Option<(String, Option<String>, i64)> = self
+            .conn
+            .query_row(
+                "SELECT j.status, a.output, j.commit_id FROM jobs j
+                 LEFT JOIN attempts a ON a.run_id = j.decided_run WHERE j.id = ?1",
+                params![job_id.to_string()],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        row.map(|(status, output, commit_id)| {
+            let status = if status == QUEUED {
+                None
+            } else {
+                Some(parse_status("jobs.status", &status)?)
+            };
+            Ok((status, output.unwrap_or_default(), commit_id))
+        })
+        .transpose()
+    }
+
+    /// Runs a finished commit's jobs again: each gets a new attempt, the
+    /// commit is running again and its result file will be rewritten. `None`
+    /// when the commit is still running.
+    pub fn retry(&mut self, commit_id: i64, now: DateTime<Utc>) -> Result<Option<Vec<Job>>> {
+        let tx = self.conn.transaction()?;
+        let status: String = tx.query_row(
+            "SELECT status FROM commits WHERE id = ?1",
+            params![commit_id],
+            |row| row.get(0),
+        )?;
+        if status == RUNNING {
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE commits SET status = ?2, message = NULL, finished_at = NULL, result_written = 0
+             WHERE id = ?1",
+            params![commit_id, RUNNING],
+        )?;
+        tx.execute(
+            "DELETE FROM tests WHERE job_id IN (SELECT id FROM jobs WHERE commit_id = ?1)",
+            params![commit_id],
+        )?;
+        tx.execute(
+            "UPDATE jobs SET status = ?2, attempt = attempt + 1, published = 0, decided_run = NULL,
+                 message = NULL, finished_at = NULL, lost_runs = 0, report_problem = NULL
+             WHERE commit_id = ?1",
+            params![commit_id, QUEUED],
+        )?;
+        let jobs = unpublished_jobs(&tx, Some(commit_id), now)?;
+        tx.commit()?;
+        Ok(Some(jobs))
+    }
+
+    /// Cancels a running commit: its undecided jobs become `cancelled`, its
+    /// running runs too. Returns the jobs to stop on the workers, or `None`
+    /// when the commit has finished.
+    pub fn cancel(&mut self, commit_id: i64, now: DateTime<Utc>) -> Result<Option<Vec<JobId>>> {
+        let tx = self.conn.transaction()?;
+        let status: String = tx.query_row(
+            "SELECT status FROM commits WHERE id = ?1",
+            params![commit_id],
+            |row| row.get(0),
+        )?;
+        if status != RUNNING {
+            return Ok(None);
+        }
+        let reason = "cancelled by an operator";
+        let jobs: Vec<String> = {
+            let mut statement =
+                tx.prepare("SELECT id FROM jobs WHERE commit_id = ?1 AND status = ?2")?;
+            statement
+                .query_map(params![commit_id, QUEUED], |row| row.get(0))?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        let mut cancelled = Vec::with_capacity(jobs.len());
+        for job_id in jobs {
+            tx.execute(
+                "UPDATE jobs SET status = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
+                params![job_id, JobStatus::Cancelled.as_str(), reason, ts(now)],
+            )?;
+            tx.execute(
+                "UPDATE attempts SET state = 'cancelled', message = ?2, finished_at = ?3
+                 WHERE job_id = ?1 AND state = 'running'",
+                params![job_id, reason, ts(now)],
+            )?;
+            cancelled.push(job_id.parse().map_err(|e| corrupt("jobs.id", e))?);
+        }
+        finish_commit_if_done(&tx, commit_id, now)?;
+        tx.commit()?;
+        Ok(Some(cancelled))
     }
 
     /// Finished commits whose result file has not been written yet.
@@ -1456,6 +1792,7 @@ mod tests {
         let first = store.record_result(&decisive, Utc::now()).unwrap();
         let ResultRecorded::Decided {
             commit_finished: Some(commit_id),
+            ..
         } = first
         else {
             panic!("expected the commit to finish, got {first:?}");
@@ -1547,7 +1884,8 @@ mod tests {
         assert_eq!(
             recorded,
             EventRecorded::Recorded {
-                commit_finished: None
+                commit_finished: None,
+                lost: 0
             },
             "a heartbeat before started still counts"
         );
@@ -1596,7 +1934,8 @@ mod tests {
         assert_eq!(
             recorded,
             EventRecorded::Recorded {
-                commit_finished: Some(commit_id)
+                commit_finished: Some(commit_id),
+                lost: 1
             }
         );
         let report = store.commit_report(commit_id).unwrap().explain();
@@ -1649,7 +1988,8 @@ mod tests {
         assert!(matches!(
             store.record_result(&second, Utc::now()).unwrap(),
             ResultRecorded::Decided {
-                commit_finished: Some(_)
+                commit_finished: Some(_),
+                ..
             }
         ));
         assert_eq!(

@@ -32,7 +32,7 @@ impl Fixture {
         std::fs::write(
             &config_path,
             format!(
-                "{}\n[dispatcher]\ndatabase = \"{var}/db/warren.db\"\nresults_dir = \"{var}/results\"\n\
+                "{}\n[http]\nlisten = \"127.0.0.1:0\"\n[dispatcher]\ndatabase = \"{var}/db/warren.db\"\nresults_dir = \"{var}/results\"\n\
                  mirror_dir = \"{var}/mirrors\"\nsync = \"normal\"\n",
                 broker.toml()
             ),

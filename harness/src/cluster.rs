@@ -5,7 +5,7 @@
 
 use crate::broker::TestBroker;
 use crate::git::Upstream;
-use crate::process::{Component, wait_until_every};
+use crate::process::{Component, wait_until, wait_until_every};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ pub struct ClusterOptions {
     pub worker_extra: String,
     /// The exact broker prefix; `t-<name>-<random>` when `None`.
     pub prefix: Option<String>,
+    /// The dispatcher's `http.listen`; port 0 (the default) takes a free one
+    /// ([`Cluster::http_url`] finds it).
+    pub http_listen: String,
     /// Environment for every component (`WARREN_BROKER__DELIVERY_LIMIT`…).
     pub env: Vec<(String, String)>,
     /// Environment for the dispatcher only (after `env`).
@@ -53,6 +56,7 @@ impl ClusterOptions {
             dispatcher_extra: String::new(),
             worker_extra: String::new(),
             prefix: None,
+            http_listen: "127.0.0.1:0".into(),
             env: Vec::new(),
             dispatcher_env: Vec::new(),
             worker_env: Vec::new(),
@@ -218,9 +222,9 @@ impl Cluster {
         let options = &self.options;
         std::fs::create_dir_all(self.root.join("config")).expect("config dir");
         let dispatcher = format!(
-            "{broker}\n[dispatcher]\ndatabase = \"{root}/dispatcher/warren.db\"\n\
+            "{broker}\n[http]\nlisten = \"{}\"\n\n[dispatcher]\ndatabase = \"{root}/dispatcher/warren.db\"\n\
              results_dir = \"{root}/results\"\nmirror_dir = \"{root}/dispatcher/mirrors\"\n{}\n",
-            options.dispatcher_extra
+            options.http_listen, options.dispatcher_extra
         );
         std::fs::write(self.config_path("dispatcher"), dispatcher).expect("write config");
         for index in 0..options.workers {
@@ -311,6 +315,30 @@ impl Cluster {
     /// The position in `workers` of the worker with process id `pid`.
     pub fn worker_by_pid(&self, pid: u32) -> Option<usize> {
         self.workers.iter().position(|worker| worker.pid() == pid)
+    }
+
+    /// The base URL of the dispatcher's API and page (`http://127.0.0.1:PORT`),
+    /// read from its log once it listens (waits up to 30 s).
+    pub fn http_url(&self) -> String {
+        let mut url = None;
+        wait_until(Duration::from_secs(30), || {
+            url = self.dispatcher.as_ref().and_then(|dispatcher| {
+                let log = dispatcher.log();
+                let line = log
+                    .lines()
+                    .rev()
+                    .find(|line| line.contains("HTTP API and status page listening"))?;
+                let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+                Some(format!("http://{address}"))
+            });
+            url.is_some()
+        });
+        url.unwrap_or_else(|| {
+            panic!(
+                "the dispatcher never said where it listens\n{}",
+                self.all_logs()
+            )
+        })
     }
 
     /// Opens the dispatcher's database read-only (to check the books).

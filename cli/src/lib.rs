@@ -1,0 +1,52 @@
+//! `warren`, the command-line client of the dispatcher's HTTP API
+//! (docs/API.md): recent commits, one commit's verdict, job logs (live with
+//! `--follow`), retry and cancel, workers.
+//!
+//! - [`cli`]: the command line (clap).
+//! - [`api`]: a typed blocking HTTP client, with timeouts; [`model`] the
+//!   JSON it decodes; [`sse`] server-sent events read line by line.
+//! - [`resolve`]: a sha prefix to one commit.
+//! - [`commands`]: one file per command.
+//! - [`table`], [`format`], [`style`]: ASCII tables, relative times and
+//!   human durations, colour only on a terminal.
+//! - [`error`] and [`exit`]: what can go wrong, and the exit codes.
+
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod exit;
+pub mod format;
+pub mod model;
+pub mod resolve;
+pub mod sse;
+pub mod style;
+pub mod table;
+
+pub use cli::Cli;
+pub use error::Error;
+pub use exit::Exit;
+
+use std::io::Write;
+
+/// Runs one command line: its output to `out`, notes for people to `err`,
+/// colour if `colour`. The exit code of the outcome, or what stopped it.
+pub fn run(
+    cli: &Cli,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    colour: bool,
+) -> Result<Exit, Error> {
+    let client = api::Client::new(&cli.url)?;
+    let mut ctx = commands::Context {
+        client,
+        json: cli.json,
+        paint: style::Paint { enabled: colour },
+        now: chrono::Utc::now(),
+        out,
+        err,
+    };
+    let exit = commands::run(&cli.command, &mut ctx)?;
+    ctx.out.flush()?;
+    Ok(exit)
+}

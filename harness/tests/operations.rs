@@ -1,0 +1,404 @@
+//! Operating Warren: the dispatcher's HTTP API, its live status page in a
+//! real headless Chromium, Prometheus metrics, retry and cancel, webhooks,
+//! with the real binaries.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use warren_harness::cluster::{Cluster, ClusterOptions};
+use warren_harness::process::wait_until;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A GET or POST to the dispatcher: (status, body).
+fn http(method: &str, url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the dispatcher");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn json(method: &str, url: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http(method, url);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Waits until `marks` exists (the job's command started).
+fn wait_started(cluster: &Cluster, marks: &Path) {
+    assert!(
+        wait_until(DEADLINE, || marks.exists()),
+        "{}",
+        cluster.all_logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_shows_a_commit_go_from_running_to_passed_and_follows_its_log() {
+    let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        node.join("node_modules/playwright-core").exists()
+            && Path::new("/usr/bin/chromium").exists(),
+        "run scripts/ensure-browser.sh first (Chromium and playwright-core)"
+    );
+    let mut options = ClusterOptions::new("o-browser");
+    options.workers = 1;
+    let cluster = Cluster::start(options);
+    let base = cluster.http_url();
+    let marks = cluster.root().join("started");
+    let spec = format!(
+        "command = \"touch {}; for i in $(seq 1 12); do echo line $i; sleep 0.5; done\"\n",
+        marks.display()
+    );
+    let sha = cluster.upstream.commit(
+        "main",
+        "a slow, chatty test",
+        &[("warren.toml", Some(&spec))],
+    );
+    wait_started(&cluster, &marks);
+    let shots = std::env::var("WARREN_SCREENSHOT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| cluster.root().to_path_buf());
+    let output = Command::new("node")
+        .arg(node.join("live_page.mjs"))
+        .args([&base, "sample", &sha, shots.to_str().unwrap()])
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{stdout}{stderr}\n{}",
+        cluster.all_logs()
+    );
+    assert!(shots.join("status-page-live-log.png").exists());
+    assert!(shots.join("status-page-commits.png").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_lists_details_workers_queues_and_health() {
+    let mut options = ClusterOptions::new("o-api");
+    options.workers = 2;
+    let cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(2, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let base = cluster.http_url();
+    let spec = "command = \"sh test.sh\"\n";
+    let passing = cluster.upstream.commit(
+        "main",
+        "passes",
+        &[("warren.toml", Some(spec)), ("test.sh", Some("exit 0\n"))],
+    );
+    let failing = cluster.upstream.commit(
+        "main",
+        "fails",
+        &[("test.sh", Some("echo broken; exit 1\n"))],
+    );
+    cluster
+        .wait_for_results(&[passing.clone(), failing.clone()], DEADLINE)
+        .unwrap();
+
+    assert_eq!(http("GET", &format!("{base}/healthz")), (200, "ok".into()));
+    assert!(wait_until(Duration::from_secs(10), || http(
+        "GET",
+        &format!("{base}/readyz")
+    )
+    .0 == 200));
+
+    let (status, list) = json("GET", &format!("{base}/api/commits?limit=10"));
+    assert_eq!(status, 200, "{list}");
+    let commits = list["commits"].as_array().unwrap();
+    assert_eq!(commits[0]["sha"], failing.as_str(), "newest first");
+    assert_eq!(commits[0]["status"], "failed");
+    assert_eq!(commits[1]["status"], "passed");
+    let (_, failed_only) = json("GET", &format!("{base}/api/commits?status=failed"));
+    assert_eq!(failed_only["commits"].as_array().unwrap().len(), 1);
+    let (_, by_prefix) = json("GET", &format!("{base}/api/commits?sha={}", &passing[..8]));
+    assert_eq!(by_prefix["commits"][0]["sha"], passing.as_str());
+    let (_, page) = json("GET", &format!("{base}/api/commits?limit=1"));
+    let next = page["next_before"].as_i64().expect("a next page");
+    let (_, older) = json("GET", &format!("{base}/api/commits?limit=1&before={next}"));
+    assert_eq!(older["commits"][0]["sha"], passing.as_str());
+
+    let (status, detail) = json("GET", &format!("{base}/api/commits/sample/{failing}"));
+    assert_eq!(status, 200);
+    assert_eq!(detail["jobs"][0]["output"], "broken\n");
+    assert_eq!(
+        json(
+            "GET",
+            &format!("{base}/api/commits/sample/{}", "0".repeat(40))
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        json("GET", &format!("{base}/api/commits/..%2Fetc/{failing}")).0,
+        400
+    );
+    assert_eq!(json("GET", &format!("{base}/api/commits?sha=xyz")).0, 400);
+
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            json("GET", &format!("{base}/api/workers")).1["workers"]
+                .as_array()
+                .is_some_and(|w| w.len() == 2)
+        }),
+        "both workers are listed"
+    );
+    let (_, workers) = json("GET", &format!("{base}/api/workers"));
+    assert_eq!(workers["workers"][0]["slots"], 1);
+
+    let (status, queues) = json("GET", &format!("{base}/api/queues"));
+    assert_eq!(status, 200, "{queues}");
+    let jobs = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"].as_str().unwrap().ends_with(".jobs"))
+        .cloned()
+        .unwrap();
+    assert_eq!(jobs["consumers"], 2);
+
+    // The pages render.
+    let (status, html) = http("GET", &format!("{base}/"));
+    assert_eq!(status, 200);
+    assert!(html.contains(&failing[..12]) && html.contains("✗ failed"));
+    let (status, html) = http("GET", &format!("{base}/commits/sample/{failing}"));
+    assert_eq!(status, 200);
+    assert!(html.contains("broken"));
+    assert_eq!(http("GET", &format!("{base}/workers")).0, 200);
+}
+
+/// Parses Prometheus text into (name with labels, value).
+fn scrape(base: &str) -> Vec<(String, f64)> {
+    let (status, text) = http("GET", &format!("{base}/metrics"));
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (name, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad metric line {line:?}"));
+            (
+                name.to_owned(),
+                value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            )
+        })
+        .collect()
+}
+
+fn metric(metrics: &[(String, f64)], name: &str) -> Option<f64> {
+    metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened_retry_reruns_and_cancel_stops() {
+    let mut options = ClusterOptions::new("o-metrics");
+    options.workers = 1;
+    let cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(1, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let base = cluster.http_url();
+    let passing = cluster.upstream.commit(
+        "main",
+        "passes",
+        &[("warren.toml", Some("command = \"echo ok\"\n"))],
+    );
+    cluster
+        .wait_for_results(std::slice::from_ref(&passing), DEADLINE)
+        .unwrap();
+
+    let metrics = scrape(&base);
+    assert_eq!(
+        metric(&metrics, "warren_commits_total{status=\"passed\"}"),
+        Some(1.0),
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metric(&metrics, "warren_job_duration_seconds_count"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&metrics, "warren_broker_connected"), Some(1.0));
+    assert!(
+        metric(&metrics, "warren_workers_connected").unwrap_or(0.0) >= 1.0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics
+            .iter()
+            .any(|(n, _)| n.starts_with("warren_queue_depth{"))
+    );
+
+    // Retry: the commit runs again and gets a second verdict.
+    let (status, answer) = json(
+        "POST",
+        &format!("{base}/api/commits/sample/{passing}/retry"),
+    );
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        wait_until(DEADLINE, || {
+            metric(&scrape(&base), "warren_commits_total{status=\"passed\"}") == Some(2.0)
+        }),
+        "{}",
+        cluster.all_logs()
+    );
+    let (_, detail) = json("GET", &format!("{base}/api/commits/sample/{passing}"));
+    assert_eq!(detail["jobs"][0]["attempt"], 2);
+
+    // Cancel: a long job is stopped on the worker, its slot freed.
+    let marks = cluster.root().join("started");
+    let slow = format!(
+        "command = \"touch {}; sleep 60\"\ntimeout = \"2m\"\n",
+        marks.display()
+    );
+    let long = cluster
+        .upstream
+        .commit("main", "slow", &[("warren.toml", Some(&slow))]);
+    wait_started(&cluster, &marks);
+    let (status, answer) = json("POST", &format!("{base}/api/commits/sample/{long}/cancel"));
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        json("POST", &format!("{base}/api/commits/sample/{long}/cancel")).0,
+        409
+    );
+    let report = cluster
+        .wait_for_results(std::slice::from_ref(&long), DEADLINE)
+        .unwrap()
+        .remove(0);
+    assert_eq!(report["status"], "cancelled");
+    let quick = cluster.upstream.commit(
+        "main",
+        "quick",
+        &[("warren.toml", Some("command = \"echo quick\"\n"))],
+    );
+    let started = Instant::now();
+    let report = cluster
+        .wait_for_results(std::slice::from_ref(&quick), DEADLINE)
+        .unwrap()
+        .remove(0);
+    assert_eq!(report["status"], "passed");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the cancelled job's slot was freed"
+    );
+}
+
+/// A tiny HTTP server that records the bodies POSTed to it; the first
+/// `fail_first` requests get a 500.
+fn webhook_receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&bodies);
+    std::thread::spawn(move || {
+        let mut requests = 0;
+        for stream in listener.incoming().flatten() {
+            requests += 1;
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let mut stream = reader.into_inner();
+            if requests <= fail_first {
+                let _ = stream.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            } else {
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            }
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_commit_is_posted_to_the_webhooks_with_retries() {
+    let (url, bodies) = webhook_receiver(1);
+    let mut options = ClusterOptions::new("o-webhook");
+    options.workers = 1;
+    options.dispatcher_env = vec![("WARREN_NOTIFY__WEBHOOKS".into(), url)];
+    let cluster = Cluster::start(options);
+    let sha = cluster.upstream.commit(
+        "main",
+        "notify me",
+        &[("warren.toml", Some("command = \"exit 3\"\n"))],
+    );
+    cluster
+        .wait_for_results(std::slice::from_ref(&sha), DEADLINE)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || !bodies
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "{}",
+        cluster.all_logs()
+    );
+    let body: serde_json::Value = serde_json::from_str(&bodies.lock().unwrap()[0]).unwrap();
+    assert_eq!(body["event"], "commit.finished");
+    assert_eq!(body["sha"], sha.as_str());
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["message"], "the command exited with status 3");
+}

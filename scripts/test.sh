@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-broker.sh
+# The status page's test drives Debian's Chromium with playwright-core.
+scripts/ensure-browser.sh
 
 serial='binary_id(warren-harness::broker_faults)'
 if cargo nextest --version >/dev/null 2>&1; then

@@ -1,11 +1,12 @@
 //! A connection to the broker, with publisher confirms.
 //!
-//! A [`Session`] is one AMQP connection with two publishing channels: one in
-//! confirm mode, for everything that must not be lost (a publish returns only
-//! once the broker has taken responsibility for the message, and a message
-//! that no queue would receive is an error, not a success), and one without
-//! confirms for transient events. Consumers get channels of their own, each
-//! with its prefetch.
+//! A [`Session`] is one AMQP connection with three publishing channels: one
+//! in confirm mode, for everything that must not be lost (a publish returns
+//! only once the broker has taken responsibility for the message, and a
+//! message that no queue would receive is an error, not a success), one
+//! without confirms for transient events, and one without confirms for
+//! live output to a named exchange. Consumers get channels of their own,
+//! each with its prefetch.
 //!
 //! Sessions do not recover by themselves: lapin's automatic recovery does not
 //! restore everything (a channel the server closed, prefetch). When a session
@@ -94,6 +95,10 @@ pub struct Session {
     connection: Connection,
     confirmed: Channel,
     transient: Channel,
+    /// For [`Session::publish_transient_to`]: a publish the broker refuses
+    /// (no permission on the logs exchange, the exchange not declared yet)
+    /// closes this channel only, never the one of job events and statuses.
+    live: Channel,
     topology: Topology,
     app_id: &'static str,
 }
@@ -155,11 +160,16 @@ impl Session {
             .create_channel()
             .await
             .map_err(broker_error("opening a channel"))?;
+        let live = connection
+            .create_channel()
+            .await
+            .map_err(broker_error("opening a channel"))?;
         debug!(url = %broker.safe_url(), name, "connected to the broker");
         Ok(Self {
             connection,
             confirmed,
             transient,
+            live,
             topology: broker.topology.clone(),
             app_id,
         })
@@ -255,7 +265,9 @@ impl Session {
     }
 
     /// Publishes a transient message to a named exchange (live job output to
-    /// the logs exchange): no confirm, no persistence, not mandatory.
+    /// the logs exchange): no confirm, no persistence, not mandatory. On a
+    /// channel of its own: if the broker refuses it, later calls fail until
+    /// the next session, and [`Session::publish_transient`] is unaffected.
     pub async fn publish_transient_to<M: Message>(
         &self,
         exchange: &str,
@@ -263,7 +275,7 @@ impl Session {
         outgoing: Outgoing<'_>,
     ) -> Result<(), PublishError> {
         let properties = self.properties(M::TYPE, &outgoing);
-        self.transient
+        self.live
             .basic_publish(
                 ShortString::from(exchange.to_owned()),
                 ShortString::from(outgoing.routing_key.to_owned()),

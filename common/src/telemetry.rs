@@ -17,6 +17,14 @@ pub fn init(settings: &LogSettings) {
         .with_ansi(std::io::stderr().is_terminal());
     match settings.format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // The event's fields at the top level, and the fields of the span
+        // it is in (a worker's `repo`, `sha`, `job`, `attempt`) under
+        // "span"; not the list of every enclosing span, which repeats them.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }

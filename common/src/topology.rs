@@ -247,12 +247,11 @@ impl Topology {
     /// Deletes every queue and exchange of this prefix. For tests and for
     /// operators tearing an installation down; messages in the queues are lost.
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
-        channel
-            .exchange_delete(
-                ShortString::from(self.control_exchange()),
-                Default::default(),
-            )
-            .await?;
+        for exchange in [self.control_exchange(), self.logs_exchange()] {
+            channel
+                .exchange_delete(ShortString::from(exchange), Default::default())
+                .await?;
+        }
         for queue in Queue::ALL {
             let name = self.queue(queue);
             channel

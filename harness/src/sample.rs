@@ -9,7 +9,7 @@ pub const SPEC: &str = "command = \"sh tests/run.sh\"\ntimeout = \"1m\"\n";
 
 const CALC_ADD: &str = "#!/bin/sh\n# usage: calc.sh add|sub A B\ncase \"$1\" in\n  add) echo $(($2 + $3)) ;;\n  *) echo \"unknown operation: $1\" >&2; exit 2 ;;\nesac\n";
 const CALC_ADD_SUB: &str = "#!/bin/sh\n# usage: calc.sh add|sub A B\ncase \"$1\" in\n  add) echo $(($2 + $3)) ;;\n  sub) echo $(($2 - $3)) ;;\n  *) echo \"unknown operation: $1\" >&2; exit 2 ;;\nesac\n";
-const RUN: &str = "#!/bin/sh\n# Runs every tests/test_*.sh; fails if any fails.\nfailed=0\nfor t in tests/test_*.sh; do\n  if sh \"$t\"; then echo \"PASS $t\"; else echo \"FAIL $t\"; failed=1; fi\ndone\nexit $failed\n";
+const RUN: &str = "#!/bin/sh\n# Runs every tests/test_*.sh; fails if any fails. DEMO_SLOW (warren-demo --watch) makes each take a while.\nfailed=0\nfor t in tests/test_*.sh; do\n  [ -n \"$DEMO_SLOW\" ] && sleep 2\n  if sh \"$t\"; then echo \"PASS $t\"; else echo \"FAIL $t\"; failed=1; fi\ndone\nexit $failed\n";
 const TEST_ADD: &str = "#!/bin/sh\n[ \"$(sh calc.sh add 2 3)\" = 5 ]\n";
 const TEST_SUB: &str = "#!/bin/sh\ngot=$(sh calc.sh sub 5 3)\n[ \"$got\" = 2 ] || { echo \"expected 2, got '$got'\"; exit 1; }\n";
 const TEST_SLOW: &str = "#!/bin/sh\necho 'waiting for a server that never answers'\nsleep 30\n";

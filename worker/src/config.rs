@@ -12,11 +12,13 @@
 //! kill_grace = "5s"           # WARREN_WORKER__KILL_GRACE
 //! shutdown_grace = "10m"      # WARREN_WORKER__SHUTDOWN_GRACE
 //! ack_deadline = "25m"        # WARREN_WORKER__ACK_DEADLINE
+//! http_listen = "127.0.0.1:9187"  # WARREN_WORKER__HTTP_LISTEN (default: no HTTP server)
 //! ```
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_common::config::{
@@ -88,6 +90,11 @@ pub struct WorkerSettings {
     /// lease, renewed by heartbeats, protects the job.
     #[serde(default = "default_ack_deadline", with = "humantime_serde")]
     pub ack_deadline: Duration,
+    /// Where to serve `/healthz` and `/metrics` (`127.0.0.1:9187`). None
+    /// by default: several workers may share a host, and each needs a port
+    /// of its own.
+    #[serde(default)]
+    pub http_listen: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -102,6 +109,7 @@ impl Default for WorkerSettings {
             kill_grace: default_kill_grace(),
             shutdown_grace: default_shutdown_grace(),
             ack_deadline: default_ack_deadline(),
+            http_listen: None,
         }
     }
 }
@@ -157,6 +165,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// When a job still running is acknowledged to the broker early.
     pub ack_deadline: Duration,
+    /// The address of the HTTP server (health and metrics), if any. Port 0
+    /// picks a free port (the log says which).
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Reads `path` (if any) and the environment, and validates everything.
@@ -230,6 +241,20 @@ impl WorkerConfig {
             Duration::from_millis(100),
             Duration::from_secs(24 * 60 * 60),
         )?;
+        let http_listen = settings
+            .http_listen
+            .as_deref()
+            .map(|address| {
+                address.trim().parse::<SocketAddr>().map_err(|_| {
+                    source.invalid(
+                        "worker.http_listen",
+                        format!(
+                            "{address:?} is not an IP address and port (\"127.0.0.1:9187\", \"[::1]:9187\")"
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Self {
             broker,
             id,
@@ -242,6 +267,7 @@ impl WorkerConfig {
             kill_grace: settings.kill_grace,
             shutdown_grace: settings.shutdown_grace,
             ack_deadline: settings.ack_deadline,
+            http_listen,
         })
     }
 }
@@ -366,6 +392,7 @@ mod tests {
                 .allows(&RepoName::parse("anything").unwrap())
         );
         assert!(config.id.as_str().len() > 9, "{}", config.id);
+        assert_eq!(config.http_listen, None, "no HTTP server unless asked");
     }
 
     #[test]
@@ -395,10 +422,15 @@ mod tests {
             heartbeat_interval = "2s"
             kill_grace = "1s"
             shutdown_grace = "1m"
+            http_listen = "127.0.0.1:9187"
             "#,
         )
         .unwrap();
         assert_eq!(config.id.as_str(), "build-1");
+        assert_eq!(
+            config.http_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9187)))
+        );
         assert_eq!(config.slots, 4);
         assert_eq!(config.output_limit, 2048);
         let allows = |name: &str| config.allowed_repos.allows(&RepoName::parse(name).unwrap());
@@ -452,6 +484,21 @@ mod tests {
                 "shutdown_grace = \"30d\"",
                 "worker.shutdown_grace",
                 "WARREN_WORKER__SHUTDOWN_GRACE",
+            ),
+            (
+                "http_listen = \"localhost\"",
+                "worker.http_listen",
+                "WARREN_WORKER__HTTP_LISTEN",
+            ),
+            (
+                "http_listen = \"127.0.0.1:99999\"",
+                "worker.http_listen",
+                "WARREN_WORKER__HTTP_LISTEN",
+            ),
+            (
+                "http_listen = \"\"",
+                "worker.http_listen",
+                "WARREN_WORKER__HTTP_LISTEN",
             ),
         ];
         for (line, key, env) in cases {

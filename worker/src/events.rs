@@ -1,11 +1,14 @@
-//! Transient progress reports (`started`, `heartbeat`) about the jobs in hand.
+//! Transient progress reports (`started`, `heartbeat`) about the jobs in
+//! hand, and their live output ([`crate::live`]).
 //!
 //! Events go through whichever broker session is current: a job that started
 //! before a reconnection keeps reporting on the new connection. Losing one is
 //! harmless (the next heartbeat replaces it), so a send never fails a job and
 //! never waits long.
 
+use crate::live::LiveOutput;
 use chrono::Utc;
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -28,6 +31,8 @@ pub struct Events {
     session: CurrentSession,
     worker: WorkerId,
     host: String,
+    /// False for [`Events::disabled`]: no live output either.
+    enabled: bool,
 }
 
 impl Events {
@@ -37,13 +42,26 @@ impl Events {
             session,
             worker,
             host,
+            enabled: true,
         }
     }
 
     /// Events that go nowhere (for driving a job without a broker).
     pub fn disabled(worker: WorkerId) -> Self {
         let (_, session) = watch::channel(None);
-        Self::new(session, worker, warren_common::hostname())
+        Self {
+            enabled: false,
+            ..Self::new(session, worker, warren_common::hostname())
+        }
+    }
+
+    /// Starts the live output of run `run_id` of `job` through the current
+    /// session, counting what it drops in `dropped`.
+    pub fn live_output(&self, job: &Job, run_id: uuid::Uuid, dropped: Counter) -> LiveOutput {
+        if !self.enabled || std::env::var_os("NOLIVE").is_some() {
+            return LiveOutput::disabled();
+        }
+        LiveOutput::start(self.session.clone(), job, run_id, dropped)
     }
 
     /// Reports `kind` for run `run_id` of `job`; failures are logged at debug level only.

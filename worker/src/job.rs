@@ -3,14 +3,19 @@
 //! [`execute`] decodes the body and [`execute_job`] checks the allow-list
 //! and the command's placeholders, prepares the work tree, runs the command
 //! ([`crate::suite`]: once, per file, reruns) and builds the [`JobResult`],
-//! sending `started` and `heartbeat` events meanwhile. Neither touches the
-//! delivery: publishing, acking and dead-lettering are the service loop's,
-//! so a test can drive one job with a body and a folder.
+//! sending `started` and `heartbeat` events and the live output meanwhile.
+//! Neither touches the delivery: publishing, acking and dead-lettering are
+//! the service loop's, so a test can drive one job with a body and a folder.
+//!
+//! Every line logged about a job is in a span with its `repo`, `sha`, `job`
+//! and `attempt` ([`job_span`] for the service loop, `execute_job`'s own
+//! here), also from the tasks a job starts.
 
 use crate::cancel::{JobStop, StopReason};
 use crate::checkout::{self, CheckoutError, CheckoutRequest};
 use crate::config::{AllowList, WorkerConfig};
 use crate::events::Events;
+use crate::metrics::Metrics;
 use crate::output::{self, CapturedOutput};
 use crate::substitute::{self, Placeholder, SubstituteError};
 use crate::suite::{self, Ran, SuiteEnd};
@@ -25,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{Span, info, info_span, instrument, warn};
 use warren_common::ids::WorkerId;
 use warren_common::messages::{
     Job, JobEventKind, JobResult, JobStatus, MAX_BODY_BYTES, TestStatus, decode, encode,
@@ -72,11 +77,14 @@ pub struct JobRunner {
     pub heartbeat_interval: Duration,
     /// The environment the commands start from (without `WARREN_*`).
     pub base_env: Vec<(OsString, OsString)>,
+    /// Where checkout and run times (and dropped live output) are counted.
+    pub metrics: Metrics,
 }
 
 impl JobRunner {
-    /// A runner with `config`'s settings and this process's environment.
-    pub fn new(config: &WorkerConfig) -> Self {
+    /// A runner with `config`'s settings and this process's environment,
+    /// counting in `metrics`.
+    pub fn new(config: &WorkerConfig, metrics: Metrics) -> Self {
         Self {
             worker: config.id.clone(),
             host: config.host.clone(),
@@ -85,8 +93,15 @@ impl JobRunner {
             kill_grace: config.kill_grace,
             heartbeat_interval: config.heartbeat_interval,
             base_env: std::env::vars_os().collect(),
+            metrics,
         }
     }
+}
+
+/// The span of every line about `job` outside [`execute_job`]: taking it,
+/// publishing its result, acking, cancelling.
+pub fn job_span(job: &Job) -> Span {
+    info_span!("job", repo = %job.repo, sha = %job.sha, job = %job.job_id, attempt = job.attempt)
 }
 
 /// Decodes a delivery's body as a job; `Err` is the reason to dead-letter
@@ -151,19 +166,35 @@ pub async fn execute_job(
         runner.heartbeat_interval,
         async {
             let checkout_started = Instant::now();
-            let tree = match prepare_tree(slot_dir, job, stop.token()).await {
+            let prepared = prepare_tree(slot_dir, job, stop.token()).await;
+            let checkout_time = checkout_started.elapsed();
+            let tree = match prepared {
                 Ok(tree) => tree,
                 Err(CheckoutError::Interrupted) => return stopped(stop),
                 Err(error) => {
                     warn!(%error, "checkout failed");
-                    return Outcome::Finished(
-                        report.error(error.to_string(), checkout_started.elapsed()),
-                    );
+                    runner.metrics.observe_checkout(checkout_time);
+                    return Outcome::Finished(report.error(error.to_string(), checkout_time));
                 }
             };
-            let checkout_time = checkout_started.elapsed();
-            match suite::run(runner, job, &tree.path, placeholder, stop.token()).await {
-                SuiteEnd::Ran(ran) => Outcome::Finished(report.ran(*ran, checkout_time)),
+            runner.metrics.observe_checkout(checkout_time);
+            let live = events.live_output(job, report.run_id, runner.metrics.live_dropped());
+            let ended = suite::run(
+                runner,
+                job,
+                &tree.path,
+                placeholder,
+                stop.token(),
+                live.sink(),
+            )
+            .await;
+            // Before the result: a follower sees the last lines first.
+            live.finish().await;
+            match ended {
+                SuiteEnd::Ran(ran) => {
+                    runner.metrics.observe_run(ran.duration);
+                    Outcome::Finished(report.ran(*ran, checkout_time))
+                }
                 SuiteEnd::Stopped => stopped(stop),
             }
         },
@@ -240,7 +271,10 @@ async fn prepare_tree(
         job.sha.clone(),
     );
     let flag = Arc::clone(&interrupt);
+    // The checkout logs in the job's span.
+    let span = Span::current();
     let mut task = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         let request = CheckoutRequest {
             slot_dir: &slot_dir,
             repo: &repo,
@@ -445,6 +479,7 @@ mod tests {
                 ("WARREN_ANYTHING".into(), "x".into()),
                 ("KEEP_ME".into(), "kept".into()),
             ],
+            metrics: Metrics::default(),
         }
     }
 

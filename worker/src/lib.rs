@@ -19,6 +19,12 @@
 //!   the whole group, and bounded output.
 //! - [`output`]: head + tail capture of a command's output within a budget.
 //! - [`events`]: transient job events through the current connection.
+//! - [`live`]: a running job's output, live, in chunks of whole lines, never
+//!   slowing the job (bounded, dropping and counting).
+//! - [`presence`]: the worker's status (slots, busy, jobs done) every
+//!   heartbeat interval, busy or idle.
+//! - [`metrics`]: Prometheus metrics; [`http`]: `/healthz` and `/metrics` on
+//!   `worker.http_listen`.
 //! - [`outbox`]: results kept across a lost connection.
 
 pub mod cancel;
@@ -26,10 +32,14 @@ pub mod checkout;
 pub mod config;
 pub mod events;
 pub mod flaky;
+pub mod http;
 pub mod job;
 pub mod junit;
+pub mod live;
+pub mod metrics;
 pub mod outbox;
 pub mod output;
+pub mod presence;
 pub mod run;
 pub mod service;
 pub mod substitute;

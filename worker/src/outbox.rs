@@ -44,7 +44,9 @@ impl Outbox {
         if self.results.len() >= self.capacity
             && let Some(dropped) = self.results.pop_front()
         {
-            error!(job = %dropped.result.job_id, attempt = dropped.result.attempt,
+            let result = &dropped.result;
+            error!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
+                attempt = result.attempt,
                 "result dropped: too many unpublished results; the job will run again");
         }
         self.results.push_back(Kept { result, tries: 0 });
@@ -66,7 +68,9 @@ impl Outbox {
         if let Some(kept) = self.results.front_mut() {
             kept.tries += 1;
             if kept.tries >= MAX_PUBLISH_TRIES {
-                error!(job = %kept.result.job_id, attempt = kept.result.attempt, tries = kept.tries,
+                let result = &kept.result;
+                error!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
+                    attempt = result.attempt, tries = kept.tries,
                     "result dropped: the broker refused it every time; the job will run again");
                 self.results.pop_front();
             }

@@ -11,6 +11,7 @@
 //! gone the rest is drained for a bounded time only, because a grandchild that
 //! escaped the group (`setsid`) may hold the pipe open for ever.
 
+use crate::live::LiveSink;
 use crate::output::{CapturedOutput, OutputCapture};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
@@ -28,7 +29,7 @@ use tokio::net::unix::pipe;
 use tokio::process::Child;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Span, debug, warn};
 
 /// Longest grace between SIGTERM and SIGKILL for processes a command left
 /// behind after it exited by itself: they had their chance, and the next job
@@ -68,6 +69,8 @@ pub struct CommandSpec {
     pub kill_grace: Duration,
     /// Bytes of output kept.
     pub output_limit: usize,
+    /// Where the output also goes as it is read (never waits).
+    pub live: LiveSink,
 }
 
 /// How the command ended.
@@ -167,7 +170,9 @@ pub async fn run(spec: &CommandSpec, abort: &CancellationToken) -> Result<Finish
     let mut reader = tokio::spawn(read_output(
         receiver,
         spec.output_limit,
+        spec.live.clone(),
         stop_reading.clone(),
+        Span::current(),
     ));
 
     let ending = tokio::select! {
@@ -203,6 +208,7 @@ pub async fn run(spec: &CommandSpec, abort: &CancellationToken) -> Result<Finish
             reader_result(reader.await)
         }
     };
+    spec.live.end_of_run();
     let mut output = capture.finish();
     if !complete {
         warn!("a process outside the command's group keeps its output open; stopped reading");
@@ -235,12 +241,15 @@ fn reader_result(
     })
 }
 
-/// Reads the pipe into a capture until its end (returns true) or `stop`
-/// (returns false).
+/// Reads the pipe into a capture (and to `live`) until its end (returns
+/// true) or `stop` (returns false). Logs in `span`, the job's: entered only
+/// to log, not on every read of a flood (as instrumenting the task would).
 async fn read_output(
     mut pipe: pipe::Receiver,
     limit: usize,
+    live: LiveSink,
     stop: CancellationToken,
+    span: Span,
 ) -> (OutputCapture, bool) {
     let mut capture = OutputCapture::new(limit);
     let mut buffer = vec![0_u8; READ_CHUNK];
@@ -252,10 +261,13 @@ async fn read_output(
             () = stop.cancelled() => return (capture, false),
             read = pipe.read(&mut buffer) => match read {
                 Ok(0) => return (capture, true),
-                Ok(n) => capture.push(&buffer[..n]),
+                Ok(n) => {
+                    capture.push(&buffer[..n]);
+                    live.push(&buffer[..n]);
+                }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
-                    warn!(%error, "reading the command's output failed");
+                    span.in_scope(|| warn!(%error, "reading the command's output failed"));
                     return (capture, true);
                 }
             },
@@ -344,6 +356,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             kill_grace: Duration::from_millis(300),
             output_limit: 1024 * 1024,
+            live: LiveSink::disabled(),
         }
     }
 

@@ -11,12 +11,19 @@
 //! `CancelJobs` naming a job in a slot kills it through that slot's
 //! [`JobStop`]; its delivery is acked without a result, and a later
 //! delivery of a cancelled job is acked and dropped without running.
+//!
+//! Beside the loop: [`crate::presence`] announces the worker on the events
+//! queue, and with `worker.http_listen` [`crate::http`] serves `/healthz`
+//! and `/metrics` ([`crate::metrics`], which the loop keeps up to date).
+//! Both stop when the loop does.
 
 use crate::cancel::{CancelledJobs, ControlQueue, JobStop, decode_cancel};
 use crate::config::WorkerConfig;
 use crate::events::Events;
 use crate::job::{self, JobRunner, Outcome};
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::presence::{self, Presence};
 use anyhow::Context as _;
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery;
@@ -28,13 +35,14 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 use warren_common::backoff::Backoff;
-use warren_common::ids::{CommitId, JobId, RepoName};
+use warren_common::ids::JobId;
 use warren_common::messages::{Job, JobResult};
 use warren_common::session::{Outgoing, Session, message_id};
 use warren_common::shutdown::Shutdown;
@@ -81,6 +89,15 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the slot folder {}", dir.display()))?;
     }
+    // Before anything else: a port already taken is a configuration error.
+    let listener = match config.http_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on worker.http_listen = {address}"))?,
+        ),
+        None => None,
+    };
     info!(
         worker = %config.id,
         slots = config.slots,
@@ -91,7 +108,26 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         "worker starting"
     );
     let mut service = Service::new(config, shutdown);
+    // Stops the presence task and the HTTP server when the loop ends.
+    let beside = CancellationToken::new();
+    if let Some(listener) = listener {
+        if let Ok(address) = listener.local_addr() {
+            info!(%address, "serving /healthz and /metrics over HTTP");
+        }
+        service.tracker.spawn(crate::http::serve(
+            listener,
+            service.metrics.clone(),
+            beside.clone(),
+        ));
+    }
+    service.tracker.spawn(presence::announce(
+        service.presence.clone(),
+        service.session_tx.subscribe(),
+        service.config.heartbeat_interval,
+        beside.clone(),
+    ));
     let result = service.run().await;
+    beside.cancel();
     service.tracker.close();
     if tokio::time::timeout(ABORT_WAIT, service.tracker.wait())
         .await
@@ -114,6 +150,8 @@ struct Done {
     delivery: Delivery,
     /// `Err` when the job's task panicked.
     outcome: Result<Outcome, String>,
+    /// The job's span ([`job::job_span`]), for the lines about settling it.
+    span: Span,
 }
 
 /// Where the worker is in stopping.
@@ -173,12 +211,11 @@ struct ConnectionLost(String);
 /// The job in a slot, to find and stop it by id.
 struct Running {
     job_id: JobId,
-    attempt: u32,
-    repo: RepoName,
-    sha: CommitId,
     stop: JobStop,
     /// Set when the dispatcher cancelled it: (reason, when).
     cancelled: Option<(String, Instant)>,
+    /// The job's span ([`job::job_span`]).
+    span: Span,
 }
 
 /// The channels of one connection, closed only after the connection: a
@@ -202,6 +239,10 @@ struct Service {
     done_rx: mpsc::UnboundedReceiver<Done>,
     session_tx: watch::Sender<Option<Arc<Session>>>,
     events: Events,
+    /// What `/metrics` shows.
+    metrics: Metrics,
+    /// What the worker's statuses say.
+    presence: Presence,
     /// Slot numbers not running a job; the lowest is used first, so the
     /// clones of slot 0 are the warmest.
     free_slots: BTreeSet<u16>,
@@ -226,8 +267,12 @@ impl Service {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (session_tx, session_rx) = watch::channel(None);
         let events = Events::new(session_rx, config.id.clone(), config.host.clone());
+        let metrics = Metrics::new(config.slots);
+        let presence = Presence::new(config.id.clone(), config.host.clone(), config.slots);
         Self {
-            runner: Arc::new(JobRunner::new(&config)),
+            runner: Arc::new(JobRunner::new(&config, metrics.clone())),
+            metrics,
+            presence,
             free_slots: (0..config.slots).collect(),
             running: BTreeMap::new(),
             cancelled: CancelledJobs::default(),
@@ -350,6 +395,8 @@ impl Service {
     async fn serve(&mut self, session: &Arc<Session>) -> Result<(), ConnectionLost> {
         self.generation += 1;
         info!(generation = self.generation, "connected to the broker");
+        self.metrics.set_connected(true);
+        // Also tells the presence task to announce the worker at once.
         self.session_tx.send_replace(Some(Arc::clone(session)));
         // The consumer's channel lives as long as the session, even after the
         // consumer is cancelled: lapin closes a channel when its last handle
@@ -357,6 +404,13 @@ impl Service {
         let mut channels = Channels::default();
         let result = self.serve_session(session, &mut channels).await;
         self.session_tx.send_replace(None);
+        if result.is_ok() && self.in_flight == 0 && session.is_connected() {
+            // A clean stop: the last word is that nothing runs here.
+            let mut status = self.presence.status();
+            status.busy = 0;
+            self.presence.publish(session, &status).await;
+        }
+        self.metrics.set_connected(false);
         // Closing requeues every delivery not acked (jobs abandoned or whose
         // result could not be published).
         session.close().await;
@@ -428,7 +482,10 @@ impl Service {
                     channels.control_retry = None;
                     self.listen_for_cancellations(session, channels).await;
                 }
-                Some(done) = self.done_rx.recv() => self.settle(session, done).await?,
+                Some(done) = self.done_rx.recv() => {
+                    let span = done.span.clone();
+                    self.settle(session, done).instrument(span).await?;
+                }
                 step = stop => {
                     let was_running = self.stop == Stop::Running;
                     self.apply(step);
@@ -541,9 +598,10 @@ impl Service {
                 if running.job_id != *id || running.cancelled.is_some() {
                     continue;
                 }
-                info!(repo = %running.repo, sha = %running.sha, job = %running.job_id,
-                    attempt = running.attempt, reason = %cancel.reason,
-                    "job cancelled by the dispatcher: killing its processes; no result will be published");
+                running.span.in_scope(|| {
+                    info!(reason = %cancel.reason,
+                        "job cancelled by the dispatcher: killing its processes; no result will be published");
+                });
                 running.cancelled = Some((cancel.reason.clone(), now));
                 running.stop.cancel();
             }
@@ -561,37 +619,38 @@ impl Service {
             Ok(job) => job,
             Err(reason) => return dead_letter(session, &delivery, &reason).await,
         };
+        let span = job::job_span(&job);
         if self
             .cancelled
             .contains(&job.job_id, Instant::now().into_std())
         {
-            info!(repo = %job.repo, sha = %job.sha, job = %job.job_id, attempt = job.attempt,
-                "job dropped without running: the dispatcher cancelled it");
-            return ack(&delivery).await;
+            span.in_scope(|| info!("job dropped without running: the dispatcher cancelled it"));
+            return ack(&delivery).instrument(span).await;
         }
-        self.start_job(job, delivery).await;
+        self.start_job(job, delivery, span).await;
         Ok(())
     }
 
-    async fn start_job(&mut self, job: Job, delivery: Delivery) {
+    async fn start_job(&mut self, job: Job, delivery: Delivery, span: Span) {
         let Some(slot) = self.free_slots.pop_first() else {
             // Cannot happen with prefetch = slots; if it does, the job goes
             // back to the queue rather than wait here.
-            error!(message_id = %message_id(&delivery), "a job arrived with every slot busy; requeueing it");
+            span.in_scope(|| {
+                error!(message_id = %message_id(&delivery), "a job arrived with every slot busy; requeueing it");
+            });
             let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
             return;
         };
         self.in_flight += 1;
+        self.note_busy();
         let stop = JobStop::new(&self.abort);
         self.running.insert(
             slot,
             Running {
                 job_id: job.job_id,
-                attempt: job.attempt,
-                repo: job.repo.clone(),
-                sha: job.sha.clone(),
                 stop: stop.clone(),
                 cancelled: None,
+                span: span.clone(),
             },
         );
         let runner = Arc::clone(&self.runner);
@@ -600,35 +659,42 @@ impl Service {
         let dir = slot_dir(&self.config, slot);
         let generation = self.generation;
         let ack_deadline = self.config.ack_deadline;
-        self.tracker.spawn(async move {
-            let outcome = {
-                let job = AssertUnwindSafe(job::execute_job(&runner, &dir, &job, &events, &stop))
-                    .catch_unwind();
-                let mut job = std::pin::pin!(job);
-                tokio::select! {
-                    outcome = &mut job => outcome,
-                    () = tokio::time::sleep(ack_deadline) => {
-                        ack_early(&delivery, ack_deadline).await;
-                        job.await
+        let task_span = span.clone();
+        self.tracker.spawn(
+            async move {
+                let outcome = {
+                    let job =
+                        AssertUnwindSafe(job::execute_job(&runner, &dir, &job, &events, &stop))
+                            .catch_unwind();
+                    let mut job = std::pin::pin!(job);
+                    tokio::select! {
+                        outcome = &mut job => outcome,
+                        () = tokio::time::sleep(ack_deadline) => {
+                            ack_early(&delivery, ack_deadline).await;
+                            job.await
+                        }
                     }
-                }
-            };
-            let outcome = outcome.map_err(|panic| panic_message(panic.as_ref()));
-            // The receiver lives as long as the service; if it is gone the
-            // worker is exiting and the broker requeues the job.
-            let _ = done_tx.send(Done {
-                generation,
-                slot,
-                delivery,
-                outcome,
-            });
-        });
+                };
+                let outcome = outcome.map_err(|panic| panic_message(panic.as_ref()));
+                // The receiver lives as long as the service; if it is gone the
+                // worker is exiting and the broker requeues the job.
+                let _ = done_tx.send(Done {
+                    generation,
+                    slot,
+                    delivery,
+                    outcome,
+                    span,
+                });
+            }
+            .instrument(task_span),
+        );
     }
 
     /// A job came back while connected: publish then ack; or, cancelled,
     /// just ack.
     async fn settle(&mut self, session: &Session, done: Done) -> Result<(), ConnectionLost> {
         let cancelled = self.release(done.slot);
+        self.count(cancelled.is_some(), &done.outcome);
         let current = done.generation == self.generation;
         let delivery = done.delivery;
         if let Some((reason, since)) = cancelled {
@@ -645,11 +711,13 @@ impl Service {
         match done.outcome {
             Ok(Outcome::Finished(result)) => {
                 if let Err(error) = publish_result(session, &result).await {
+                    warn!(%error, "result not published; kept for the next connection");
                     self.outbox.push(*result);
                     return Err(ConnectionLost(format!("publishing a result: {error}")));
                 }
                 if current {
                     ack(&delivery).await?;
+                    debug!("job acknowledged");
                 }
             }
             Ok(Outcome::Poison { reason }) if current => {
@@ -688,7 +756,9 @@ impl Service {
 
     /// A job came back while disconnected: keep its result for later.
     fn settle_offline(&mut self, done: Done) {
-        if self.release(done.slot).is_some() {
+        let cancelled = self.release(done.slot);
+        self.count(cancelled.is_some(), &done.outcome);
+        if cancelled.is_some() {
             // Cancelled: its delivery returns to the queue with the lost
             // connection, and is dropped when it comes back.
             return;
@@ -705,10 +775,31 @@ impl Service {
     /// if it was cancelled.
     fn release(&mut self, slot: u16) -> Option<(String, Instant)> {
         self.in_flight -= 1;
+        self.note_busy();
         self.free_slots.insert(slot);
         self.running
             .remove(&slot)
             .and_then(|running| running.cancelled)
+    }
+
+    /// Tells the metrics and the worker's status how many slots are busy.
+    fn note_busy(&self) {
+        self.metrics.set_busy(self.in_flight);
+        self.presence.set_busy(self.in_flight);
+    }
+
+    /// Counts a job that came back: with its result's status, or as
+    /// cancelled. A job given back to the broker (abandoned, poison, a
+    /// panic) has no verdict here and is not counted.
+    fn count(&self, cancelled: bool, outcome: &Result<Outcome, String>) {
+        let status = match outcome {
+            _ if cancelled => "cancelled",
+            Ok(Outcome::Cancelled) => "cancelled",
+            Ok(Outcome::Finished(result)) => result.status.as_str(),
+            Ok(Outcome::Abandoned | Outcome::Poison { .. }) | Err(_) => return,
+        };
+        self.metrics.job_finished(status);
+        self.presence.job_done();
     }
 
     /// Publishes the results kept from earlier connections.
@@ -720,7 +811,8 @@ impl Service {
             );
         }
         while let Some(result) = self.outbox.front() {
-            match publish_result(session, result).await {
+            let span = result_span(result);
+            match publish_result(session, result).instrument(span).await {
                 Ok(()) => self.outbox.published(),
                 Err(error) => {
                     self.outbox.failed();
@@ -780,6 +872,13 @@ async fn dead_letter(
     }
 }
 
+/// The span of a result published after its job's task is gone (kept
+/// across a lost connection): the same fields as [`job::job_span`].
+fn result_span(result: &JobResult) -> Span {
+    info_span!("job", repo = %result.repo, sha = %result.sha, job = %result.job_id,
+        attempt = result.attempt)
+}
+
 /// Publishes `result` and waits for the broker's confirm.
 async fn publish_result(session: &Session, result: &JobResult) -> Result<(), String> {
     let outgoing = Outgoing {
@@ -799,7 +898,7 @@ async fn publish_result(session: &Session, result: &JobResult) -> Result<(), Str
     .await
     {
         Ok(Ok(())) => {
-            debug!(job = %result.job_id, attempt = result.attempt, "result published");
+            debug!("result published");
             Ok(())
         }
         Ok(Err(error)) => Err(error.to_string()),

@@ -13,11 +13,14 @@
 //! `WARREN_FILES`, and is followed by a read of the job's JUnit report
 //! (deleted before the run, so an old one is never read as new). The
 //! outputs of all runs make one [`Transcript`], each after a `==>` header
-//! line once there is more than one run.
+//! line once there is more than one run. The output also goes out live
+//! ([`crate::live`]) as it is written, with a `==> …` line before each run
+//! that has a header (the transcript's header adds how the run ended).
 
 use crate::flaky::{self, TestBook};
 use crate::job::{JobRunner, job_environment};
 use crate::junit::{self, MAX_TEST_CASES};
+use crate::live::LiveSink;
 use crate::output::{CapturedOutput, Transcript};
 use crate::run::{self, CommandSpec, Ending};
 use crate::substitute::{self, Placeholder};
@@ -67,13 +70,15 @@ pub enum SuiteEnd {
 }
 
 /// Runs `job`'s command in the checkout `cwd`, using `placeholder` (checked
-/// by the caller, `{file}` only with files), until done or `stop`.
+/// by the caller, `{file}` only with files), until done or `stop`; the
+/// output also goes to `live`.
 pub async fn run(
     runner: &JobRunner,
     job: &Job,
     cwd: &Path,
     placeholder: Placeholder,
     stop: &CancellationToken,
+    live: LiveSink,
 ) -> SuiteEnd {
     let started = Instant::now();
     let suite = Suite {
@@ -89,6 +94,7 @@ pub async fn run(
         book: TestBook::new(MAX_TEST_CASES),
         problems: Problems::default(),
         files_noted: false,
+        live,
     };
     suite.run().await
 }
@@ -272,6 +278,8 @@ struct Suite<'a> {
     problems: Problems,
     /// Whether the output already says that `WARREN_FILES` is too long.
     files_noted: bool,
+    /// Where the output goes live.
+    live: LiveSink,
 }
 
 impl Suite<'_> {
@@ -476,6 +484,9 @@ impl Suite<'_> {
     /// and reads the new report.
     async fn run_once(&mut self, files: &[SuitePath], label: Label<'_>) -> Step {
         self.remove_stale_report().await;
+        if let Some(header) = &label.header {
+            self.live.header(&format!("==> {header}"));
+        }
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let started = Instant::now();
         let (verdict, output, duration) = if remaining.is_zero() {
@@ -554,6 +565,7 @@ impl Suite<'_> {
             timeout,
             kill_grace: self.runner.kill_grace,
             output_limit: self.runner.output_limit,
+            live: self.live.clone(),
         })
     }
 
@@ -734,6 +746,7 @@ mod tests {
             kill_grace: Duration::from_millis(200),
             heartbeat_interval: Duration::from_secs(5),
             base_env: vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_default())],
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 
@@ -774,7 +787,17 @@ mod tests {
     async fn run_job(job: &Job, cwd: &Path) -> Ran {
         run::adopt_orphans();
         let placeholder = substitute::placeholder(&job.command).unwrap();
-        match run(&runner(), job, cwd, placeholder, &CancellationToken::new()).await {
+        let stop = CancellationToken::new();
+        match run(
+            &runner(),
+            job,
+            cwd,
+            placeholder,
+            &stop,
+            LiveSink::disabled(),
+        )
+        .await
+        {
             SuiteEnd::Ran(ran) => *ran,
             SuiteEnd::Stopped => panic!("stopped"),
         }
@@ -1186,8 +1209,43 @@ exit $status
             canceller.cancel();
         });
         run::adopt_orphans();
-        let end = run(&runner(), &job, dir.path(), Placeholder::EachFile, &stop).await;
+        let end = run(
+            &runner(),
+            &job,
+            dir.path(),
+            Placeholder::EachFile,
+            &stop,
+            LiveSink::disabled(),
+        )
+        .await;
         assert!(matches!(end, SuiteEnd::Stopped), "{end:?}");
         assert!(!dir.path().join("b-ran").exists());
+    }
+
+    #[tokio::test]
+    async fn live_output_has_every_run_after_its_header() {
+        let dir = checkout(&[
+            ("a.sh", "echo A; printf 'no newline'"),
+            ("b.sh", "echo B; exit 1"),
+        ]);
+        let mut job = job(shell("sh {file}"), &["a.sh", "b.sh"]);
+        job.retry_failed = 1;
+        let (live, capture) = crate::live::capture();
+        run::adopt_orphans();
+        let stop = CancellationToken::new();
+        let end = run(
+            &runner(),
+            &job,
+            dir.path(),
+            Placeholder::EachFile,
+            &stop,
+            live,
+        )
+        .await;
+        assert!(matches!(end, SuiteEnd::Ran(_)), "{end:?}");
+        assert_eq!(
+            capture.text(),
+            "==> a.sh\nA\nno newline\n==> b.sh\nB\n==> rerun 1 of 1: b.sh\nB\n"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The real `warren-worker` binary: configuration errors, environment
-//! overrides, a job end to end, and a clean exit on SIGTERM.
+//! overrides, a job end to end, a clean exit on SIGTERM, and JSON logs whose
+//! every line about a job names it.
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -162,6 +163,101 @@ async fn the_binary_runs_a_job_and_stops_cleanly_on_sigterm() {
         !logs.contains("guest:guest"),
         "the password must not be logged: {logs}"
     );
+    session.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn json_logs_give_every_line_about_a_job_its_repo_sha_job_and_attempt() {
+    let broker = TestBroker::new("worker-json-logs");
+    let session = broker.session().await;
+    let upstream = Upstream::new();
+    let sha = upstream.commit("main", "one", &[("a.txt", Some("hello\n"))]);
+    let work = tempfile::tempdir().unwrap();
+    let file = config_file(&format!(
+        "{}\n[worker]\nid = \"json-1\"\nwork_dir = {:?}\n",
+        broker.toml(),
+        work.path().display().to_string()
+    ));
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("worker.log");
+    let mut child = worker_command()
+        .arg("--config")
+        .arg(file.path())
+        .env("WARREN_LOG__FORMAT", "json")
+        .env("WARREN_LOG__LEVEL", "warren_worker=debug,info,lapin=off")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+
+    let job = Job {
+        job_id: JobId::new(),
+        attempt: 3,
+        repo: RepoName::parse("api").unwrap(),
+        url: RepoUrl::parse(&upstream.url()).unwrap(),
+        branch: BranchName::parse("main").unwrap(),
+        sha: CommitId::parse(&sha).unwrap(),
+        shard: Shard::WHOLE,
+        command: TestCommand::Shell("cat a.txt; exit 1".into()),
+        timeout_ms: 60_000,
+        env: BTreeMap::new(),
+        files: Vec::new(),
+        junit: None,
+        retry_failed: 0,
+        published_at: chrono::Utc::now(),
+    };
+    let outgoing = Outgoing {
+        routing_key: job.repo.as_str(),
+        message_id: format!("{}.{}", job.job_id, job.attempt),
+        persistent: true,
+        headers: vec![],
+    };
+    session.publish(Queue::Jobs, &job, outgoing).await.unwrap();
+    let results = broker.take(Queue::Results, 1, WAIT).await;
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(results.len(), 1, "{}", logs());
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(&mut child), Some(0), "{}", logs());
+
+    let logs = logs();
+    let id = job.job_id.to_string();
+    let mut about_the_job = Vec::new();
+    for line in logs.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if !line.contains(&id) {
+            continue;
+        }
+        // The line's own fields, or those of the span it is in.
+        let field = |name: &str| {
+            value
+                .get(name)
+                .or_else(|| value.get("span").and_then(|span| span.get(name)))
+                .cloned()
+        };
+        assert_eq!(field("repo"), Some("api".into()), "{line}");
+        assert_eq!(field("sha"), Some(sha.clone().into()), "{line}");
+        assert_eq!(field("job"), Some(id.clone().into()), "{line}");
+        assert_eq!(field("attempt"), Some(3.into()), "{line}");
+        about_the_job.push(value["message"].as_str().unwrap_or_default().to_owned());
+    }
+    // From the job itself, the checkout on the blocking pool, the command's
+    // runner and the service loop (publishing the result, acking).
+    for expected in [
+        "job started",
+        "fetching",
+        "command started",
+        "job finished",
+        "result published",
+        "job acknowledged",
+    ] {
+        assert!(
+            about_the_job.iter().any(|message| message == expected),
+            "no line {expected:?} about the job in {about_the_job:?}\n{logs}"
+        );
+    }
     session.close().await;
     broker.cleanup().await;
 }

@@ -6,20 +6,24 @@
 //! "long enough": every wait is for a condition, with a deadline.
 //! Set `TEST_LOG=1` to see the worker's logs.
 
-use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Once;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warren_common::config::{BrokerConfig, BrokerSettings, ConfigSource, LogSettings};
 use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath};
 use warren_common::messages::{
-    CancelJobs, Job, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand, TestStatus,
-    decode, encode,
+    CancelJobs, Job, JobEvent, JobEventKind, JobResult, JobStatus, LogLines, Message, Shard,
+    TestCommand, TestStatus, WorkerStatus, decode, encode,
 };
 use warren_common::session::{Outgoing, Session};
 use warren_common::shutdown::Shutdown;
@@ -208,6 +212,66 @@ fn exists(path: &Path) -> impl FnMut() -> bool + '_ {
     move || path.exists()
 }
 
+/// Reads the events queue as the dispatcher does: job events and worker
+/// statuses, told apart by their `type`.
+struct EventReader {
+    session: Session,
+    _channel: Channel,
+    consumer: Consumer,
+}
+
+impl EventReader {
+    async fn open(broker: &TestBroker) -> Self {
+        let session = broker.session().await;
+        let (channel, consumer) = session
+            .consume(Queue::Events, 100, "test-events")
+            .await
+            .expect("consume the events queue");
+        Self {
+            session,
+            _channel: channel,
+            consumer,
+        }
+    }
+
+    /// The next message of type `M` (skipping the other type) within the
+    /// deadline.
+    async fn next<M: Message>(&mut self) -> M {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let delivery = tokio::time::timeout_at(deadline, self.consumer.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {} event in time", M::TYPE))
+                .expect("the consumer is open")
+                .expect("a delivery");
+            delivery.ack(Default::default()).await.expect("ack");
+            let kind = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                .ok()
+                .and_then(|body| body["type"].as_str().map(str::to_owned));
+            if kind.as_deref() == Some(M::TYPE) {
+                return decode::<M>(&delivery.data).expect("a valid event");
+            }
+        }
+    }
+
+    /// The next worker status that satisfies `wanted`.
+    async fn status_where(
+        &mut self,
+        mut wanted: impl FnMut(&WorkerStatus) -> bool,
+    ) -> WorkerStatus {
+        loop {
+            let status = self.next::<WorkerStatus>().await;
+            if wanted(&status) {
+                return status;
+            }
+        }
+    }
+
+    async fn close(self) {
+        self.session.close().await;
+    }
+}
+
 #[tokio::test]
 async fn a_job_is_run_and_its_result_published_then_acked() {
     let broker = TestBroker::new("worker-happy");
@@ -239,13 +303,14 @@ async fn a_job_is_run_and_its_result_published_then_acked() {
     assert_eq!(headers.get("x-warren-sha"), Some(&sha));
     assert_eq!(headers.get("x-warren-job"), Some(&job.job_id.to_string()));
 
-    // A `started` event came before the result.
-    let events = broker.take(Queue::Events, 1, WAIT).await;
-    let event = decode::<JobEvent>(&events[0].data).unwrap();
+    // A `started` event came before the result (worker statuses aside).
+    let mut events = EventReader::open(&broker).await;
+    let event = events.next::<JobEvent>().await;
     assert_eq!(
         (event.job_id, event.event),
         (job.job_id, JobEventKind::Started)
     );
+    events.close().await;
 
     worker.stop().await.unwrap();
     // Acked: nothing came back to the queue when the worker disconnected.
@@ -272,11 +337,12 @@ async fn heartbeats_are_sent_while_a_job_runs() {
     publish_job(&session, &job).await;
     let worker = spawn_worker(&broker, |_| {});
 
-    let events = broker.take(Queue::Events, 3, WAIT).await;
-    let kinds: Vec<JobEventKind> = events
-        .iter()
-        .map(|e| decode::<JobEvent>(&e.data).unwrap().event)
-        .collect();
+    let mut events = EventReader::open(&broker).await;
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        kinds.push(events.next::<JobEvent>().await.event);
+    }
+    events.close().await;
     assert_eq!(
         kinds,
         [
@@ -891,6 +957,11 @@ async fn a_least_privilege_worker_runs_jobs_without_and_cancels_them_with_the_co
     let results = take_results(&broker, 1).await;
     assert_eq!(results[0].0.status, JobStatus::Passed);
     assert_eq!(results[0].0.output, "a");
+    // The broker refused its live output (no write on the logs exchange):
+    // that closed only the live output's channel; statuses still go out.
+    let mut events = EventReader::open(&broker).await;
+    events.status_where(|status| status.jobs_done == 1).await;
+    events.close().await;
 
     // The permissions the worker needs for cancellations: its server-named
     // queue (amq.gen-*) to declare, bind and consume, and the control
@@ -942,5 +1013,335 @@ async fn a_least_privilege_worker_runs_jobs_without_and_cancels_them_with_the_co
     wait_for_jobs_queue(&broker, 0, 0).await;
     rabbitmqctl(&["delete_user", &user]).await;
     session.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_worker_announces_itself_idle_and_busy() {
+    let broker = TestBroker::new("worker-presence");
+    let session = broker.session().await;
+    let upstream = Upstream::new();
+    let sha = upstream.commit("main", "one", &[("a.txt", Some("a"))]);
+    let mut events = EventReader::open(&broker).await;
+    let worker = spawn_worker(&broker, |settings| settings.slots = 2);
+
+    // Idle: one status at once, then one per heartbeat interval (200 ms).
+    let first = events.next::<WorkerStatus>().await;
+    assert_eq!(first.worker.as_str(), worker.id);
+    assert_eq!((first.slots, first.busy, first.jobs_done), (2, 0, 0));
+    let second = events.next::<WorkerStatus>().await;
+    let third = events.next::<WorkerStatus>().await;
+    assert_eq!((third.slots, third.busy), (2, 0));
+    let gap = (third.at - second.at).to_std().unwrap();
+    assert!(
+        gap >= Duration::from_millis(150) && gap < Duration::from_secs(5),
+        "statuses every heartbeat interval: {gap:?}"
+    );
+
+    // Busy while a job runs…
+    let sync = tempfile::tempdir().unwrap();
+    let release = sync.path().join("release");
+    let mut job = job(
+        &upstream,
+        &sha,
+        shell("while [ ! -e \"$RELEASE\" ]; do sleep 0.02; done"),
+    );
+    job.env
+        .insert("RELEASE".into(), release.display().to_string());
+    publish_job(&session, &job).await;
+    let busy = events.status_where(|status| status.busy > 0).await;
+    assert_eq!((busy.slots, busy.busy, busy.jobs_done), (2, 1, 0));
+
+    // …idle again after it, with the job counted.
+    std::fs::write(&release, "").unwrap();
+    let done = events.status_where(|status| status.jobs_done > 0).await;
+    assert_eq!((done.busy, done.jobs_done), (0, 1));
+    assert_eq!(
+        take_results(&broker, 1).await[0].0.status,
+        JobStatus::Passed
+    );
+
+    // A clean stop says so last.
+    worker.stop().await.unwrap();
+    let mut last = None;
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(500), events.consumer.next()).await
+    {
+        last = decode::<WorkerStatus>(&delivery.data).ok().or(last);
+    }
+    let last = last.expect("a final status");
+    assert_eq!((last.busy, last.jobs_done), (0, 1));
+    events.close().await;
+    session.close().await;
+    broker.cleanup().await;
+}
+
+/// A follower's private queue on the logs exchange, bound with `job`'s id.
+async fn follow(broker: &TestBroker, job: &Job) -> (Connection, Consumer) {
+    let (connection, channel) = broker.raw_channel().await;
+    let queue = channel
+        .queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare a follower's queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            ShortString::from(broker.config.topology.logs_exchange()),
+            ShortString::from(job.job_id.to_string()),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind it to the logs exchange");
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            ShortString::from("follower"),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume it");
+    (connection, consumer)
+}
+
+#[tokio::test]
+async fn live_output_streams_the_lines_of_a_job_in_order_before_its_result() {
+    let broker = TestBroker::new("worker-live");
+    // The test's session declares the topology, the logs exchange with it.
+    let session = broker.session().await;
+    let upstream = Upstream::new();
+    let sha = upstream.commit("main", "one", &[("a.txt", Some("a"))]);
+    let followed = job(
+        &upstream,
+        &sha,
+        shell("for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done"),
+    );
+    let other = job(&upstream, &sha, shell("echo not yours; echo nor this"));
+    let (connection, mut logs) = follow(&broker, &followed).await;
+    let (_results_channel, mut results) = session
+        .consume(Queue::Results, 10, "test-results")
+        .await
+        .unwrap();
+    publish_job(&session, &other).await;
+    publish_job(&session, &followed).await;
+    let worker = spawn_worker(&broker, |settings| settings.slots = 2);
+
+    // Everything in arrival order, until the followed job's result.
+    let mut chunks: Vec<(LogLines, String)> = Vec::new();
+    let mut other_done = false;
+    let deadline = Instant::now() + WAIT;
+    let result = loop {
+        tokio::select! {
+            chunk = logs.next() => {
+                let delivery = chunk.expect("the follower's queue is open").unwrap();
+                let id = delivery.properties.message_id().as_ref().unwrap().to_string();
+                chunks.push((decode::<LogLines>(&delivery.data).unwrap(), id));
+            }
+            result = results.next() => {
+                let delivery = result.expect("the results queue is open").unwrap();
+                delivery.ack(Default::default()).await.unwrap();
+                let result = decode::<JobResult>(&delivery.data).unwrap();
+                if result.job_id == followed.job_id {
+                    break result;
+                }
+                other_done = true;
+            }
+            () = tokio::time::sleep_until(deadline) => panic!("no result in time; chunks: {chunks:?}"),
+        }
+    };
+    assert_eq!(result.status, JobStatus::Passed);
+    let text: String = chunks
+        .iter()
+        .map(|(chunk, _)| chunk.text.as_str())
+        .collect();
+    assert_eq!(
+        text, "line 1\nline 2\nline 3\nline 4\nline 5\n",
+        "every line, in order, before the result"
+    );
+    assert!(chunks.len() >= 2, "several chunks while it ran: {chunks:?}");
+    for (seq, (chunk, message_id)) in chunks.iter().enumerate() {
+        assert_eq!(chunk.seq, seq as u64);
+        assert_eq!(
+            (chunk.job_id, chunk.attempt, chunk.run_id),
+            (followed.job_id, 1, result.run_id)
+        );
+        assert_eq!(
+            message_id,
+            &format!("{}.{}.{seq}", followed.job_id, result.run_id)
+        );
+        assert!(chunk.text.ends_with('\n'), "whole lines: {:?}", chunk.text);
+    }
+
+    // The other job's output went to the exchange too, but not here.
+    if !other_done {
+        let delivery = results.next().await.unwrap().unwrap();
+        delivery.ack(Default::default()).await.unwrap();
+    }
+    let late = tokio::time::timeout(Duration::from_millis(500), logs.next()).await;
+    assert!(late.is_err(), "nothing else for this job id: {late:?}");
+
+    worker.stop().await.unwrap();
+    let _ = connection.close(200, "bye".into()).await;
+    session.close().await;
+    broker.cleanup().await;
+}
+
+/// A port nothing listens on (the test binds it, reads it, lets it go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status, content type, body).
+async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Ok((status, content_type, body.to_owned()))
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (key, value) = line.rsplit_once(' ').expect("`name value`");
+            (key.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+async fn scrape(port: u16) -> BTreeMap<String, f64> {
+    let (status, content_type, body) = http_get(port, "/metrics").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    samples(&body)
+}
+
+#[tokio::test]
+async fn metrics_count_jobs_slots_and_times_over_http() {
+    let broker = TestBroker::new("worker-metrics");
+    let session = broker.session().await;
+    let upstream = Upstream::new();
+    let sha = upstream.commit("main", "one", &[("a.txt", Some("a"))]);
+    let port = free_port();
+    let worker = spawn_worker(&broker, |settings| {
+        settings.slots = 2;
+        settings.http_listen = Some(format!("127.0.0.1:{port}"));
+    });
+
+    let deadline = Instant::now() + WAIT;
+    let health = loop {
+        match http_get(port, "/healthz").await {
+            Ok(answer) => break answer,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("no HTTP server on port {port}: {error}"),
+        }
+    };
+    assert_eq!((health.0, health.2.as_str()), (200, "ok"));
+    assert_eq!(http_get(port, "/nothing").await.unwrap().0, 404);
+
+    let sync = tempfile::tempdir().unwrap();
+    let (started, release) = (sync.path().join("started"), sync.path().join("release"));
+    let mut job = job(
+        &upstream,
+        &sha,
+        shell("touch \"$STARTED\"; while [ ! -e \"$RELEASE\" ]; do sleep 0.02; done"),
+    );
+    job.env
+        .insert("STARTED".into(), started.display().to_string());
+    job.env
+        .insert("RELEASE".into(), release.display().to_string());
+    publish_job(&session, &job).await;
+    wait_for("the job to start", exists(&started)).await;
+    let running = scrape(port).await;
+    assert_eq!(running["warren_worker_busy_slots"], 1.0);
+    assert_eq!(running["warren_worker_slots"], 2.0);
+    assert_eq!(running["warren_worker_broker_connected"], 1.0);
+    assert_eq!(running["warren_worker_checkout_seconds_count"], 1.0);
+    assert_eq!(running["warren_worker_run_seconds_count"], 0.0);
+
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(
+        take_results(&broker, 1).await[0].0.status,
+        JobStatus::Passed
+    );
+    // The slot is free and the job counted before its result is published.
+    let done = scrape(port).await;
+    let jobs = |status: &str| done[&format!("warren_worker_jobs_total{{status=\"{status}\"}}")];
+    assert_eq!(jobs("passed"), 1.0);
+    for status in ["failed", "timed_out", "error", "cancelled"] {
+        assert_eq!(jobs(status), 0.0, "{status}");
+    }
+    assert_eq!(done["warren_worker_busy_slots"], 0.0);
+    assert_eq!(done["warren_worker_slots"], 2.0);
+    assert_eq!(done["warren_worker_checkout_seconds_count"], 1.0);
+    assert_eq!(done["warren_worker_run_seconds_count"], 1.0);
+    assert_eq!(
+        done[r#"warren_worker_run_seconds_bucket{le="3600.0"}"#],
+        1.0
+    );
+    assert_eq!(done[r#"warren_worker_run_seconds_bucket{le="+Inf"}"#], 1.0);
+    assert!(done["warren_worker_run_seconds_sum"] > 0.0);
+    assert_eq!(done["warren_worker_live_output_dropped_bytes_total"], 0.0);
+
+    worker.stop().await.unwrap();
+    assert!(
+        http_get(port, "/healthz").await.is_err(),
+        "the HTTP server stops with the worker"
+    );
+    session.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_taken_http_port_stops_the_worker_before_it_connects() {
+    let broker = TestBroker::new("worker-http-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let worker = spawn_worker(&broker, |settings| {
+        settings.http_listen = Some(address.to_string());
+    });
+    let error = worker.join().await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains(&format!("worker.http_listen = {address}")),
+        "{error:#}"
+    );
     broker.cleanup().await;
 }

@@ -14,9 +14,13 @@ use warren_harness::sample;
 /// Longest wait for all verdicts: the slowest sample commit takes ~3 s.
 const DEADLINE: Duration = Duration::from_secs(120);
 
+/// How long `--watch` keeps everything running after the verdicts.
+const WATCH_LINGER: Duration = Duration::from_secs(60);
+
 fn main() -> ExitCode {
     let mut dir = PathBuf::from("demo-output");
     let mut keep = false;
+    let mut watch = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -25,9 +29,18 @@ fn main() -> ExitCode {
                 None => return usage("--dir needs a folder"),
             },
             "--keep" => keep = true,
+            "--watch" => watch = true,
             "-h" | "--help" => {
-                println!("usage: warren-demo [--dir FOLDER (default demo-output)] [--keep]");
-                println!("  --keep  leave the broker queues (prefix warren-demo) in place");
+                println!(
+                    "usage: warren-demo [--dir FOLDER (default demo-output)] [--keep] [--watch]"
+                );
+                println!("  --keep   leave the broker queues (prefix warren-demo) in place");
+                println!(
+                    "  --watch  slower tests, and everything keeps running for {WATCH_LINGER:?} after"
+                );
+                println!(
+                    "           the verdicts: time to follow the status page, the queues and /metrics"
+                );
                 return ExitCode::SUCCESS;
             }
             other => return usage(&format!("unknown argument {other:?}")),
@@ -61,8 +74,22 @@ fn main() -> ExitCode {
     options.dir = Some(dir.clone());
     options.prefix = Some("warren-demo".into());
     options.poll_interval = "1s".into();
+    // The status page on the usual port when it is free.
+    if std::net::TcpListener::bind("127.0.0.1:8080").is_ok() {
+        options.http_listen = "127.0.0.1:8080".into();
+    }
+    if watch {
+        // Every test script of the sample sleeps a little: long enough to
+        // see commits queue, run and finish on the page.
+        options.env.push(("DEMO_SLOW".into(), "1".into()));
+    }
     let mut cluster = Cluster::start(options);
     cluster.keep_queues(keep);
+    println!(
+        "Status page: {}  ·  queues: http://localhost:15672 (guest/guest), prefix warren-demo  ·  metrics: {}/metrics",
+        cluster.http_url(),
+        cluster.http_url()
+    );
 
     let story = sample::story();
     let started = Instant::now();
@@ -139,6 +166,12 @@ fn main() -> ExitCode {
             eprintln!("no result after {DEADLINE:?} for: {}", missing.join(", "));
             eprintln!("{}", cluster.all_logs());
         }
+    }
+    if watch {
+        println!(
+            "Everything keeps running for {WATCH_LINGER:?}: look at the page, the queues, /metrics ..."
+        );
+        std::thread::sleep(WATCH_LINGER);
     }
     println!("Logs: {}/logs. Stopping everything ...", dir.display());
     for (name, code) in cluster.stop() {

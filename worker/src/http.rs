@@ -1,0 +1,46 @@
+//! The worker's optional HTTP server (`worker.http_listen`): `GET /healthz`
+//! and `GET /metrics`, on the worker's own runtime.
+//!
+//! `/healthz` answers while the process runs (the broker may be away: a
+//! worker reconnects by itself, and `warren_worker_broker_connected` says
+//! whether it is connected). There is no authentication: bind it to
+//! loopback or a trusted network.
+
+use crate::metrics::{self, Metrics};
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// The routes, serving `metrics`.
+pub fn router(metrics: Metrics) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(serve_metrics))
+        .with_state(metrics)
+}
+
+/// Serves [`router`] on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, metrics: Metrics, stop: CancellationToken) {
+    let served = axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(error) = served {
+        warn!(%error, "the HTTP server (worker.http_listen) stopped");
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn serve_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics.encode(),
+    )
+}

@@ -7,6 +7,7 @@
 //! sent to the loop as [`Command`]s, so the loop stays the only writer and
 //! the only publisher of jobs.
 
+use crate::live::{LiveEvent, LiveLogs};
 use crate::metrics::{Metrics, QueueLabel};
 use crate::report::CommitSummary;
 use crate::store::{CommitFilter, Store, StoreError};
@@ -18,8 +19,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use futures_util::{Stream, StreamExt};
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use futures_util::Stream;
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use serde::Deserialize;
 use std::convert::Infallible;
@@ -29,7 +30,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 use warren_common::config::BrokerConfig;
 use warren_common::ids::{CommitId, JobId, RepoName};
-use warren_common::messages::{JobStatus, LogLines, decode};
+use warren_common::messages::JobStatus;
 use warren_common::session::Session;
 use warren_common::topology::Queue;
 
@@ -74,6 +75,7 @@ pub struct AppState {
     broker: BrokerConfig,
     session: Arc<tokio::sync::Mutex<Option<Arc<Session>>>>,
     metrics: Arc<Metrics>,
+    live: Arc<LiveLogs>,
 }
 
 impl AppState {
@@ -85,6 +87,7 @@ impl AppState {
         updates: broadcast::Sender<i64>,
         broker: BrokerConfig,
         metrics: Arc<Metrics>,
+        live: Arc<LiveLogs>,
     ) -> Self {
         Self {
             store: Arc::new(Mutex::new(store)),
@@ -94,6 +97,7 @@ impl AppState {
             broker,
             session: Arc::default(),
             metrics,
+            live,
         }
     }
 
@@ -469,51 +473,19 @@ async fn job_log(
         let stream: EventStream = Box::pin(futures_util::stream::iter(events));
         return Ok(Sse::new(stream).into_response());
     }
-    let session = state.session().await?;
-    let channel = session
-        .open_channel()
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            state.broker.topology.logs_exchange().into(),
-            job_id.to_string().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    // The output so far, then what follows. The first tick of `check`
+    // comes at once: a job decided since the read above ends at once.
+    let (tail, followers) = state.live.follow(job_id);
+    let mut first = Vec::new();
+    if !tail.is_empty() {
+        first.push(Event::default().event("line").data(tail));
+    }
     let follow = LogFollow {
         state,
         job_id,
-        channel,
-        consumer,
+        followers,
         check: tokio::time::interval(LOG_END_CHECK),
+        first,
         ended: false,
     };
     let stream = futures_util::stream::unfold(follow, |mut follow| async move {
@@ -529,30 +501,36 @@ async fn job_log(
 struct LogFollow {
     state: AppState,
     job_id: JobId,
-    channel: lapin::Channel,
-    consumer: lapin::Consumer,
+    followers: broadcast::Receiver<LiveEvent>,
     check: tokio::time::Interval,
+    /// Events to send before the live ones (the output so far).
+    first: Vec<Event>,
     ended: bool,
 }
 
 impl LogFollow {
-    /// The next event; `None` after `end`.
+    /// The next event; `None` after `end` or `gone`.
     async fn next_event(&mut self) -> Option<Event> {
+        if let Some(event) = self.first.pop() {
+            return Some(event);
+        }
         if self.ended {
-            let _ = self.channel.close(200, "done".into()).await;
             return None;
         }
         loop {
             tokio::select! {
-                delivery = self.consumer.next() => match delivery {
-                    Some(Ok(delivery)) => {
-                        if let Ok(lines) = decode::<LogLines>(&delivery.data) {
-                            return Some(Event::default().event("line").data(lines.text));
-                        }
+                event = self.followers.recv() => match event {
+                    Ok(LiveEvent::Lines(text)) => {
+                        return Some(Event::default().event("line").data(text.as_ref()));
                     }
-                    _ => {
-                        // The broker went away: say so and stop; the page
-                        // or the CLI reconnects.
+                    Err(broadcast::error::RecvError::Lagged(chunks)) => {
+                        let note = format!("[warren: {chunks} chunks of live output skipped: this reader fell behind]\n");
+                        return Some(Event::default().event("line").data(note));
+                    }
+                    // The broker connection was lost (or the job's output
+                    // was dropped to make room): say so and stop; the page
+                    // or the CLI follows again.
+                    Ok(LiveEvent::Gone) | Err(broadcast::error::RecvError::Closed) => {
                         self.ended = true;
                         return Some(Event::default().event("gone").data("the live output stopped"));
                     }

@@ -10,10 +10,12 @@
 //! - [`report`]: the result file, `<results_dir>/<repo>/<sha>.json`.
 //! - [`service`]: the consume loop, reconnection and recovery.
 //! - [`http`]: the JSON API, live events, metrics and health; [`web`] the
-//!   status pages; [`metrics`] the Prometheus registry; [`notify`] webhooks.
+//!   status pages; [`live`] running jobs' output for followers; [`metrics`]
+//!   the Prometheus registry; [`notify`] webhooks.
 
 pub mod config;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod mirror;
 pub mod notify;

@@ -13,6 +13,7 @@
 
 use crate::config::DispatcherConfig;
 use crate::http::{self, CommandOutcome};
+use crate::live::{self, LiveLogs};
 use crate::metrics::{Metrics, StatusLabel};
 use crate::mirror::{CommitTree, MirrorError, Mirrors};
 use crate::notify::{Notification, Notifier};
@@ -103,6 +104,7 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
     // skips to the next update rather than holding the loop.
     let (updates, _) = broadcast::channel(UPDATE_QUEUE);
     let metrics = Arc::new(Metrics::new());
+    let live = Arc::new(LiveLogs::default());
     let state = http::AppState::new(
         reader,
         commands_tx,
@@ -110,9 +112,11 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
         updates.clone(),
         config.broker.clone(),
         Arc::clone(&metrics),
+        Arc::clone(&live),
     );
     let http_stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
+    let live_output = tokio::spawn(live::run(live, config.broker.clone(), http_stop.clone()));
     let notifier = Notifier::start(
         config.webhooks.clone(),
         config.webhook_timeout,
@@ -130,6 +134,7 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
     };
     let outcome = dispatcher.run(&shutdown).await;
     http_stop.cancel();
+    let _ = live_output.await;
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(error))) => warn!(%error, "HTTP server"),
         Err(_) => warn!("HTTP server did not stop in time"),

@@ -153,7 +153,12 @@ fn job_row(job: &JobReport) -> String {
         job.shard.count,
         status_class(job.status),
         status_text(job.status),
-        job.worker.as_deref().map(esc).unwrap_or_else(|| "–".into()),
+        // A running job: the worker of its latest run.
+        job.worker
+            .as_deref()
+            .or_else(|| job.attempts.last().map(|run| run.worker.as_str()))
+            .map(esc)
+            .unwrap_or_else(|| "–".into()),
         duration(job.duration_ms),
         if job.files.is_empty() {
             "–".to_owned()

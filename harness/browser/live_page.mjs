@@ -13,6 +13,8 @@ if (!shots) {
   process.exit(2);
 }
 const fail = (why) => { console.error(why); process.exit(1); };
+// Which step a timeout happened in.
+let step = 'starting Chromium';
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -21,6 +23,7 @@ const browser = await chromium.launch({
 });
 try {
   const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  step = 'opening the commit list';
   const list = await context.newPage();
   await list.goto(`${base}/`);
   const row = list.locator(`#c-${repo}-${sha}`);
@@ -30,6 +33,7 @@ try {
   // A mark that a reload would wipe.
   await list.evaluate(() => { window.warrenMark = 'kept'; });
 
+  step = 'following the live log on the commit page';
   const detail = await context.newPage();
   await detail.goto(`${base}/commits/${repo}/${sha}`);
   const log = detail.locator('[data-testid=live-log]').first();
@@ -38,9 +42,15 @@ try {
     () => /line 3/.test(document.querySelector('[data-testid=live-log]')?.textContent || ''),
     null, { timeout: 30000 });
   const partial = await log.textContent();
-  if (/line 12/.test(partial)) fail('the whole output was there at once: not live');
+  if (/line 20/.test(partial)) fail('the whole output was there at once: not live');
   await detail.screenshot({ path: `${shots}/status-page-live-log.png`, fullPage: true });
+  // More lines arrive while the page stays open: it follows the job.
+  const seen = (partial.match(/line \d+/g) || []).length;
+  await detail.waitForFunction(
+    (n) => ((document.querySelector('[data-testid=live-log]')?.textContent || '').match(/line \d+/g) || []).length > n,
+    seen, { timeout: 30000 });
 
+  step = 'waiting for the list to show the verdict';
   await list.waitForFunction(
     (id) => (document.getElementById(id)?.querySelector('[data-testid=status]')?.textContent || '').includes('passed'),
     `c-${repo}-${sha}`, { timeout: 60000 });
@@ -48,14 +58,15 @@ try {
   if (mark !== 'kept') fail('the list page reloaded instead of updating live');
   await list.screenshot({ path: `${shots}/status-page-commits.png`, fullPage: true });
 
+  step = 'waiting for the commit page to show the verdict and the whole output';
   // The commit page reloads itself once the verdict is in: the full output.
   await detail.waitForFunction(
     () => (document.getElementById('commit-status')?.textContent || '').includes('passed'),
     null, { timeout: 30000 });
-  await detail.waitForFunction(() => /line 12/.test(document.body.textContent), null, { timeout: 30000 });
+  await detail.waitForFunction(() => /line 20/.test(document.body.textContent), null, { timeout: 30000 });
   console.log('live page ok: running → passed without a reload; live log followed');
 } catch (error) {
-  fail(`browser test: ${error.message}`);
+  fail(`browser test, ${step}: ${error.message}`);
 } finally {
   await browser.close();
 }

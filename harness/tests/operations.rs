@@ -93,7 +93,7 @@ async fn the_live_page_shows_a_commit_go_from_running_to_passed_and_follows_its_
     let base = cluster.http_url();
     let marks = cluster.root().join("started");
     let spec = format!(
-        "command = \"touch {}; for i in $(seq 1 12); do echo line $i; sleep 0.5; done\"\n",
+        "command = \"touch {}; for i in $(seq 1 20); do echo line $i; sleep 0.5; done\"\n",
         marks.display()
     );
     let sha = cluster.upstream.commit(

@@ -408,6 +408,7 @@ impl Dispatcher<'_> {
         let confirmed = start_publishing(session, &inserted.jobs).await?;
         info!(repo = %event.repo, branch = %event.branch, sha = %event.sha,
               jobs = inserted.jobs.len(), "commit queued");
+        self.updated(inserted.commit_id);
         Ok(Some(Unconfirmed {
             confirmed,
             jobs: inserted.jobs,

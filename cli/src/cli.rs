@@ -18,7 +18,8 @@ pub struct Cli {
     pub url: String,
 
     /// Print the server's JSON instead of tables (for `logs`, one JSON
-    /// object per chunk); exit codes stay the same.
+    /// object per chunk); exit codes stay the same. JSON keeps the API's
+    /// shard index, counted from 0.
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -73,11 +74,46 @@ pub struct CommitArgs {
 pub struct LogsArgs {
     #[command(flatten)]
     pub commit: CommitArgs,
-    /// Only the job of this shard (the index `show` prints).
-    #[arg(long, value_name = "N")]
+    /// Only the job of shard N, counted from 1 as `show` and the status
+    /// page count shards ("shard 1 of 4"). Human output and `--job` count
+    /// from 1; `--json` keeps the API's 0-based shard index.
+    #[arg(long, value_name = "N", value_parser = shard_number)]
     pub job: Option<u32>,
     /// Stream the output of running jobs until they finish, then exit with
     /// their verdict (0 passed, 1 not passed).
     #[arg(long, short)]
     pub follow: bool,
+}
+
+/// `--job N`: a shard number, counted from 1; 0 is a usage error (exit 2).
+fn shard_number(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err(
+            "shards are counted from 1 (shard 1 is the first, as `warren show` \
+                       and the status page number them)"
+                .to_owned(),
+        ),
+        Ok(number) => Ok(number),
+        Err(error) => Err(format!("not a shard number: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_counts_from_1() {
+        assert_eq!(shard_number("1"), Ok(1));
+        assert_eq!(shard_number("12"), Ok(12));
+        assert!(shard_number("0").unwrap_err().contains("counted from 1"));
+        assert!(shard_number("-1").is_err());
+        assert!(shard_number("one").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

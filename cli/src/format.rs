@@ -47,6 +47,22 @@ pub fn duration_or_dash(ms: Option<u64>) -> String {
     ms.map_or_else(|| "-".to_owned(), duration)
 }
 
+/// A shard for a table cell, counted from 1 as the status page counts
+/// them: "2/4", or "2" when the count is unknown. `number` is already
+/// 1-based ([`crate::model::Job::number`]).
+pub fn shard_fraction(number: u32, count: Option<u32>) -> String {
+    count.map_or_else(|| number.to_string(), |count| format!("{number}/{count}"))
+}
+
+/// A shard in a sentence, counted from 1: "shard 2 of 4", or "shard 2"
+/// when the count is unknown.
+pub fn shard_words(number: u32, count: Option<u32>) -> String {
+    count.map_or_else(
+        || format!("shard {number}"),
+        |count| format!("shard {number} of {count}"),
+    )
+}
+
 /// Server text made safe for one table cell: control characters (an ESC
 /// that would drive the terminal, a newline that would break the row)
 /// become spaces.
@@ -93,6 +109,14 @@ mod tests {
         assert_eq!(duration(72_000), "1m 12s");
         assert_eq!(duration(7_500_000), "2h 5m");
         assert_eq!(duration_or_dash(None), "-");
+    }
+
+    #[test]
+    fn shards_read_from_1() {
+        assert_eq!(shard_fraction(1, Some(4)), "1/4");
+        assert_eq!(shard_fraction(3, None), "3");
+        assert_eq!(shard_words(1, Some(4)), "shard 1 of 4");
+        assert_eq!(shard_words(3, None), "shard 3");
     }
 
     #[test]

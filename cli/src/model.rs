@@ -213,9 +213,22 @@ pub struct Job {
 }
 
 impl Job {
-    /// The shard index, or 0 for a commit that was not split.
+    /// The shard index as the API gives it, from 0 (0 for a commit that was
+    /// not split). For `--json` output and matching; people see
+    /// [`Job::number`].
     pub fn index(&self) -> u32 {
         self.shard.as_ref().map_or(0, |shard| shard.index)
+    }
+
+    /// The shard as people count it, from 1, as the status page numbers
+    /// it: `index() + 1`.
+    pub fn number(&self) -> u32 {
+        self.index().saturating_add(1)
+    }
+
+    /// How many shards the commit was split into, if the API says.
+    pub fn count(&self) -> Option<u32> {
+        self.shard.as_ref().and_then(|shard| shard.count)
     }
 }
 
@@ -293,6 +306,17 @@ mod tests {
         let job: Job = serde_json::from_str(r#"{"id":"j","status":"exploded"}"#).unwrap();
         assert_eq!(job.status, Verdict::Other("exploded".into()));
         assert_eq!(job.status.as_str(), "exploded");
+    }
+
+    #[test]
+    fn shards_are_numbered_from_1_for_people_and_from_0_by_the_api() {
+        let job: Job = serde_json::from_str(r#"{"id":"j","shard":{"index":2,"count":4}}"#).unwrap();
+        assert_eq!((job.index(), job.number(), job.count()), (2, 3, Some(4)));
+        let unsplit: Job = serde_json::from_str(r#"{"id":"j"}"#).unwrap();
+        assert_eq!(
+            (unsplit.index(), unsplit.number(), unsplit.count()),
+            (0, 1, None)
+        );
     }
 
     #[test]

@@ -133,15 +133,27 @@ fn show_a_failed_commit_lists_shards_then_failures_then_flaky_tests_and_exits_1(
         out.contains("selection: subset: 5 of 12 files (only src/calc changed)\n"),
         "{out}"
     );
-    assert_eq!(flat(line_with(out, "worker-1")), "0 worker-1 passed 12s 2");
-    assert_eq!(flat(line_with(out, "worker-2")), "1 worker-2 failed 15s 3");
+    // Shards counted from 1, as on the status page ("1/2", "shard 2 of 2").
+    assert_eq!(
+        flat(line_with(out, "WORKER")),
+        "SHARD WORKER STATUS DURATION FILES"
+    );
+    assert_eq!(
+        flat(line_with(out, "worker-1")),
+        "1/2 worker-1 passed 12s 2"
+    );
+    assert_eq!(
+        flat(line_with(out, "worker-2")),
+        "2/2 worker-2 failed 15s 3"
+    );
     assert!(
-        out.contains("  shard 1: the command exited with status 1\n"),
+        out.contains("  shard 2 of 2: the command exited with status 1\n"),
         "{out}"
     );
     assert!(out.contains(
-        "Failed tests (1)\n  failed  tests.test_calc.CalcTest :: test_sub (tests/test_calc.py, shard 1)\n      AssertionError: 1 != -1\n      in test_sub\n"
+        "Failed tests (1)\n  failed  tests.test_calc.CalcTest :: test_sub (tests/test_calc.py, shard 2 of 2)\n      AssertionError: 1 != -1\n      in test_sub\n"
     ), "{out}");
+    assert!(!out.contains("shard 0"), "{out}");
     assert!(out.contains("Flaky tests (1)\n  test_net (tests.test_b.NetTest): flaky in 3 commits of this repository\n"), "{out}");
     let (shards, failed, flaky) = (
         out.find("Shards").unwrap(),
@@ -180,7 +192,7 @@ fn show_exit_codes_follow_the_verdict() {
     );
     assert_eq!(
         flat(line_with(&running.stdout, "worker-1")),
-        "1 worker-1 running - 1"
+        "2/2 worker-1 running - 1"
     );
 }
 
@@ -195,6 +207,10 @@ fn show_json_prints_the_result_file_with_the_same_exit_codes() {
         (Some(FAILED), Some(1))
     );
     assert_eq!(result["tests"].as_array().unwrap().len(), 4);
+    // The API's numbering, unchanged: shards from 0.
+    assert_eq!(result["jobs"][1]["shard"]["index"], 1);
+    assert_eq!(result["jobs"][1]["shard"]["count"], 2);
+    assert_eq!(result["tests"][0]["shard"], 1);
     let running = warren(&fake.url(), &["show", RUNNING, "--json"]);
     assert_eq!(running.code, 3, "{running:?}");
     assert!(serde_json::from_str::<Value>(&running.stdout).unwrap()["status"].is_null());

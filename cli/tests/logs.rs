@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 use support::fake::Gate;
+use support::fixtures::FAILED;
 use support::{command, dispatcher, warren};
 
 /// How long a test waits for a line it expects: far beyond what a local
@@ -29,8 +30,8 @@ fn logs_prints_every_jobs_stored_output_under_a_header() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
         run.stdout,
-        "==> job 0 (worker-1, passed) <==\ncollected 2 items\n2 passed\n\
-         ==> job 1 (worker-2, failed) <==\ncollected 3 items\nFAILED tests/test_calc.py::test_sub\n"
+        "==> shard 1 of 2 (worker-1, passed) <==\ncollected 2 items\n2 passed\n\
+         ==> shard 2 of 2 (worker-2, failed) <==\ncollected 3 items\nFAILED tests/test_calc.py::test_sub\n"
     );
     assert!(
         fake.requests()
@@ -41,9 +42,15 @@ fn logs_prints_every_jobs_stored_output_under_a_header() {
 }
 
 #[test]
-fn logs_job_n_prints_that_shard_alone() {
+fn logs_job_n_prints_that_shard_alone_counting_from_1() {
     let fake = dispatcher(Gate::default());
-    let run = warren(&fake.url(), &["logs", "a1b2", "--job", "1"]);
+    let first = warren(&fake.url(), &["logs", "a1b2", "--job", "1"]);
+    assert_eq!(
+        (first.code, first.stdout.as_str()),
+        (0, "collected 2 items\n2 passed\n"),
+        "{first:?}"
+    );
+    let run = warren(&fake.url(), &["logs", "a1b2", "--job", "2"]);
     assert_eq!(
         (run.code, run.stdout.as_str()),
         (
@@ -52,15 +59,62 @@ fn logs_job_n_prints_that_shard_alone() {
         ),
         "{run:?}"
     );
-    let missing = warren(&fake.url(), &["logs", "a1b2", "--job", "7"]);
-    assert_eq!(missing.code, 2, "{missing:?}");
-    assert!(
-        missing
-            .stderr
-            .contains("has no job 7 (its shards are numbered 0 to 1)"),
-        "{}",
-        missing.stderr
+    // JSON keeps the API's index: shard 2 of 2 is `"shard": 1`.
+    let json = warren(&fake.url(), &["--json", "logs", "a1b2", "--job", "2"]);
+    assert_eq!(json.code, 0, "{json:?}");
+    assert_eq!(
+        json_lines(&json.stdout),
+        [
+            json!({"job_id": "job-failed-1", "shard": 1, "event": "line", "data": "collected 3 items\nFAILED tests/test_calc.py::test_sub\n"}),
+            json!({"job_id": "job-failed-1", "shard": 1, "event": "end", "status": "failed"}),
+        ]
     );
+}
+
+#[test]
+fn logs_job_out_of_range_says_how_shards_are_numbered_and_exits_2() {
+    let fake = dispatcher(Gate::default());
+    for number in ["3", "7"] {
+        let missing = warren(&fake.url(), &["logs", "a1b2", "--job", number]);
+        assert_eq!(missing.code, 2, "{missing:?}");
+        assert!(missing.stdout.is_empty(), "{missing:?}");
+        assert_eq!(
+            missing.stderr,
+            format!("warren: api {FAILED} has no job {number} (its shards are numbered 1 to 2)\n")
+        );
+    }
+    let unsplit = warren(&fake.url(), &["logs", "b0b0", "--job", "2"]);
+    assert_eq!(unsplit.code, 2, "{unsplit:?}");
+    assert!(
+        unsplit
+            .stderr
+            .contains("has no job 2 (its shards are numbered 1 to 1)"),
+        "{}",
+        unsplit.stderr
+    );
+    let no_jobs = warren(&fake.url(), &["logs", "dddd2", "--job", "1"]);
+    assert_eq!(no_jobs.code, 2, "{no_jobs:?}");
+    assert!(no_jobs.stderr.ends_with(" has no jobs\n"), "{no_jobs:?}");
+}
+
+#[test]
+fn logs_job_0_is_a_usage_error_before_any_request() {
+    let fake = dispatcher(Gate::default());
+    for args in [
+        &["logs", "a1b2", "--job", "0"][..],
+        &["--json", "logs", "a1b2", "--job", "0", "--follow"],
+    ] {
+        let run = warren(&fake.url(), args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stdout.is_empty(), "{run:?}");
+        assert!(
+            run.stderr
+                .contains("invalid value '0' for '--job <N>': shards are counted from 1"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
 }
 
 #[test]
@@ -86,7 +140,7 @@ fn logs_of_a_running_job_without_follow_points_to_follow() {
     assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
     assert!(
         run.stderr
-            .contains("job 0 is still running (--follow streams its output)"),
+            .contains("warren: shard 1 of 1 is still running (--follow streams its output)"),
         "{}",
         run.stderr
     );
@@ -131,15 +185,15 @@ fn follow_streams_lines_as_they_come_then_exits_with_the_verdict() {
     assert_eq!(
         seen,
         [
-            "==> job 0 (worker-2, passed) <==",
+            "==> shard 1 of 2 (worker-2, passed) <==",
             "parser ok",
-            "==> job 1 (worker-1, running) <==",
+            "==> shard 2 of 2 (worker-1, running) <==",
             "collecting tests/test_q.py",
             "test_q1 ok",
             "test_q2 FAILED",
         ]
     );
-    assert!(stderr.contains("warren: job 1 failed"), "{stderr}");
+    assert!(stderr.contains("warren: shard 2 of 2 failed"), "{stderr}");
     let stream = fake
         .requests()
         .into_iter()
@@ -173,7 +227,7 @@ fn follow_of_a_passing_job_exits_0_and_json_has_one_object_per_event() {
 #[test]
 fn follow_of_a_finished_commit_exits_with_its_verdict_without_streaming() {
     let fake = dispatcher(Gate::default());
-    let run = warren(&fake.url(), &["logs", "a1b2", "--job", "1", "--follow"]);
+    let run = warren(&fake.url(), &["logs", "a1b2", "--job", "2", "--follow"]);
     assert_eq!(run.code, 1, "{run:?}");
     let passed = warren(&fake.url(), &["logs", "b0b0", "--follow"]);
     assert_eq!(
@@ -195,8 +249,9 @@ fn a_stream_cut_before_end_exits_3_while_the_job_runs() {
     assert_eq!(run.code, 3, "{run:?}");
     assert_eq!(run.stdout, "half a story\n");
     assert!(
-        run.stderr
-            .contains("the log stream of job 0 ended before its end; the job is still running"),
+        run.stderr.contains(
+            "the log stream of shard 1 of 1 ended before its end; the job is still running"
+        ),
         "{}",
         run.stderr
     );

@@ -4,11 +4,16 @@
 //! job still running is streamed from `GET /api/jobs/{id}/log` until its
 //! `end` event, and the command exits with the jobs' verdict. Several
 //! running jobs are followed one after the other, in shard order.
+//!
+//! Shards are counted from 1 for people (headers, notes, `--job N`), as
+//! `show` and the status page count them; the `--json` objects keep the
+//! API's 0-based index in their `shard` field.
 
 use super::Context;
 use crate::cli::LogsArgs;
 use crate::error::Error;
 use crate::exit::Exit;
+use crate::format::shard_words;
 use crate::model::{Job, Verdict};
 use crate::resolve::{CommitRef, resolve};
 use serde_json::json;
@@ -19,17 +24,24 @@ pub(super) fn run(args: &LogsArgs, ctx: &mut Context<'_>) -> Result<Exit, Error>
     let commit = ctx.client.commit(&target.repo, &target.sha)?.value;
     let jobs: Vec<&Job> = match args.job {
         None => commit.jobs.iter().collect(),
-        Some(index) => {
+        Some(_) if commit.jobs.is_empty() => {
+            return Err(Error::NotFound(format!(
+                "{} {} has no jobs",
+                target.repo, target.sha
+            )));
+        }
+        // `--job N` counts from 1, like `show`.
+        Some(number) => {
             let job = commit
                 .jobs
                 .iter()
-                .find(|job| job.index() == index)
+                .find(|job| job.number() == number)
                 .ok_or_else(|| {
                     Error::NotFound(format!(
-                        "{} {} has no job {index} (its shards are numbered 0 to {})",
+                        "{} {} has no job {number} (its shards are numbered 1 to {})",
                         target.repo,
                         target.sha,
-                        commit.jobs.len().saturating_sub(1)
+                        commit.jobs.len()
                     ))
                 })?;
             vec![job]
@@ -54,23 +66,13 @@ pub(super) fn run(args: &LogsArgs, ctx: &mut Context<'_>) -> Result<Exit, Error>
     for job in jobs {
         let verdict = if args.follow && !job.status.is_decided() {
             if headers {
-                writeln!(
-                    ctx.out,
-                    "==> job {} ({}, running) <==",
-                    job.index(),
-                    worker(job)
-                )?;
+                writeln!(ctx.out, "==> {} ({}, running) <==", name(job), worker(job))?;
             }
             follow(job, &target, ctx)?
         } else {
             if headers {
                 let status = job.status.as_str();
-                writeln!(
-                    ctx.out,
-                    "==> job {} ({}, {status}) <==",
-                    job.index(),
-                    worker(job)
-                )?;
+                writeln!(ctx.out, "==> {} ({}, {status}) <==", name(job), worker(job))?;
             }
             print_stored(job, ctx)?;
             job.status.clone()
@@ -78,6 +80,11 @@ pub(super) fn run(args: &LogsArgs, ctx: &mut Context<'_>) -> Result<Exit, Error>
         exit = exit.worst(Exit::of_verdict(&verdict));
     }
     Ok(if args.follow { exit } else { Exit::Success })
+}
+
+/// "shard 2 of 4": the job as people count it, from 1.
+fn name(job: &Job) -> String {
+    shard_words(job.number(), job.count())
 }
 
 fn worker(job: &Job) -> &str {
@@ -101,8 +108,8 @@ fn print_stored(job: &Job, ctx: &mut Context<'_>) -> Result<(), Error> {
         None if !job.status.is_decided() => {
             writeln!(
                 ctx.err,
-                "warren: job {} is still running (--follow streams its output)",
-                job.index()
+                "warren: {} is still running (--follow streams its output)",
+                name(job)
             )?;
         }
         None => {}
@@ -110,11 +117,11 @@ fn print_stored(job: &Job, ctx: &mut Context<'_>) -> Result<(), Error> {
     if job.output_truncated {
         let size = job
             .output_bytes
-            .map_or_else(String::new, |bytes| format!(" of {bytes} bytes"));
+            .map_or_else(String::new, |bytes| format!(" ({bytes} bytes)"));
         writeln!(
             ctx.err,
-            "warren: the middle of job {}'s output{size} was cut; its head and tail are above",
-            job.index()
+            "warren: the middle of the output of {}{size} was cut; its head and tail are above",
+            name(job)
         )?;
     }
     Ok(())
@@ -176,16 +183,16 @@ fn stream_lost(
     if verdict.is_decided() {
         writeln!(
             ctx.err,
-            "warren: the log stream of job {} {how} before its end; the job has finished",
-            job.index()
+            "warren: the log stream of {} {how} before its end; the job has finished",
+            name(job)
         )?;
         finished(job, &verdict, ctx)?;
     } else {
         writeln!(
             ctx.err,
-            "warren: the log stream of job {} {how} before its end; the job is still running \
+            "warren: the log stream of {} {how} before its end; the job is still running \
              (run the command again to go on following it)",
-            job.index()
+            name(job)
         )?;
     }
     Ok(verdict)
@@ -196,7 +203,7 @@ fn finished(job: &Job, verdict: &Verdict, ctx: &mut Context<'_>) -> Result<(), E
     if ctx.json {
         end_object(job, verdict, ctx)?;
     } else {
-        writeln!(ctx.err, "warren: job {} {}", job.index(), verdict.as_str())?;
+        writeln!(ctx.err, "warren: {} {}", name(job), verdict.as_str())?;
     }
     ctx.out.flush()?;
     Ok(())
@@ -228,6 +235,7 @@ fn end_status(data: &str) -> String {
     }
 }
 
+/// `shard` is the API's index, from 0, as in the commit's JSON.
 fn line_object(job: &Job, data: &str, ctx: &mut Context<'_>) -> Result<(), Error> {
     let object = json!({"job_id": job.id, "shard": job.index(), "event": "line", "data": data});
     writeln!(ctx.out, "{object}")?;

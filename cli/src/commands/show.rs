@@ -1,10 +1,13 @@
 //! `warren show`: one commit's verdict, shards and tests.
+//!
+//! Shards are counted from 1 ("1/4", "shard 1 of 4"), as the status page
+//! counts them; `--json` prints the API's 0-based `shard.index` unchanged.
 
 use super::Context;
 use crate::cli::CommitArgs;
 use crate::error::Error;
 use crate::exit::Exit;
-use crate::format::{age, clean, duration, duration_or_dash};
+use crate::format::{age, clean, duration, duration_or_dash, shard_fraction, shard_words};
 use crate::model::{Commit, Job, Verdict};
 use crate::resolve::resolve;
 use crate::style::Style;
@@ -88,10 +91,10 @@ fn print(commit: &Commit, ctx: &mut Context<'_>) -> Result<(), Error> {
 
     if !commit.jobs.is_empty() {
         writeln!(ctx.out, "\nShards")?;
-        let mut table = Table::new(&["#", "WORKER", "STATUS", "DURATION", "FILES"]);
+        let mut table = Table::new(&["SHARD", "WORKER", "STATUS", "DURATION", "FILES"]);
         for job in &commit.jobs {
             table.row(vec![
-                job.index().to_string().into(),
+                shard_fraction(job.number(), job.count()).into(),
                 job.worker.as_deref().unwrap_or("-").into(),
                 Cell::styled(job.status.as_str(), Style::of(&job.status)),
                 duration_or_dash(job.duration_ms).into(),
@@ -104,7 +107,8 @@ fn print(commit: &Commit, ctx: &mut Context<'_>) -> Result<(), Error> {
         write!(ctx.out, "{}", table.render(ctx.paint, 2))?;
         for job in &commit.jobs {
             for problem in job_problems(job) {
-                writeln!(ctx.out, "  shard {}: {}", job.index(), clean(&problem))?;
+                let shard = shard_words(job.number(), job.count());
+                writeln!(ctx.out, "  {shard}: {}", clean(&problem))?;
             }
         }
     }
@@ -122,10 +126,19 @@ fn print(commit: &Commit, ctx: &mut Context<'_>) -> Result<(), Error> {
             if let Some(class) = test.classname.as_deref().filter(|c| !c.is_empty()) {
                 name = format!("{} :: {name}", clean(class));
             }
-            let place = match (test.file.as_deref(), test.shard) {
-                (Some(file), Some(shard)) => format!(" ({}, shard {shard})", clean(file)),
+            // A test's `shard` is the API's index, from 0.
+            let shard = test.shard.map(|index| {
+                let count = commit
+                    .jobs
+                    .iter()
+                    .find(|job| job.index() == index)
+                    .and_then(Job::count);
+                shard_words(index.saturating_add(1), count)
+            });
+            let place = match (test.file.as_deref(), shard) {
+                (Some(file), Some(shard)) => format!(" ({}, {shard})", clean(file)),
                 (Some(file), None) => format!(" ({})", clean(file)),
-                (None, Some(shard)) => format!(" (shard {shard})"),
+                (None, Some(shard)) => format!(" ({shard})"),
                 (None, None) => String::new(),
             };
             let word = ctx.paint.paint(Style::Bad, status);

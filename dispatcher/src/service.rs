@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, error, info, warn};
 use warren_common::backoff::Backoff;
@@ -218,7 +218,7 @@ impl Dispatcher<'_> {
         let mut leases = tokio::time::interval(Duration::from_millis(LEASE_CHECK_MS));
         // Workers' heartbeats may have waited in (or expired from) the events
         // queue while this dispatcher was away: leases count from now.
-        let serving_since = Utc::now();
+        let mut serving_since = Utc::now();
         self.ready.send_replace(true);
         // Commits whose jobs were published but not yet confirmed, oldest
         // first (confirms arrive in publish order). Their events are acked
@@ -257,8 +257,19 @@ impl Dispatcher<'_> {
                 }
                 delivery = commits.next() => {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("commits"))??;
+                    let began = Instant::now();
                     if let Some(pending) = self.on_commit(session, delivery).await? {
                         unconfirmed.push_back(pending);
+                    }
+                    // Planning held the loop for half a lease or more (the
+                    // first fetch of a large repository): the heartbeats of
+                    // that time are still unread, so leases count again
+                    // from now rather than declaring runs lost for the
+                    // dispatcher's own delay.
+                    if began.elapsed() >= self.config.lease / 2 {
+                        warn!(held = %humantime::format_duration(began.elapsed()),
+                              "planning a commit held the dispatcher; leases restart from now");
+                        serving_since = Utc::now();
                     }
                 }
                 Some(command) = self.commands.recv() => self.on_command(session, command).await?,

@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use warren_common::ids::{BranchName, CommitId, RepoName, RepoUrl};
 use warren_common::messages::{CommitEvent, Job, decode};
 use warren_common::topology::Queue;
 use warren_harness::cluster::{Cluster, ClusterOptions};
@@ -510,5 +511,95 @@ async fn a_job_the_broker_keeps_taking_back_is_dead_lettered_and_reported() {
         jobs.get(&sha),
         Some(&1),
         "the job is in the dead-letter queue for people to see"
+    );
+}
+
+/// A TCP server that accepts connections and holds each for `hold` before
+/// closing it without a word: a git host that hangs.
+fn hanging_git_host(hold: Duration) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                std::thread::sleep(hold);
+                drop(stream);
+            });
+        }
+    });
+    format!("http://{address}/slow.git")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_held_up_by_a_slow_fetch_does_not_declare_running_jobs_lost() {
+    let mut options = ClusterOptions::new("f-stall");
+    options.workers = 1;
+    // A short lease, frequent heartbeats and a prefetch of one: after the
+    // stall, the heartbeats of that time are still in the broker when the
+    // lease check comes.
+    options.dispatcher_extra = "lease = \"3s\"\nprefetch = 1".into();
+    options.worker_env = vec![("WARREN_WORKER__HEARTBEAT_INTERVAL".into(), "300ms".into())];
+    let cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(1, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let marks = marks_path(&cluster);
+    let spec = marking_spec(&marks, "sleep 12");
+    let sha = cluster
+        .upstream
+        .commit("main", "long test", &[("warren.toml", Some(&spec))]);
+    wait_for_marks(&marks, 1, &cluster);
+
+    // A commit of a repository whose host hangs: planning it holds the
+    // dispatcher's loop for three fetch attempts of 2.5 s each.
+    let session = cluster.broker.session().await;
+    let event = CommitEvent {
+        repo: RepoName::parse("slow").unwrap(),
+        url: RepoUrl::parse(&hanging_git_host(Duration::from_millis(2500))).unwrap(),
+        branch: BranchName::parse("main").unwrap(),
+        sha: CommitId::parse(&"ab".repeat(20)).unwrap(),
+        parents: Vec::new(),
+        author: "A <a@x>".into(),
+        summary: "slow host".into(),
+        committed_at: Utc::now(),
+        detected_at: Utc::now(),
+    };
+    session
+        .publish(
+            Queue::Commits,
+            &event,
+            warren_common::session::Outgoing {
+                routing_key: "slow",
+                message_id: "stall-test".into(),
+                persistent: true,
+                headers: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
+    assert_eq!(report["status"], "passed", "{report:#}");
+    assert_eq!(
+        report["jobs"][0]["attempt"],
+        1,
+        "the running job was not re-issued: {report:#}\n{}",
+        cluster.all_logs()
+    );
+    assert_eq!(
+        cluster.count("SELECT count(*) FROM attempts WHERE state = 'lost'"),
+        0,
+        "{}",
+        cluster.all_logs()
+    );
+    let slow =
+        cluster.count("SELECT count(*) FROM commits WHERE repo = 'slow' AND status = 'error'");
+    assert_eq!(slow, 1, "the slow host's commit gets an error verdict");
+    assert!(
+        cluster.all_logs().contains("leases restart from now"),
+        "{}",
+        cluster.all_logs()
     );
 }

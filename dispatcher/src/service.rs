@@ -3,8 +3,10 @@
 //!
 //! Everything runs on one task, one message at a time, so the database has a
 //! single writer and needs no locks. Its calls are short (a few small
-//! transactions per message) and are made inline; only git work (a fetch)
-//! goes to a blocking thread.
+//! transactions per message) and are made inline. Only reading a commit's
+//! tree (a fetch) runs beside the loop, on blocking threads: commits are
+//! planned in the order they came, and a slow fetch holds up only the
+//! commits behind it, never results, heartbeats or leases.
 //!
 //! Every ack follows the work it acknowledges: a commit event is acked once
 //! its jobs are in the database and confirmed by the broker (or its error
@@ -25,13 +27,14 @@ use crate::store::{
 };
 use chrono::Utc;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, error, info, warn};
 use warren_common::backoff::Backoff;
@@ -218,13 +221,18 @@ impl Dispatcher<'_> {
         let mut leases = tokio::time::interval(Duration::from_millis(LEASE_CHECK_MS));
         // Workers' heartbeats may have waited in (or expired from) the events
         // queue while this dispatcher was away: leases count from now.
-        let mut serving_since = Utc::now();
+        let serving_since = Utc::now();
         self.ready.send_replace(true);
         // Commits whose jobs were published but not yet confirmed, oldest
         // first (confirms arrive in publish order). Their events are acked
         // once confirmed; meanwhile other messages are served, so the broker
         // round trip of a confirm does not hold up the loop.
         let mut unconfirmed: VecDeque<Unconfirmed> = VecDeque::new();
+        // Commits whose trees are being read (a fetch, on blocking threads,
+        // one repository at a time), finished in the order they came: a
+        // slow fetch holds up the commits behind it, never results,
+        // heartbeats or leases. At most `prefetch` (unacked deliveries).
+        let mut planning: FuturesOrdered<PrepareFuture> = FuturesOrdered::new();
         loop {
             // Results first: they finish commits, which is what users wait for.
             tokio::select! {
@@ -255,21 +263,16 @@ impl Dispatcher<'_> {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("dead jobs"))??;
                     self.on_dead_job(delivery).await?;
                 }
-                delivery = commits.next() => {
-                    let delivery = delivery.ok_or(ServeError::ConsumerGone("commits"))??;
-                    let began = Instant::now();
-                    if let Some(pending) = self.on_commit(session, delivery).await? {
+                // A commit whose tree has been read: plan, record, publish.
+                Some(prepared) = planning.next(), if !planning.is_empty() => {
+                    if let Some(pending) = self.on_prepared(session, prepared).await? {
                         unconfirmed.push_back(pending);
                     }
-                    // Planning held the loop for half a lease or more (the
-                    // first fetch of a large repository): the heartbeats of
-                    // that time are still unread, so leases count again
-                    // from now rather than declaring runs lost for the
-                    // dispatcher's own delay.
-                    if began.elapsed() >= self.config.lease / 2 {
-                        warn!(held = %humantime::format_duration(began.elapsed()),
-                              "planning a commit held the dispatcher; leases restart from now");
-                        serving_since = Utc::now();
+                }
+                delivery = commits.next() => {
+                    let delivery = delivery.ok_or(ServeError::ConsumerGone("commits"))??;
+                    if let Some(prepare) = self.on_commit(session, delivery).await? {
+                        planning.push_back(prepare);
                     }
                 }
                 Some(command) = self.commands.recv() => self.on_command(session, command).await?,
@@ -364,11 +367,14 @@ impl Dispatcher<'_> {
     /// Records a commit event and publishes its jobs. Returns the publish
     /// still to be confirmed (the event is acked once it is), or `None` when
     /// the event was settled here (duplicate, error verdict, rejected).
+    /// Takes a commit event: a bad one is dead-lettered, a known commit
+    /// acked; a new one is returned as the reading of its tree, to be
+    /// finished by [`Self::on_prepared`].
     async fn on_commit(
         &mut self,
         session: &Session,
         delivery: Delivery,
-    ) -> Result<Option<Unconfirmed>, ServeError> {
+    ) -> Result<Option<PrepareFuture>, ServeError> {
         let event = match decode::<CommitEvent>(&delivery.data) {
             Ok(event) => event,
             Err(error) => {
@@ -376,15 +382,57 @@ impl Dispatcher<'_> {
                 return Ok(None);
             }
         };
+        if self.duplicate(&event, &delivery).await? {
+            return Ok(None);
+        }
+        let mirrors = Arc::clone(&self.mirrors);
+        let defaults = self.config.defaults.clone();
+        let max_timeout = self.config.max_timeout;
+        Ok(Some(Box::pin(async move {
+            let prepared = prepare(&defaults, max_timeout, &mirrors, &event).await;
+            Prepared {
+                delivery,
+                event,
+                prepared,
+            }
+        })))
+    }
+
+    /// Whether the event's commit is known (counted and acked if so).
+    async fn duplicate(
+        &mut self,
+        event: &CommitEvent,
+        delivery: &Delivery,
+    ) -> Result<bool, ServeError> {
         if let CommitSeen::Duplicate { commit_id } =
             self.store.see_commit(&event.repo, &event.sha)?
         {
             debug!(repo = %event.repo, sha = %event.sha, commit_id, "duplicate commit event");
             delivery.ack(BasicAckOptions::default()).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Plans a commit whose tree has been read: selects and splits its
+    /// suite, records it with its jobs and starts publishing them (or
+    /// records its `error` verdict).
+    async fn on_prepared(
+        &mut self,
+        session: &Session,
+        Prepared {
+            delivery,
+            event,
+            prepared,
+        }: Prepared,
+    ) -> Result<Option<Unconfirmed>, ServeError> {
+        // Another event of the same commit (pushed to two branches) may
+        // have been planned while this one's tree was read.
+        if self.duplicate(&event, &delivery).await? {
             return Ok(None);
         }
         let now = Utc::now();
-        let planned = match prepare(&self.config, &self.mirrors, &event).await {
+        let planned = match prepared {
             Ok(prepared) => self.shard(&event, prepared)?,
             Err(message) => Err(message),
         };
@@ -697,7 +745,8 @@ impl Dispatcher<'_> {
 /// failures a few times) and makes its plan, or says why it cannot be
 /// tested.
 async fn prepare(
-    config: &DispatcherConfig,
+    defaults: &spec::TestSpec,
+    max_timeout: Duration,
     mirrors: &Arc<Mirrors>,
     event: &CommitEvent,
 ) -> Result<(spec::Plan, CommitTree), String> {
@@ -722,7 +771,7 @@ async fn prepare(
             Err(error) => return Err(error.to_string()),
         }
     };
-    let plan = spec::plan(tree.spec.as_deref(), &config.defaults, config.max_timeout)?;
+    let plan = spec::plan(tree.spec.as_deref(), defaults, max_timeout)?;
     Ok((plan, tree))
 }
 
@@ -780,6 +829,17 @@ struct Unconfirmed {
 }
 
 type ConfirmFuture = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+
+/// A commit event whose tree has been read (or could not be: the message of
+/// its `error` verdict).
+struct Prepared {
+    delivery: Delivery,
+    event: CommitEvent,
+    prepared: Result<(spec::Plan, CommitTree), String>,
+}
+
+/// The reading of a commit's tree, beside the loop.
+type PrepareFuture = Pin<Box<dyn Future<Output = Prepared> + Send>>;
 
 /// Sends `jobs` and returns a future of their confirms.
 async fn start_publishing(session: &Session, jobs: &[Job]) -> Result<ConfirmFuture, PublishError> {

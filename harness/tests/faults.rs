@@ -531,7 +531,7 @@ fn hanging_git_host(hold: Duration) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dispatcher_held_up_by_a_slow_fetch_does_not_declare_running_jobs_lost() {
+async fn a_slow_fetch_holds_up_no_heartbeat_so_no_running_job_is_declared_lost() {
     let mut options = ClusterOptions::new("f-stall");
     options.workers = 1;
     // A short lease, frequent heartbeats and a prefetch of one: after the
@@ -552,8 +552,9 @@ async fn a_dispatcher_held_up_by_a_slow_fetch_does_not_declare_running_jobs_lost
         .commit("main", "long test", &[("warren.toml", Some(&spec))]);
     wait_for_marks(&marks, 1, &cluster);
 
-    // A commit of a repository whose host hangs: planning it holds the
-    // dispatcher's loop for three fetch attempts of 2.5 s each.
+    // A commit of a repository whose host hangs: reading its tree takes
+    // three fetch attempts of 2.5 s each, during which the running job's
+    // heartbeats must still be read (planning runs beside the loop).
     let session = cluster.broker.session().await;
     let event = CommitEvent {
         repo: RepoName::parse("slow").unwrap(),
@@ -597,9 +598,4 @@ async fn a_dispatcher_held_up_by_a_slow_fetch_does_not_declare_running_jobs_lost
     let slow =
         cluster.count("SELECT count(*) FROM commits WHERE repo = 'slow' AND status = 'error'");
     assert_eq!(slow, 1, "the slow host's commit gets an error verdict");
-    assert!(
-        cluster.all_logs().contains("leases restart from now"),
-        "{}",
-        cluster.all_logs()
-    );
 }

@@ -137,9 +137,10 @@ pub fn load_with_env<S: DeserializeOwned>(
 
 /// Every table a Warren config file can have; an environment variable
 /// `WARREN_<TABLE>_<KEY>` with a single underscore is a typo of one.
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     "broker",
     "log",
+    "git",
     "worker",
     "watcher",
     "dispatcher",

@@ -5,13 +5,15 @@
 //! - [`messages`]: the versioned JSON messages and their strict decoder.
 //! - [`topology`]: every exchange and queue, under a configurable prefix.
 //! - [`session`]: a broker connection with publisher confirms and dead-lettering.
-//! - [`config`]: file-then-environment settings and the `[broker]`/`[log]` tables.
+//! - [`config`]: file-then-environment settings and the `[broker]`/`[log]` tables;
+//!   [`git`] the `[git]` table: credentials for fetches.
 //! - [`backoff`], [`shutdown`], [`telemetry`], [`atomic_file`]: the small
 //!   pieces every long-running component needs.
 
 pub mod atomic_file;
 pub mod backoff;
 pub mod config;
+pub mod git;
 pub mod ids;
 pub mod messages;
 pub mod session;

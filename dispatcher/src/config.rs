@@ -8,6 +8,7 @@ use std::time::Duration;
 use warren_common::config::{
     BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogSettings, load, validate_dir,
 };
+use warren_common::git::{GitAuth, GitSettings};
 use warren_common::messages::{MAX_TIMEOUT_MS, TestCommand};
 
 /// The file as written.
@@ -26,6 +27,8 @@ pub struct Settings {
     pub http: HttpSettings,
     #[serde(default)]
     pub notify: NotifySettings,
+    #[serde(default)]
+    pub git: GitSettings,
 }
 
 /// `[http]`: the API, the status page and the metrics.
@@ -208,6 +211,8 @@ pub struct DispatcherConfig {
     pub webhooks: Vec<String>,
     pub webhook_timeout: Duration,
     pub webhook_retries: u32,
+    /// Credentials for fetching repositories (`[git]`).
+    pub git: GitAuth,
 }
 
 impl DispatcherConfig {
@@ -296,6 +301,7 @@ impl DispatcherConfig {
             webhooks: settings.notify.webhooks,
             webhook_timeout: settings.notify.timeout,
             webhook_retries: settings.notify.retries,
+            git: GitAuth::from_settings(&settings.git, source)?,
         })
     }
 }

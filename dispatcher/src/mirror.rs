@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+use warren_common::git::GitAuth;
 use warren_common::ids::{CommitId, RepoName, RepoUrl};
 
 /// Why the commit's `warren.toml` could not be read.
@@ -42,14 +43,17 @@ impl MirrorError {
 /// repository costs more than reading a file from it).
 pub struct Mirrors {
     dir: PathBuf,
+    git: GitAuth,
     open: Mutex<HashMap<RepoName, Repository>>,
 }
 
 impl Mirrors {
-    /// Mirrors in `dir` (`<dir>/<repo>.git`), created on first use.
-    pub fn new(dir: &Path) -> Self {
+    /// Mirrors in `dir` (`<dir>/<repo>.git`), created on first use,
+    /// fetched with the credentials of `git`.
+    pub fn new(dir: &Path, git: GitAuth) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            git,
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -71,7 +75,7 @@ impl Mirrors {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => entry.insert(open_or_init(&path)?),
         };
-        let result = read_from(mirror, &path, url, sha);
+        let result = read_from(mirror, &path, url, &self.git, sha);
         if matches!(result, Err(MirrorError::Local { .. })) {
             // Opened again (and recreated if broken) next time.
             open.remove(repo);
@@ -103,6 +107,7 @@ fn read_from(
     mirror: &Repository,
     path: &Path,
     url: &RepoUrl,
+    git: &GitAuth,
     sha: &CommitId,
 ) -> Result<CommitTree, MirrorError> {
     let local = |error: git2::Error| MirrorError::Local {
@@ -111,7 +116,7 @@ fn read_from(
     };
     let oid = Oid::from_str(sha.as_str()).map_err(local)?;
     if mirror.find_commit(oid).is_err() {
-        fetch(mirror, url)?;
+        fetch(mirror, url, git)?;
     }
     let commit = mirror
         .find_commit(oid)
@@ -203,7 +208,7 @@ fn open_or_init(path: &Path) -> Result<Repository, MirrorError> {
     })
 }
 
-fn fetch(mirror: &Repository, url: &RepoUrl) -> Result<(), MirrorError> {
+fn fetch(mirror: &Repository, url: &RepoUrl, git: &GitAuth) -> Result<(), MirrorError> {
     let mut remote = mirror
         .remote_anonymous(url.as_str())
         .map_err(|error| MirrorError::Fetch {
@@ -211,7 +216,9 @@ fn fetch(mirror: &Repository, url: &RepoUrl) -> Result<(), MirrorError> {
             message: error.message().to_owned(),
         })?;
     let mut options = FetchOptions::new();
-    options.prune(git2::FetchPrune::On);
+    options
+        .remote_callbacks(git.callbacks())
+        .prune(git2::FetchPrune::On);
     remote
         .fetch(&["+refs/heads/*:refs/heads/*"], Some(&mut options), None)
         .map_err(|error| MirrorError::Fetch {
@@ -241,7 +248,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (repo, url, sha) = ids(&upstream, &first);
         assert_eq!(
-            Mirrors::new(dir.path())
+            Mirrors::new(dir.path(), GitAuth::default())
                 .read_commit(&repo, &url, &sha)
                 .unwrap()
                 .spec
@@ -250,7 +257,7 @@ mod tests {
         );
         let (_, _, sha) = ids(&upstream, &second);
         assert_eq!(
-            Mirrors::new(dir.path())
+            Mirrors::new(dir.path(), GitAuth::default())
                 .read_commit(&repo, &url, &sha)
                 .unwrap()
                 .spec,
@@ -273,14 +280,14 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let (repo, url, sha) = ids(&upstream, &second);
-        let tree = Mirrors::new(dir.path())
+        let tree = Mirrors::new(dir.path(), GitAuth::default())
             .read_commit(&repo, &url, &sha)
             .unwrap();
         assert_eq!(tree.files, ["README", "src/a.py", "tests/t.py"]);
         assert_eq!(tree.changed.unwrap(), ["README", "src/a.py"]);
         assert_eq!(tree.parent.unwrap().as_str(), first);
         let (_, _, root) = ids(&upstream, &first);
-        let tree = Mirrors::new(dir.path())
+        let tree = Mirrors::new(dir.path(), GitAuth::default())
             .read_commit(&repo, &url, &root)
             .unwrap();
         assert!(tree.parent.is_none() && tree.changed.is_none());
@@ -293,14 +300,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (repo, url, _) = ids(&upstream, &"0".repeat(40));
         let missing = CommitId::parse(&"1".repeat(40)).unwrap();
-        let err = Mirrors::new(dir.path())
+        let err = Mirrors::new(dir.path(), GitAuth::default())
             .read_commit(&repo, &url, &missing)
             .unwrap_err();
         assert!(matches!(err, MirrorError::CommitNotFound { .. }), "{err}");
         assert!(!err.is_retryable());
 
         let nowhere = RepoUrl::parse("/nonexistent/repo.git").unwrap();
-        let err = Mirrors::new(dir.path())
+        let err = Mirrors::new(dir.path(), GitAuth::default())
             .read_commit(&repo, &nowhere, &missing)
             .unwrap_err();
         assert!(matches!(err, MirrorError::Fetch { .. }), "{err}");
@@ -313,14 +320,14 @@ mod tests {
         let sha = upstream.commit("main", "one", &[("warren.toml", Some("x"))]);
         let dir = tempfile::tempdir().unwrap();
         let (repo, url, sha) = ids(&upstream, &sha);
-        Mirrors::new(dir.path())
+        Mirrors::new(dir.path(), GitAuth::default())
             .read_commit(&repo, &url, &sha)
             .unwrap();
         let mirror = dir.path().join("sample.git");
         std::fs::remove_dir_all(mirror.join("objects")).unwrap();
         std::fs::remove_file(mirror.join("HEAD")).unwrap();
         assert!(
-            Mirrors::new(dir.path())
+            Mirrors::new(dir.path(), GitAuth::default())
                 .read_commit(&repo, &url, &sha)
                 .unwrap()
                 .spec

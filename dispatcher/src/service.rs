@@ -126,7 +126,7 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
         config.webhook_retries,
     );
     let mut dispatcher = Dispatcher {
-        mirrors: Arc::new(Mirrors::new(&config.mirror_dir)),
+        mirrors: Arc::new(Mirrors::new(&config.mirror_dir, config.git.clone())),
         config,
         store: &mut store,
         commands,

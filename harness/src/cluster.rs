@@ -22,6 +22,9 @@ pub struct ClusterOptions {
     pub poll_interval: String,
     /// The name the repository is watched under.
     pub repo: String,
+    /// The URL the watcher fetches it from (and every job carries); the
+    /// upstream's own path when `None`.
+    pub repo_url: Option<String>,
     /// Where to put everything; a temporary folder when `None`.
     pub dir: Option<PathBuf>,
     /// Extra lines for the dispatcher's `[dispatcher]` table.
@@ -52,6 +55,7 @@ impl ClusterOptions {
             slots: 1,
             poll_interval: "500ms".into(),
             repo: "sample".into(),
+            repo_url: None,
             dir: None,
             dispatcher_extra: String::new(),
             worker_extra: String::new(),
@@ -234,7 +238,10 @@ impl Cluster {
             "{broker}\n[watcher]\nstate_dir = \"{root}/watcher\"\n\n[repos.{}]\nurl = \"{}\"\n\
              branches = [\"main\"]\npoll_interval = \"{}\"\n",
             options.repo,
-            self.upstream.url(),
+            options
+                .repo_url
+                .clone()
+                .unwrap_or_else(|| self.upstream.url()),
             options.poll_interval
         );
         std::fs::write(self.config_path("watcher"), watcher).expect("write config");

@@ -3,6 +3,7 @@
 //! - [`broker`]: a unique name prefix per test on the real broker, with
 //!   helpers to read queue depths and dead letters, and clean-up.
 //! - [`git`]: real git repositories to commit to (bare, like a forge).
+//! - [`git_http`]: a local git host over smart HTTP that requires a token.
 //! - [`cluster`]: a whole installation from the real binaries.
 //! - [`proxy`]: a TCP proxy that can cut a connection without closing it.
 //! - [`rabbit`]: stopping and starting the broker, changing its settings,
@@ -14,6 +15,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod git;
+pub mod git_http;
 pub mod process;
 pub mod proxy;
 pub mod rabbit;

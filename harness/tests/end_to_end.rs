@@ -8,6 +8,7 @@ use std::time::Duration;
 use warren_common::messages::{CommitEvent, decode};
 use warren_common::topology::Queue;
 use warren_harness::cluster::{Cluster, ClusterOptions};
+use warren_harness::git_http::GitHttpServer;
 
 /// Longest wait for a batch of results; they normally take a few seconds.
 const RESULTS_DEADLINE: Duration = Duration::from_secs(90);
@@ -245,4 +246,83 @@ fn every_binary_refuses_a_bad_config_naming_file_key_and_variable_before_connect
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("WARREN_WORKER__SLOTS"), "{stderr}");
+}
+
+/// A cluster whose repository is only reachable over HTTP with a token:
+/// `[git]` is set for every component through the environment, with
+/// `token` in the dispatcher's token file and the right one for the others.
+fn private_repo_cluster(
+    name: &str,
+    dispatcher_token: &str,
+) -> (tempfile::TempDir, Cluster, GitHttpServer) {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().to_path_buf();
+    let server = GitHttpServer::start(&dir, "ci-bot", "right-token");
+    let (right, wrong) = (dir.join("right-token"), dir.join("dispatcher-token"));
+    std::fs::write(&right, "right-token\n").unwrap();
+    std::fs::write(&wrong, format!("{dispatcher_token}\n")).unwrap();
+    let mut options = ClusterOptions::new(name);
+    options.workers = 1;
+    options.dir = Some(dir);
+    options.repo_url = Some(server.url("sample"));
+    options.env = vec![
+        ("WARREN_GIT__HTTPS_USERNAME".into(), "ci-bot".into()),
+        (
+            "WARREN_GIT__HTTPS_TOKEN_FILE".into(),
+            right.display().to_string(),
+        ),
+        // No helper of the machine's may answer for Warren.
+        ("WARREN_GIT__CREDENTIAL_HELPER".into(), "false".into()),
+    ];
+    options.dispatcher_env = vec![(
+        "WARREN_GIT__HTTPS_TOKEN_FILE".into(),
+        wrong.display().to_string(),
+    )];
+    (temp, Cluster::start(options), server)
+}
+
+#[test]
+fn a_private_repository_is_watched_planned_and_checked_out_with_a_token() {
+    let (_dir, cluster, server) = private_repo_cluster("e-private", "right-token");
+    let sha = cluster.upstream.commit(
+        "main",
+        "private",
+        &[("warren.toml", Some("command = \"test -f warren.toml\"\n"))],
+    );
+    let report = cluster
+        .wait_for_results(std::slice::from_ref(&sha), RESULTS_DEADLINE)
+        .unwrap_or_else(|missing| panic!("{missing:?}\n{}", cluster.all_logs()))
+        .remove(0);
+    assert_eq!(report["status"], "passed", "{report:#}");
+    // The watcher, the dispatcher and the worker each fetched: git asks
+    // without credentials first (401), then with the token.
+    assert!(server.authorized() >= 3, "{}", server.authorized());
+    assert!(server.refused() >= 3, "{}", server.refused());
+    assert!(
+        !cluster.all_logs().contains("right-token"),
+        "the token is never logged"
+    );
+}
+
+#[test]
+fn a_refused_token_gives_an_error_that_names_the_setting_and_no_retry_loop() {
+    let (_dir, cluster, server) = private_repo_cluster("e-badtoken", "wrong-token");
+    let sha = cluster.upstream.commit(
+        "main",
+        "private",
+        &[("warren.toml", Some("command = \"true\"\n"))],
+    );
+    let report = cluster
+        .wait_for_results(std::slice::from_ref(&sha), RESULTS_DEADLINE)
+        .unwrap_or_else(|missing| panic!("{missing:?}\n{}", cluster.all_logs()))
+        .remove(0);
+    assert_eq!(report["status"], "error", "{report:#}");
+    let message = report["message"].as_str().unwrap_or_default();
+    println!("the verdict's message: {message}");
+    assert!(
+        message.contains("https_token_file") && !message.contains("wrong-token"),
+        "{message}"
+    );
+    // Each of the dispatcher's three fetch attempts offers the token once.
+    assert!(server.refused() < 20, "{} refusals", server.refused());
 }

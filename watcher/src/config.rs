@@ -18,6 +18,7 @@ use std::time::Duration;
 use warren_common::config::{
     BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogSettings, load, validate_dir,
 };
+use warren_common::git::{GitAuth, GitSettings};
 use warren_common::ids::{BranchName, RepoName, RepoUrl};
 
 /// Shortest poll interval: 100 ms. Polling a local mirror faster than this
@@ -57,6 +58,9 @@ pub struct Settings {
     /// `[log]`.
     #[serde(default)]
     pub log: LogSettings,
+    /// `[git]`: credentials for fetching.
+    #[serde(default)]
+    pub git: GitSettings,
 }
 
 /// `[watcher]`: the watcher's own settings.
@@ -131,6 +135,8 @@ pub struct RepoConfig {
     pub backfill: u32,
     /// Follow first parents only.
     pub first_parent: bool,
+    /// Credentials for the mirror's fetches (`[git]`).
+    pub git: GitAuth,
 }
 
 /// The branch names and globs of one repository.
@@ -220,11 +226,16 @@ impl WatcherConfig {
         if settings.repos.is_empty() {
             return Err(no_repository(source));
         }
-        let repos = settings
+        let mut repos = settings
             .repos
             .iter()
             .map(|(name, repo)| validate_repo(name, repo, source))
             .collect::<Result<Vec<_>, _>>()?;
+        // One set of credentials for every repository, for now.
+        let git = GitAuth::from_settings(&settings.git, source)?;
+        for repo in &mut repos {
+            repo.git = git.clone();
+        }
         Ok(Self {
             broker,
             state_dir,
@@ -284,6 +295,7 @@ fn validate_repo(
         poll_interval: settings.poll_interval,
         backfill: settings.backfill,
         first_parent: settings.first_parent,
+        git: GitAuth::default(),
     })
 }
 

@@ -491,6 +491,7 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             backfill: 0,
             first_parent: false,
+            git: Default::default(),
         };
         let branch = BranchName::parse("main").unwrap();
         let now = Utc::now();

@@ -10,12 +10,13 @@
 //! Everything here blocks: call it from `tokio::task::spawn_blocking`.
 
 use crate::config::BranchFilter;
-use git2::{AutotagOption, FetchOptions, FetchPrune, RemoteCallbacks, Repository};
+use git2::{AutotagOption, FetchOptions, FetchPrune, Repository};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use warren_common::git::GitAuth;
 use warren_common::ids::{BranchName, CommitId, RepoUrl};
 
 /// The fetch refspec: every upstream branch onto the mirror branch of the
@@ -54,10 +55,11 @@ pub enum MirrorError {
 pub fn sync(
     path: &Path,
     url: &RepoUrl,
+    git: &GitAuth,
     cancel: &CancellationToken,
 ) -> Result<Repository, MirrorError> {
     let repo = open_or_create(path)?;
-    fetch(&repo, path, url, cancel)?;
+    fetch(&repo, path, url, git, cancel)?;
     Ok(repo)
 }
 
@@ -164,6 +166,7 @@ fn fetch(
     repo: &Repository,
     path: &Path,
     url: &RepoUrl,
+    git: &GitAuth,
     cancel: &CancellationToken,
 ) -> Result<(), MirrorError> {
     let fetch_error = |source| MirrorError::Fetch {
@@ -182,7 +185,7 @@ fn fetch(
     // An anonymous remote: the URL comes from the config at every fetch, so
     // a changed URL takes effect without touching the mirror's own config.
     let mut remote = repo.remote_anonymous(url.as_str()).map_err(fetch_error)?;
-    let mut callbacks = RemoteCallbacks::new();
+    let mut callbacks = git.callbacks();
     // Returning false from a progress callback makes libgit2 abort the
     // transfer, so a long fetch does not hold up a shutdown.
     callbacks.transfer_progress(|_| !cancel.is_cancelled());
@@ -236,7 +239,7 @@ mod tests {
         let url = RepoUrl::parse(&upstream.url()).unwrap();
         let cancel = CancellationToken::new();
 
-        let repo = sync(&path, &url, &cancel).unwrap();
+        let repo = sync(&path, &url, &GitAuth::default(), &cancel).unwrap();
         assert!(repo.is_bare());
         assert_eq!(
             branches(&repo),
@@ -254,7 +257,7 @@ mod tests {
             .unwrap()
             .delete()
             .unwrap();
-        let repo = sync(&path, &url, &cancel).unwrap();
+        let repo = sync(&path, &url, &GitAuth::default(), &cancel).unwrap();
         assert_eq!(branches(&repo), [("refs/heads/main".to_owned(), rewritten)]);
         // The commit published before the force-push is still there.
         assert!(
@@ -294,11 +297,11 @@ mod tests {
         let path = dir.path().join("api.git");
         let url = RepoUrl::parse(&upstream.url()).unwrap();
         let cancel = CancellationToken::new();
-        sync(&path, &url, &cancel).unwrap();
+        sync(&path, &url, &GitAuth::default(), &cancel).unwrap();
 
         std::fs::remove_dir_all(path.join("objects")).unwrap();
         assert!(Repository::open_bare(&path).is_err());
-        let repo = sync(&path, &url, &cancel).unwrap();
+        let repo = sync(&path, &url, &GitAuth::default(), &cancel).unwrap();
         assert_eq!(
             branches(&repo),
             [("refs/heads/main".to_owned(), tip.clone())]
@@ -308,7 +311,7 @@ mod tests {
         drop(repo);
         std::fs::remove_dir_all(&path).unwrap();
         std::fs::write(&path, "not a repository").unwrap();
-        let repo = sync(&path, &url, &cancel).unwrap();
+        let repo = sync(&path, &url, &GitAuth::default(), &cancel).unwrap();
         assert_eq!(branches(&repo), [("refs/heads/main".to_owned(), tip)]);
     }
 
@@ -317,14 +320,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.git");
         let url = RepoUrl::parse(&dir.path().join("nowhere.git").display().to_string()).unwrap();
-        let Err(err) = sync(&path, &url, &CancellationToken::new()) else {
+        let Err(err) = sync(&path, &url, &GitAuth::default(), &CancellationToken::new()) else {
             panic!("fetching from a missing repository succeeded");
         };
         assert!(matches!(err, MirrorError::Missing { .. }), "{err:?}");
         assert!(err.to_string().contains("nowhere.git"), "{err}");
         // A path that exists but is no repository: libgit2's own error.
         let url = RepoUrl::parse(&dir.path().display().to_string()).unwrap();
-        let Err(err) = sync(&path, &url, &CancellationToken::new()) else {
+        let Err(err) = sync(&path, &url, &GitAuth::default(), &CancellationToken::new()) else {
             panic!("fetching from a folder that is no repository succeeded");
         };
         assert!(matches!(err, MirrorError::Fetch { .. }), "{err:?}");

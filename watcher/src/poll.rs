@@ -243,7 +243,8 @@ fn plan(
         repo: name.clone(),
         source,
     };
-    let mirror = mirror::sync(&state.mirror(name), &repo.url, cancel).map_err(mirror_error)?;
+    let mirror =
+        mirror::sync(&state.mirror(name), &repo.url, &repo.git, cancel).map_err(mirror_error)?;
     let history_error = |branch: &str| {
         let branch = branch.to_owned();
         move |source| PollError::History {

@@ -10,8 +10,8 @@
 
 use git2::build::CheckoutBuilder;
 use git2::{
-    AutotagOption, FetchOptions, Oid, RemoteCallbacks, Repository, RepositoryOpenFlags, ResetType,
-    Status, StatusOptions,
+    AutotagOption, FetchOptions, Oid, Repository, RepositoryOpenFlags, ResetType, Status,
+    StatusOptions,
 };
 use std::fs;
 use std::io;
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::{debug, info, warn};
+use warren_common::git::GitAuth;
 use warren_common::ids::{CommitId, RepoName, RepoUrl};
 
 /// What is fetched when a commit is missing: every branch and tag. A commit
@@ -59,6 +60,8 @@ pub struct CheckoutRequest<'a> {
     pub url: &'a RepoUrl,
     /// The commit to check out.
     pub sha: &'a CommitId,
+    /// Credentials for the fetch.
+    pub git: &'a GitAuth,
 }
 
 /// A clean work tree at the requested commit.
@@ -181,7 +184,7 @@ fn attempt(
     let oid = Oid::from_str(request.sha.as_str())?;
     let mut fetched = false;
     if repo.find_commit(oid).is_err() {
-        fetch(&repo, request.url, interrupt)?;
+        fetch(&repo, request.url, request.git, interrupt)?;
         fetched = true;
     }
     let commit = repo.find_commit(oid).map_err(|_| Failure::NotFound)?;
@@ -211,9 +214,14 @@ fn open_or_init(path: &Path) -> Result<Repository, Failure> {
     }
 }
 
-fn fetch(repo: &Repository, url: &RepoUrl, interrupt: &Arc<AtomicBool>) -> Result<(), Failure> {
+fn fetch(
+    repo: &Repository,
+    url: &RepoUrl,
+    git: &GitAuth,
+    interrupt: &Arc<AtomicBool>,
+) -> Result<(), Failure> {
     info!(%url, "fetching");
-    let mut callbacks = RemoteCallbacks::new();
+    let mut callbacks = git.callbacks();
     let flag = Arc::clone(interrupt);
     // Returning false from the progress callback makes libgit2 abort the
     // transfer; this is how a forced stop interrupts a long fetch.
@@ -346,6 +354,7 @@ mod tests {
                 repo: &self.repo,
                 url: &self.url,
                 sha: &sha,
+                git: &GitAuth::default(),
             };
             prepare(&request, &Arc::new(AtomicBool::new(false)))
         }
@@ -483,6 +492,7 @@ mod tests {
             repo: &repo,
             url: &url,
             sha: &sha,
+            git: &GitAuth::default(),
         };
         let err = prepare(&request, &Arc::new(AtomicBool::new(false))).unwrap_err();
         assert!(matches!(err, CheckoutError::Fetch { .. }), "{err:?}");

@@ -24,6 +24,7 @@ use std::time::Duration;
 use warren_common::config::{
     BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogSettings, validate_dir,
 };
+use warren_common::git::{GitAuth, GitSettings};
 use warren_common::ids::{RepoName, WorkerId};
 
 /// Keys whose environment values are comma-separated lists.
@@ -54,6 +55,9 @@ pub struct Settings {
     /// `[log]`: how it logs.
     #[serde(default)]
     pub log: LogSettings,
+    /// `[git]`: credentials for fetching repositories.
+    #[serde(default)]
+    pub git: GitSettings,
 }
 
 /// `[worker]` as written: types checked, values not yet.
@@ -168,6 +172,8 @@ pub struct WorkerConfig {
     /// The address of the HTTP server (health and metrics), if any. Port 0
     /// picks a free port (the log says which).
     pub http_listen: Option<SocketAddr>,
+    /// Credentials for fetches (`[git]`; set by [`load`]).
+    pub git: GitAuth,
 }
 
 /// Reads `path` (if any) and the environment, and validates everything.
@@ -175,7 +181,8 @@ pub struct WorkerConfig {
 pub fn load(path: Option<&Path>) -> Result<(WorkerConfig, LogSettings), ConfigError> {
     let (settings, source) = warren_common::config::load::<Settings>(path, LIST_KEYS)?;
     let broker = BrokerConfig::from_settings(&settings.broker, &source)?;
-    let config = WorkerConfig::from_settings(broker, &settings.worker, &source)?;
+    let mut config = WorkerConfig::from_settings(broker, &settings.worker, &source)?;
+    config.git = GitAuth::from_settings(&settings.git, &source)?;
     Ok((config, settings.log))
 }
 
@@ -268,6 +275,7 @@ impl WorkerConfig {
             shutdown_grace: settings.shutdown_grace,
             ack_deadline: settings.ack_deadline,
             http_listen,
+            git: GitAuth::default(),
         })
     }
 }

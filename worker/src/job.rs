@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, info_span, instrument, warn};
+use warren_common::git::GitAuth;
 use warren_common::ids::WorkerId;
 use warren_common::messages::{
     Job, JobEventKind, JobResult, JobStatus, MAX_BODY_BYTES, TestStatus, decode, encode,
@@ -79,6 +80,8 @@ pub struct JobRunner {
     pub base_env: Vec<(OsString, OsString)>,
     /// Where checkout and run times (and dropped live output) are counted.
     pub metrics: Metrics,
+    /// Credentials for fetches (`[git]`).
+    pub git: GitAuth,
 }
 
 impl JobRunner {
@@ -94,6 +97,7 @@ impl JobRunner {
             heartbeat_interval: config.heartbeat_interval,
             base_env: std::env::vars_os().collect(),
             metrics,
+            git: config.git.clone(),
         }
     }
 }
@@ -166,7 +170,7 @@ pub async fn execute_job(
         runner.heartbeat_interval,
         async {
             let checkout_started = Instant::now();
-            let prepared = prepare_tree(slot_dir, job, stop.token()).await;
+            let prepared = prepare_tree(slot_dir, job, &runner.git, stop.token()).await;
             let checkout_time = checkout_started.elapsed();
             let tree = match prepared {
                 Ok(tree) => tree,
@@ -260,15 +264,17 @@ async fn with_heartbeats<T>(
 async fn prepare_tree(
     slot_dir: &Path,
     job: &Job,
+    git: &GitAuth,
     abort: &CancellationToken,
 ) -> Result<checkout::PreparedTree, CheckoutError> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let clone_path = slot_dir.join(job.repo.as_str());
-    let (slot_dir, repo, url, sha) = (
+    let (slot_dir, repo, url, sha, git) = (
         slot_dir.to_path_buf(),
         job.repo.clone(),
         job.url.clone(),
         job.sha.clone(),
+        git.clone(),
     );
     let flag = Arc::clone(&interrupt);
     // The checkout logs in the job's span.
@@ -280,6 +286,7 @@ async fn prepare_tree(
             repo: &repo,
             url: &url,
             sha: &sha,
+            git: &git,
         };
         checkout::prepare(&request, &flag)
     });
@@ -480,6 +487,7 @@ mod tests {
                 ("KEEP_ME".into(), "kept".into()),
             ],
             metrics: Metrics::default(),
+            git: GitAuth::default(),
         }
     }
 

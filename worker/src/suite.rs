@@ -747,6 +747,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(5),
             base_env: vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_default())],
             metrics: crate::metrics::Metrics::default(),
+            git: warren_common::git::GitAuth::default(),
         }
     }
 

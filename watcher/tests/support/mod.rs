@@ -29,6 +29,7 @@ pub fn repo(name: &str, url: &str) -> RepoConfig {
         poll_interval: Duration::from_millis(100),
         backfill: 0,
         first_parent: false,
+        git: Default::default(),
     }
 }
 

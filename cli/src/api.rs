@@ -55,6 +55,8 @@ pub type LogStream = Events<BufReader<ureq::BodyReader<'static>>>;
 pub struct Client {
     base: String,
     agent: Agent,
+    /// Sent with retry and cancel (`Authorization: Bearer …`).
+    token: Option<String>,
 }
 
 impl Client {
@@ -87,7 +89,28 @@ impl Client {
             .user_agent(concat!("warren-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        Ok(Self { base, agent })
+        Ok(Self {
+            base,
+            agent,
+            token: None,
+        })
+    }
+
+    /// Sends `token` with the writes (retry, cancel).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// A POST, with the token when there is one.
+    fn post(&self, url: String) -> Result<Response<Body>, ureq::Error> {
+        let request = self.agent.post(url);
+        match &self.token {
+            Some(token) => request
+                .header("authorization", format!("Bearer {token}"))
+                .send_empty(),
+            None => request.send_empty(),
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -132,7 +155,7 @@ impl Client {
             segment(repo),
             segment(sha)
         );
-        self.json("retry", self.agent.post(url).send_empty())
+        self.json("retry", self.post(url))
     }
 
     /// `POST /api/commits/{repo}/{sha}/cancel`.
@@ -143,7 +166,7 @@ impl Client {
             segment(repo),
             segment(sha)
         );
-        self.json("cancel", self.agent.post(url).send_empty())
+        self.json("cancel", self.post(url))
     }
 
     /// `GET /api/workers`.

@@ -17,6 +17,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "WARREN_URL", default_value = DEFAULT_URL)]
     pub url: String,
 
+    /// A file holding the dispatcher's token (its `http.token_file`), which
+    /// `retry` and `cancel` need when the dispatcher has one. Or put the
+    /// token itself in `WARREN_TOKEN`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Print the server's JSON instead of tables (for `logs`, one JSON
     /// object per chunk); exit codes stay the same. JSON keeps the API's
     /// shard index, counted from 0.

@@ -29,6 +29,25 @@ pub use exit::Exit;
 
 use std::io::Write;
 
+/// The dispatcher's token: from `--token-file`, else `WARREN_TOKEN`.
+fn token(cli: &Cli) -> Result<Option<String>, Error> {
+    if let Some(path) = &cli.token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| Error::Usage(format!("--token-file {}: {error}", path.display())))?;
+        let token = text.trim_end_matches(['\r', '\n']);
+        if token.is_empty() || token.contains(['\r', '\n']) {
+            return Err(Error::Usage(format!(
+                "--token-file {}: must hold one line, the token",
+                path.display()
+            )));
+        }
+        return Ok(Some(token.to_owned()));
+    }
+    Ok(std::env::var("WARREN_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty()))
+}
+
 /// Runs one command line: its output to `out`, notes for people to `err`,
 /// colour if `colour`. The exit code of the outcome, or what stopped it.
 pub fn run(
@@ -37,7 +56,7 @@ pub fn run(
     err: &mut dyn Write,
     colour: bool,
 ) -> Result<Exit, Error> {
-    let client = api::Client::new(&cli.url)?;
+    let client = api::Client::new(&cli.url)?.with_token(token(cli)?);
     let mut ctx = commands::Context {
         client,
         json: cli.json,

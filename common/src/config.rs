@@ -451,6 +451,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// Reads a secret (a token, a password) from the file at `path`, named by
+/// `key` in errors: one line, its line break dropped, never empty.
+pub fn read_secret_file(
+    path: &Path,
+    key: &str,
+    source: &ConfigSource,
+) -> Result<SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| source.invalid(key, format!("{}: {error}", path.display())))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() || secret.contains(['\r', '\n']) {
+        return Err(source.invalid(
+            key,
+            format!("{} must hold one line: the secret", path.display()),
+        ));
+    }
+    Ok(SecretString::from(secret.to_owned()))
+}
+
 /// Makes a relative path in a config file relative to the current directory
 /// (where the component was started), and refuses empty paths.
 pub fn validate_dir(path: &Path, key: &str, source: &ConfigSource) -> Result<PathBuf, ConfigError> {

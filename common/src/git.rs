@@ -18,7 +18,7 @@
 //! masked). When every way has been refused, the fetch fails with a message
 //! that names the `[git]` keys.
 
-use crate::config::{ConfigError, ConfigSource};
+use crate::config::{ConfigError, ConfigSource, read_secret_file};
 use git2::{Cred, CredentialType, RemoteCallbacks};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -122,19 +122,7 @@ impl GitAuth {
         };
         let https = match (&settings.https_token_file, &settings.https_username) {
             (Some(path), username) => {
-                let token = std::fs::read_to_string(path).map_err(|error| {
-                    source.invalid(
-                        "git.https_token_file",
-                        format!("{}: {error}", path.display()),
-                    )
-                })?;
-                let token = token.trim_end_matches(['\r', '\n']);
-                if token.is_empty() || token.contains(['\r', '\n']) {
-                    return Err(source.invalid(
-                        "git.https_token_file",
-                        format!("{} must hold one line: the token", path.display()),
-                    ));
-                }
+                let token = read_secret_file(path, "git.https_token_file", source)?;
                 let username = username
                     .clone()
                     .unwrap_or_else(|| DEFAULT_HTTPS_USERNAME.to_owned());
@@ -144,7 +132,7 @@ impl GitAuth {
                         "must be a non-empty name without ':' or line breaks",
                     ));
                 }
-                Some((username, SecretString::from(token.to_owned())))
+                Some((username, token))
             }
             (None, Some(_)) => {
                 return Err(source.invalid(

@@ -2,11 +2,13 @@
 //! `[log]`, read from a TOML file and `WARREN_*` variables, validated once.
 
 use crate::spec::TestSpec;
+use secrecy::SecretString;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_common::config::{
-    BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogSettings, load, validate_dir,
+    BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogSettings, load, read_secret_file,
+    validate_dir,
 };
 use warren_common::git::{GitAuth, GitSettings};
 use warren_common::messages::{MAX_TIMEOUT_MS, TestCommand};
@@ -35,16 +37,21 @@ pub struct Settings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Address to listen on. No authentication: keep it on a trusted
-    /// network (the default is this machine only).
+    /// Address to listen on (the default is this machine only).
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// A file holding the token that retry and cancel must carry
+    /// (`Authorization: Bearer …`); without it they are open to anyone who
+    /// reaches `listen`. Reads are never protected.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            token_file: None,
         }
     }
 }
@@ -207,6 +214,8 @@ pub struct DispatcherConfig {
     pub log: LogSettings,
     /// Where the API and the page listen.
     pub http_listen: std::net::SocketAddr,
+    /// The token retry and cancel must carry, if any.
+    pub http_token: Option<SecretString>,
     /// Webhooks.
     pub webhooks: Vec<String>,
     pub webhook_timeout: Duration,
@@ -298,6 +307,12 @@ impl DispatcherConfig {
             max_timeout: defaults.max_timeout,
             log: settings.log,
             http_listen,
+            http_token: settings
+                .http
+                .token_file
+                .as_deref()
+                .map(|path| read_secret_file(path, "http.token_file", source))
+                .transpose()?,
             webhooks: settings.notify.webhooks,
             webhook_timeout: settings.notify.timeout,
             webhook_retries: settings.notify.retries,

@@ -7,13 +7,14 @@
 //! sent to the loop as [`Command`]s, so the loop stays the only writer and
 //! the only publisher of jobs.
 
+use crate::config::DispatcherConfig;
 use crate::live::{LiveEvent, LiveLogs};
 use crate::metrics::{Metrics, QueueLabel};
 use crate::report::CommitSummary;
 use crate::store::{CommitFilter, Store, StoreError};
 use crate::web;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +23,7 @@ use chrono::Utc;
 use futures_util::Stream;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -76,16 +78,18 @@ pub struct AppState {
     session: Arc<tokio::sync::Mutex<Option<Arc<Session>>>>,
     metrics: Arc<Metrics>,
     live: Arc<LiveLogs>,
+    /// The token retry and cancel must carry, if one is set.
+    token: Option<Arc<SecretString>>,
 }
 
 impl AppState {
-    /// State for the handlers.
+    /// State for the handlers: the broker and the token from `config`.
     pub fn new(
+        config: &DispatcherConfig,
         store: Store,
         commands: mpsc::Sender<Command>,
         ready: watch::Receiver<bool>,
         updates: broadcast::Sender<i64>,
-        broker: BrokerConfig,
         metrics: Arc<Metrics>,
         live: Arc<LiveLogs>,
     ) -> Self {
@@ -94,10 +98,11 @@ impl AppState {
             commands,
             ready,
             updates,
-            broker,
+            broker: config.broker.clone(),
             session: Arc::default(),
             metrics,
             live,
+            token: config.http_token.clone().map(Arc::new),
         }
     }
 
@@ -390,18 +395,50 @@ async fn command(
     }
 }
 
+/// Lets a write through when no token is set, or when it carries
+/// `Authorization: Bearer <token>`.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), token.expose_secret().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "retry and cancel need this dispatcher's token: Authorization: Bearer <token> \
+             (warren --token or WARREN_TOKEN)",
+        ))
+    }
+}
+
+/// Compares without returning early at the first difference, so that the
+/// time taken does not tell how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 async fn retry(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path((repo, sha)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
     let commit_id = commit_of(&state, &repo, &sha).await?;
     command(&state, |reply| Command::Retry { commit_id, reply }).await
 }
 
 async fn cancel(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path((repo, sha)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
     let commit_id = commit_of(&state, &repo, &sha).await?;
     command(&state, |reply| Command::Cancel { commit_id, reply }).await
 }

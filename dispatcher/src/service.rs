@@ -109,11 +109,11 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
     let metrics = Arc::new(Metrics::new());
     let live = Arc::new(LiveLogs::default());
     let state = http::AppState::new(
+        &config,
         reader,
         commands_tx,
         ready_rx,
         updates.clone(),
-        config.broker.clone(),
         Arc::clone(&metrics),
         Arc::clone(&live),
     );

@@ -12,11 +12,18 @@ const DEADLINE: Duration = Duration::from_secs(90);
 
 /// Runs `warren ARGS` against `base`: (exit code, stdout, stderr).
 fn warren(base: &str, args: &[&str]) -> (i32, String, String) {
+    warren_with(base, args, &[])
+}
+
+/// [`warren`] with `env` set.
+fn warren_with(base: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let output: Output = Command::new(bin_dir().join("warren"))
         .arg("--url")
         .arg(base)
         .args(args)
         .env_remove("WARREN_URL")
+        .env_remove("WARREN_TOKEN")
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .output()
         .expect("run warren");
@@ -131,4 +138,60 @@ async fn warren_shows_follows_and_retries_with_exit_codes_scripts_can_use() {
     let (code, _, err) = warren(&away, &["status"]);
     assert_eq!(code, 4, "{err}");
     assert!(!err.is_empty(), "says why");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_set_retry_and_cancel_need_it_and_reads_do_not() {
+    let temp = tempfile::tempdir().unwrap();
+    let token_file = temp.path().join("http-token");
+    std::fs::write(&token_file, "op3rator-token\n").unwrap();
+    let mut options = ClusterOptions::new("cli-token");
+    options.workers = 1;
+    options.dispatcher_env = vec![(
+        "WARREN_HTTP__TOKEN_FILE".into(),
+        token_file.display().to_string(),
+    )];
+    let cluster = Cluster::start(options);
+    let base = cluster.http_url();
+    let sha = cluster.upstream.commit(
+        "main",
+        "passes",
+        &[("warren.toml", Some("command = \"true\"\n"))],
+    );
+    cluster
+        .wait_for_results(std::slice::from_ref(&sha), DEADLINE)
+        .unwrap();
+
+    // Reads stay open.
+    let (code, out, err) = warren(&base, &["show", &sha]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Writes without the token, or with a wrong one, are refused.
+    let (code, _, err) = warren(&base, &["retry", &sha]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("token") && err.contains("401"), "{err}");
+    let (code, _, err) = warren_with(&base, &["retry", &sha], &[("WARREN_TOKEN", "guess")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        !cluster.all_logs().contains("op3rator-token"),
+        "the token is never logged"
+    );
+    // With it, from a file or the environment, they go through.
+    let file = token_file.display().to_string();
+    let (code, out, err) = warren(&base, &["--token-file", &file, "retry", &sha]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        wait_until(DEADLINE, || {
+            let (_, out, _) = warren(&base, &["--json", "show", &sha]);
+            serde_json::from_str::<serde_json::Value>(&out)
+                .is_ok_and(|c| c["jobs"][0]["attempt"] == 2 && c["status"] == "passed")
+        }),
+        "{}",
+        cluster.all_logs()
+    );
+    let (code, out, err) = warren_with(
+        &base,
+        &["retry", &sha],
+        &[("WARREN_TOKEN", "op3rator-token")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
 }

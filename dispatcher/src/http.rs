@@ -556,6 +556,9 @@ impl LogFollow {
         }
         loop {
             tokio::select! {
+                // Output first: chunks that came before the verdict are
+                // sent before `end`.
+                biased;
                 event = self.followers.recv() => match event {
                     Ok(LiveEvent::Lines(text)) => {
                         return Some(Event::default().event("line").data(text.as_ref()));

@@ -201,11 +201,17 @@ impl GitAuth {
                 }
             }
         }
-        Err(git2::Error::from_str(&format!(
-            "the host refused every credential Warren has for {} (set [git] ssh_key for ssh, \
-             https_token_file for https, or a git credential helper)",
-            crate::config::safe_url(url)
-        )))
+        // An authentication error (GIT_EAUTH), so that callers can tell it
+        // from a network failure worth retrying.
+        Err(git2::Error::new(
+            git2::ErrorCode::Auth,
+            git2::ErrorClass::Callback,
+            format!(
+                "the host refused every credential Warren has for {} (set [git] ssh_key for \
+                 ssh, https_token_file for https, or a git credential helper)",
+                crate::config::safe_url(url)
+            ),
+        ))
     }
 }
 

@@ -19,6 +19,10 @@ pub enum MirrorError {
     /// commit an `error` result with this message.
     #[error("could not fetch {url}: {message}")]
     Fetch { url: String, message: String },
+    /// The host refused the credentials (or asked for some and there were
+    /// none): trying again would be refused again.
+    #[error("could not fetch {url}: {message}")]
+    Refused { url: String, message: String },
     /// The fetch worked but the commit is not in the repository (force-pushed
     /// away?). Permanent: the commit gets an `error` result.
     #[error("commit {sha} is not in {url} (was it force-pushed away?)")]
@@ -221,9 +225,13 @@ fn fetch(mirror: &Repository, url: &RepoUrl, git: &GitAuth) -> Result<(), Mirror
         .prune(git2::FetchPrune::On);
     remote
         .fetch(&["+refs/heads/*:refs/heads/*"], Some(&mut options), None)
-        .map_err(|error| MirrorError::Fetch {
-            url: url.to_string(),
-            message: error.message().to_owned(),
+        .map_err(|error| {
+            let (url, message) = (url.to_string(), error.message().to_owned());
+            if error.code() == ErrorCode::Auth {
+                MirrorError::Refused { url, message }
+            } else {
+                MirrorError::Fetch { url, message }
+            }
         })
 }
 

@@ -9,7 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-broker.sh
 # The status page's test drives Debian's Chromium with playwright-core.
-scripts/ensure-browser.sh
+# Without them every other test still runs; that one fails and says why.
+if ! scripts/ensure-browser.sh; then
+    echo "warning: no browser for the status page's test (see above); it will fail" >&2
+fi
 
 serial='binary_id(warren-harness::broker_faults)'
 if cargo nextest --version >/dev/null 2>&1; then

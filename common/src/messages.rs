@@ -494,17 +494,35 @@ pub struct FileTiming {
 
 /// Workers are asked to stop jobs, published by the dispatcher to every
 /// worker (the control exchange is a fanout): a worker running one of them
-/// kills it and frees its slot; a worker handed one later drops it.
+/// kills it and frees its slot; a worker handed one later drops it. Each
+/// job is named with its attempt: only runs of that attempt or an earlier
+/// one are stopped, so that an operator's retry (the same job, a later
+/// attempt) runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CancelJobs {
-    pub job_ids: Vec<JobId>,
+    pub jobs: Vec<JobAttempt>,
     /// Why (for logs): "superseded by <sha>".
     pub reason: String,
 }
 
+/// A job and the last attempt a [`CancelJobs`] covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobAttempt {
+    pub job_id: JobId,
+    pub attempt: u32,
+}
+
 impl Message for CancelJobs {
     const TYPE: &'static str = "cancel_jobs";
+
+    fn validate(&self) -> Result<(), String> {
+        if self.jobs.iter().any(|job| job.attempt == 0) {
+            return Err("attempt numbers start at 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// A worker says it is alive, how many slots it has and how many are busy:

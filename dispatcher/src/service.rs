@@ -539,7 +539,7 @@ impl Dispatcher<'_> {
             info!(repo = %event.repo, branch = %event.branch, sha = %event.sha,
                   jobs = superseded.jobs.len(), "older commits' jobs superseded");
             let cancel = CancelJobs {
-                job_ids: superseded.jobs,
+                jobs: superseded.jobs,
                 reason: format!("superseded by {}", event.sha),
             };
             session
@@ -713,7 +713,7 @@ impl Dispatcher<'_> {
                         let count = jobs.len();
                         if !jobs.is_empty() {
                             let cancel = CancelJobs {
-                                job_ids: jobs,
+                                jobs,
                                 reason: "cancelled by an operator".into(),
                             };
                             session

@@ -34,8 +34,8 @@ use std::path::Path;
 use std::time::Duration;
 use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath};
 use warren_common::messages::{
-    CommitEvent, Job, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand, TestStatus,
-    WorkerStatus,
+    CommitEvent, Job, JobAttempt, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand,
+    TestStatus, WorkerStatus,
 };
 
 /// A database error. The dispatcher cannot record anything safely after one:
@@ -236,7 +236,7 @@ pub struct Inserted {
 #[derive(Debug, Default)]
 pub struct Superseded {
     /// Jobs to stop on the workers.
-    pub jobs: Vec<JobId>,
+    pub jobs: Vec<JobAttempt>,
     /// Commits that this finished (their result files are due).
     pub finished_commits: Vec<i64>,
 }
@@ -654,27 +654,13 @@ impl Store {
         };
         let mut superseded = Superseded::default();
         for commit_id in older {
-            let jobs: Vec<String> = {
-                let mut statement =
-                    tx.prepare("SELECT id FROM jobs WHERE commit_id = ?1 AND status = ?2")?;
-                statement
-                    .query_map(params![commit_id, QUEUED], |row| row.get(0))?
-                    .collect::<std::result::Result<_, _>>()?
-            };
-            for job_id in jobs {
-                tx.execute(
-                    "UPDATE jobs SET status = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
-                    params![job_id, JobStatus::Superseded.as_str(), reason, ts(now)],
-                )?;
-                tx.execute(
-                    "UPDATE attempts SET state = 'cancelled', message = ?2, finished_at = ?3
-                     WHERE job_id = ?1 AND state = 'running'",
-                    params![job_id, reason, ts(now)],
-                )?;
-                superseded
-                    .jobs
-                    .push(job_id.parse().map_err(|e| corrupt("jobs.id", e))?);
-            }
+            superseded.jobs.extend(stop_undecided_jobs(
+                &tx,
+                commit_id,
+                JobStatus::Superseded,
+                &reason,
+                now,
+            )?);
             if let Some(finished) = finish_commit_if_done(&tx, commit_id, now)? {
                 superseded.finished_commits.push(finished);
             }
@@ -1216,7 +1202,11 @@ impl Store {
     /// Cancels a running commit: its undecided jobs become `cancelled`, its
     /// running runs too. Returns the jobs to stop on the workers, or `None`
     /// when the commit has finished.
-    pub fn cancel(&mut self, commit_id: i64, now: DateTime<Utc>) -> Result<Option<Vec<JobId>>> {
+    pub fn cancel(
+        &mut self,
+        commit_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<JobAttempt>>> {
         let tx = self.conn.transaction()?;
         let status: String = tx.query_row(
             "SELECT status FROM commits WHERE id = ?1",
@@ -1226,27 +1216,13 @@ impl Store {
         if status != RUNNING {
             return Ok(None);
         }
-        let reason = "cancelled by an operator";
-        let jobs: Vec<String> = {
-            let mut statement =
-                tx.prepare("SELECT id FROM jobs WHERE commit_id = ?1 AND status = ?2")?;
-            statement
-                .query_map(params![commit_id, QUEUED], |row| row.get(0))?
-                .collect::<std::result::Result<_, _>>()?
-        };
-        let mut cancelled = Vec::with_capacity(jobs.len());
-        for job_id in jobs {
-            tx.execute(
-                "UPDATE jobs SET status = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
-                params![job_id, JobStatus::Cancelled.as_str(), reason, ts(now)],
-            )?;
-            tx.execute(
-                "UPDATE attempts SET state = 'cancelled', message = ?2, finished_at = ?3
-                 WHERE job_id = ?1 AND state = 'running'",
-                params![job_id, reason, ts(now)],
-            )?;
-            cancelled.push(job_id.parse().map_err(|e| corrupt("jobs.id", e))?);
-        }
+        let cancelled = stop_undecided_jobs(
+            &tx,
+            commit_id,
+            JobStatus::Cancelled,
+            "cancelled by an operator",
+            now,
+        )?;
         finish_commit_if_done(&tx, commit_id, now)?;
         tx.commit()?;
         Ok(Some(cancelled))
@@ -1644,6 +1620,44 @@ fn unpublished_jobs(
         });
     }
     Ok(jobs)
+}
+
+/// Gives every undecided job of `commit_id` the verdict `status` (superseded,
+/// cancelled) with `reason`, and its running runs the state `cancelled`.
+/// Returns the jobs with their current attempts, for the workers to stop.
+fn stop_undecided_jobs(
+    tx: &rusqlite::Transaction<'_>,
+    commit_id: i64,
+    status: JobStatus,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<JobAttempt>> {
+    let jobs: Vec<(String, u32)> = {
+        let mut statement =
+            tx.prepare("SELECT id, attempt FROM jobs WHERE commit_id = ?1 AND status = ?2")?;
+        statement
+            .query_map(params![commit_id, QUEUED], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<std::result::Result<_, _>>()?
+    };
+    let mut stopped = Vec::with_capacity(jobs.len());
+    for (job_id, attempt) in jobs {
+        tx.execute(
+            "UPDATE jobs SET status = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
+            params![job_id, status.as_str(), reason, ts(now)],
+        )?;
+        tx.execute(
+            "UPDATE attempts SET state = 'cancelled', message = ?2, finished_at = ?3
+             WHERE job_id = ?1 AND state = 'running'",
+            params![job_id, reason, ts(now)],
+        )?;
+        stopped.push(JobAttempt {
+            job_id: job_id.parse().map_err(|e| corrupt("jobs.id", e))?,
+            attempt,
+        });
+    }
+    Ok(stopped)
 }
 
 /// If every job of the commit has a status, gives the commit the aggregate
@@ -2206,7 +2220,13 @@ mod tests {
         let superseded = store
             .supersede_older(newer_commit, &newer[0].sha, Utc::now())
             .unwrap();
-        assert_eq!(superseded.jobs, [older[0].job_id]);
+        assert_eq!(
+            superseded.jobs,
+            [JobAttempt {
+                job_id: older[0].job_id,
+                attempt: 1
+            }]
+        );
         assert_eq!(superseded.finished_commits, [1]);
         let report = store.commit_report(1).unwrap().explain();
         assert_eq!(report.status, Some(JobStatus::Superseded));

@@ -407,3 +407,48 @@ async fn a_finished_commit_is_posted_to_the_webhooks_with_retries() {
     assert_eq!(body["status"], "failed");
     assert_eq!(body["message"], "the command exited with status 3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_commit_can_be_retried_and_runs_again() {
+    let mut options = ClusterOptions::new("o-cancel-retry");
+    options.workers = 2;
+    let cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(2, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let base = cluster.http_url();
+    // The first run hangs (and is cancelled); the next one passes.
+    let marks = cluster.root().join("started");
+    let spec = format!(
+        "command = \"if [ -f {m} ]; then echo second run; else touch {m}; sleep 60; fi\"\n",
+        m = marks.display()
+    );
+    let sha = cluster
+        .upstream
+        .commit("main", "hangs once", &[("warren.toml", Some(&spec))]);
+    wait_started(&cluster, &marks);
+    let (status, answer) = json("POST", &format!("{base}/api/commits/sample/{sha}/cancel"));
+    assert_eq!(status, 202, "{answer}");
+    let report = cluster
+        .wait_for_results(std::slice::from_ref(&sha), DEADLINE)
+        .unwrap()
+        .remove(0);
+    assert_eq!(report["status"], "cancelled");
+
+    // Every worker heard the cancel; the retry's new attempt must still run.
+    let (status, answer) = json("POST", &format!("{base}/api/commits/sample/{sha}/retry"));
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        wait_until(DEADLINE, || {
+            let (_, detail) = json("GET", &format!("{base}/api/commits/sample/{sha}"));
+            detail["status"] == "passed"
+        }),
+        "the retried commit never ran: {}",
+        cluster.all_logs()
+    );
+    let (_, detail) = json("GET", &format!("{base}/api/commits/sample/{sha}"));
+    assert_eq!(detail["jobs"][0]["attempt"], 2);
+    assert_eq!(detail["jobs"][0]["output"], "second run\n");
+}

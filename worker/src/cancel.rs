@@ -6,8 +6,9 @@
 //! connection). For each listed job the service loop kills the slot running
 //! it through its [`JobStop`], publishes no result and acks the delivery
 //! (the dispatcher has already given the job its verdict), and remembers
-//! the id in [`CancelledJobs`] so that a delivery of it arriving later is
-//! acked and dropped without running.
+//! the id and attempt in [`CancelledJobs`] so that a delivery of that
+//! attempt (or an earlier one) arriving later is acked and dropped without
+//! running. A later attempt of the same job (an operator's retry) runs.
 //!
 //! Cancellation is best effort: a worker that is disconnected when the
 //! message is published never sees it and runs the job to its end; the
@@ -16,7 +17,7 @@
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use warren_common::ids::JobId;
@@ -82,12 +83,12 @@ impl JobStop {
     }
 }
 
-/// The job ids cancelled lately: at most `capacity`, each for at most
-/// `ttl`, the oldest forgotten first.
+/// The jobs cancelled lately, each with the last attempt cancelled: at
+/// most `capacity`, each for at most `ttl`, the oldest forgotten first.
 #[derive(Debug)]
 pub struct CancelledJobs {
     order: VecDeque<(Instant, JobId)>,
-    ids: HashSet<JobId>,
+    ids: HashMap<JobId, u32>,
     capacity: usize,
     ttl: Duration,
 }
@@ -103,18 +104,24 @@ impl CancelledJobs {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             order: VecDeque::new(),
-            ids: HashSet::new(),
+            ids: HashMap::new(),
             capacity,
             ttl,
         }
     }
 
-    /// Remembers that `id` was cancelled at `now`.
-    pub fn remember(&mut self, id: JobId, now: Instant) {
+    /// Remembers that attempts up to `attempt` of `id` were cancelled at
+    /// `now`.
+    pub fn remember(&mut self, id: JobId, attempt: u32, now: Instant) {
         self.forget_expired(now);
-        if self.capacity == 0 || !self.ids.insert(id) {
+        if self.capacity == 0 {
             return;
         }
+        if let Some(known) = self.ids.get_mut(&id) {
+            *known = (*known).max(attempt);
+            return;
+        }
+        self.ids.insert(id, attempt);
         if self.order.len() >= self.capacity
             && let Some((_, oldest)) = self.order.pop_front()
         {
@@ -123,10 +130,11 @@ impl CancelledJobs {
         self.order.push_back((now, id));
     }
 
-    /// Whether `id` was cancelled (and not yet forgotten) at `now`.
-    pub fn contains(&mut self, id: &JobId, now: Instant) -> bool {
+    /// Whether `attempt` of `id` was cancelled (and not yet forgotten) at
+    /// `now`.
+    pub fn contains(&mut self, id: &JobId, attempt: u32, now: Instant) -> bool {
         self.forget_expired(now);
-        self.ids.contains(id)
+        self.ids.get(id).is_some_and(|last| attempt <= *last)
     }
 
     /// How many ids are remembered.
@@ -224,17 +232,36 @@ pub fn decode_cancel(body: &[u8]) -> Result<CancelJobs, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warren_common::messages::JobAttempt;
 
     #[test]
     fn a_cancelled_id_is_remembered_for_its_time() {
         let mut memory = CancelledJobs::new(10, Duration::from_secs(60));
         let start = Instant::now();
         let id = JobId::new();
-        memory.remember(id, start);
-        assert!(memory.contains(&id, start + Duration::from_secs(59)));
-        assert!(!memory.contains(&JobId::new(), start));
-        assert!(!memory.contains(&id, start + Duration::from_secs(60)));
+        memory.remember(id, 2, start);
+        assert!(memory.contains(&id, 2, start + Duration::from_secs(59)));
+        assert!(memory.contains(&id, 1, start), "an earlier attempt too");
+        assert!(
+            !memory.contains(&id, 3, start),
+            "a retry's later attempt runs"
+        );
+        assert!(!memory.contains(&JobId::new(), 1, start));
+        assert!(!memory.contains(&id, 2, start + Duration::from_secs(60)));
         assert!(memory.is_empty());
+    }
+
+    #[test]
+    fn a_later_cancel_of_the_same_job_covers_its_later_attempt() {
+        let mut memory = CancelledJobs::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        let id = JobId::new();
+        memory.remember(id, 1, now);
+        memory.remember(id, 3, now);
+        memory.remember(id, 2, now);
+        assert!(memory.contains(&id, 3, now));
+        assert!(!memory.contains(&id, 4, now));
+        assert_eq!(memory.len(), 1);
     }
 
     #[test]
@@ -243,13 +270,13 @@ mod tests {
         let now = Instant::now();
         let ids: Vec<JobId> = (0..5).map(|_| JobId::new()).collect();
         for id in &ids {
-            memory.remember(*id, now);
+            memory.remember(*id, 1, now);
             // Twice: counted once.
-            memory.remember(*id, now);
+            memory.remember(*id, 1, now);
         }
         assert_eq!(memory.len(), 3);
-        assert!(!memory.contains(&ids[0], now) && !memory.contains(&ids[1], now));
-        assert!(ids[2..].iter().all(|id| memory.contains(id, now)));
+        assert!(!memory.contains(&ids[0], 1, now) && !memory.contains(&ids[1], 1, now));
+        assert!(ids[2..].iter().all(|id| memory.contains(id, 1, now)));
     }
 
     #[test]
@@ -257,7 +284,7 @@ mod tests {
         let mut memory = CancelledJobs::default();
         let now = Instant::now();
         for _ in 0..REMEMBERED_CANCELS + 10 {
-            memory.remember(JobId::new(), now);
+            memory.remember(JobId::new(), 1, now);
         }
         assert_eq!(memory.len(), REMEMBERED_CANCELS);
     }
@@ -279,11 +306,22 @@ mod tests {
     #[test]
     fn control_messages_decode_strictly() {
         let cancel = CancelJobs {
-            job_ids: vec![JobId::new()],
+            jobs: vec![JobAttempt {
+                job_id: JobId::new(),
+                attempt: 1,
+            }],
             reason: "superseded by abc".into(),
         };
         let body = warren_common::messages::encode(&cancel);
         assert_eq!(decode_cancel(&body).unwrap(), cancel);
         assert!(decode_cancel(b"garbage").is_err());
+        let attempt_zero = warren_common::messages::encode(&CancelJobs {
+            jobs: vec![JobAttempt {
+                job_id: JobId::new(),
+                attempt: 0,
+            }],
+            reason: String::new(),
+        });
+        assert!(decode_cancel(&attempt_zero).is_err());
     }
 }

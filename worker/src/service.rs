@@ -211,6 +211,8 @@ struct ConnectionLost(String);
 /// The job in a slot, to find and stop it by id.
 struct Running {
     job_id: JobId,
+    /// The attempt it runs: a cancel covers it or a later retry.
+    attempt: u32,
     stop: JobStop,
     /// Set when the dispatcher cancelled it: (reason, when).
     cancelled: Option<(String, Instant)>,
@@ -590,12 +592,16 @@ impl Service {
                 return;
             }
         };
-        debug!(jobs = cancel.job_ids.len(), reason = %cancel.reason, "cancellation received");
+        debug!(jobs = cancel.jobs.len(), reason = %cancel.reason, "cancellation received");
         let now = Instant::now();
-        for id in &cancel.job_ids {
-            self.cancelled.remember(*id, now.into_std());
+        for cancelled in &cancel.jobs {
+            self.cancelled
+                .remember(cancelled.job_id, cancelled.attempt, now.into_std());
             for running in self.running.values_mut() {
-                if running.job_id != *id || running.cancelled.is_some() {
+                if running.job_id != cancelled.job_id
+                    || running.attempt > cancelled.attempt
+                    || running.cancelled.is_some()
+                {
                     continue;
                 }
                 running.span.in_scope(|| {
@@ -622,7 +628,7 @@ impl Service {
         let span = job::job_span(&job);
         if self
             .cancelled
-            .contains(&job.job_id, Instant::now().into_std())
+            .contains(&job.job_id, job.attempt, Instant::now().into_std())
         {
             span.in_scope(|| info!("job dropped without running: the dispatcher cancelled it"));
             return ack(&delivery).instrument(span).await;
@@ -648,6 +654,7 @@ impl Service {
             slot,
             Running {
                 job_id: job.job_id,
+                attempt: job.attempt,
                 stop: stop.clone(),
                 cancelled: None,
                 span: span.clone(),

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use warren_common::config::{BrokerConfig, BrokerSettings, ConfigSource, LogSettings};
 use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath};
 use warren_common::messages::{
-    CancelJobs, Job, JobEvent, JobEventKind, JobResult, JobStatus, LogLines, Message, Shard,
-    TestCommand, TestStatus, WorkerStatus, decode, encode,
+    CancelJobs, Job, JobAttempt, JobEvent, JobEventKind, JobResult, JobStatus, LogLines, Message,
+    Shard, TestCommand, TestStatus, WorkerStatus, decode, encode,
 };
 use warren_common::session::{Outgoing, Session};
 use warren_common::shutdown::Shutdown;
@@ -872,7 +872,16 @@ async fn a_cancelled_job_is_killed_reports_nothing_and_is_dropped_when_delivered
     // Garbage on the control exchange is ignored; the cancellation is not.
     publish_control(&broker, b"not a control message").await;
     let cancel = CancelJobs {
-        job_ids: vec![JobId::new(), doomed.job_id],
+        jobs: vec![
+            JobAttempt {
+                job_id: JobId::new(),
+                attempt: 1,
+            },
+            JobAttempt {
+                job_id: doomed.job_id,
+                attempt: doomed.attempt,
+            },
+        ],
         reason: "superseded by a newer commit".into(),
     };
     let cancelled_at = Instant::now();
@@ -888,11 +897,10 @@ async fn a_cancelled_job_is_killed_reports_nothing_and_is_dropped_when_delivered
     );
 
     // The slot is free: the next jobs run. A second delivery of the
-    // cancelled job (a re-issued attempt) comes first and is dropped.
+    // cancelled attempt (the broker redelivering it) comes first and is
+    // dropped.
     std::fs::remove_file(&pid_file).unwrap();
-    let mut again = doomed.clone();
-    again.attempt = 2;
-    publish_job(&session, &again).await;
+    publish_job(&session, &doomed).await;
     let next = job(&upstream, &sha, shell("echo next"));
     publish_job(&session, &next).await;
     let results = take_results(&broker, 1).await;
@@ -908,8 +916,19 @@ async fn a_cancelled_job_is_killed_reports_nothing_and_is_dropped_when_delivered
     );
     assert!(!pid_file.exists(), "the cancelled job did not run again");
 
+    // An operator's retry of the cancelled job (the same job, attempt 2)
+    // is not covered by the cancel: it runs.
+    let mut retried = doomed.clone();
+    retried.attempt = 2;
+    retried.command = shell("echo retried");
+    publish_job(&session, &retried).await;
+    let results = take_results(&broker, 1).await;
+    assert_eq!(results[0].0.job_id, doomed.job_id);
+    assert_eq!(results[0].0.attempt, 2);
+    assert_eq!(results[0].0.output, "retried\n");
+
     worker.stop().await.unwrap();
-    // Both deliveries of the cancelled job were acked.
+    // Every delivery of the cancelled job was acked.
     wait_for_jobs_queue(&broker, 0, 0).await;
     session.close().await;
     broker.cleanup().await;
@@ -993,7 +1012,10 @@ async fn a_least_privilege_worker_runs_jobs_without_and_cancels_them_with_the_co
     // The worker listens again after a backoff; until then a cancellation
     // goes nowhere, so it is repeated (it is idempotent).
     let cancel = encode(&CancelJobs {
-        job_ids: vec![doomed.job_id],
+        jobs: vec![JobAttempt {
+            job_id: doomed.job_id,
+            attempt: doomed.attempt,
+        }],
         reason: "superseded".into(),
     });
     let deadline = Instant::now() + WAIT;

@@ -193,6 +193,22 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::start`], then waits until every worker consumes (so that
+    /// work spreads over all of them); panics with the logs if they do not
+    /// within 90 s.
+    pub async fn start_ready(options: ClusterOptions) -> Self {
+        let workers = u32::try_from(options.workers).expect("a worker count");
+        let cluster = Self::start(options);
+        assert!(
+            cluster
+                .wait_for_workers(workers, Duration::from_secs(90))
+                .await,
+            "the workers did not start consuming:\n{}",
+            cluster.all_logs()
+        );
+        cluster
+    }
+
     /// Waits until `n` consumers are attached to the jobs queue (every
     /// worker is ready), so that work spreads over all of them.
     pub async fn wait_for_workers(&self, n: u32, timeout: Duration) -> bool {

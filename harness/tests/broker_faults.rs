@@ -110,12 +110,7 @@ async fn long_job_under_a_short_consumer_timeout(
     let mut options = ClusterOptions::new(name);
     options.workers = 2;
     options.worker_extra = format!("ack_deadline = \"{ack_deadline}\"");
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(2, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let marks = cluster.root().join("marks");
     let spec = format!(
         "command = \"echo $PPID >> {}; sleep 9; echo done\"\ntimeout = \"1m\"\n",

@@ -41,12 +41,7 @@ async fn warren_shows_follows_and_retries_with_exit_codes_scripts_can_use() {
         options.workers = 1;
         options
     };
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(1, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let base = cluster.http_url();
     let passing = cluster.upstream.commit(
         "main",

@@ -539,12 +539,7 @@ async fn a_slow_fetch_holds_up_no_heartbeat_so_no_running_job_is_declared_lost()
     // lease check comes.
     options.dispatcher_extra = "lease = \"3s\"\nprefetch = 1".into();
     options.worker_env = vec![("WARREN_WORKER__HEARTBEAT_INTERVAL".into(), "300ms".into())];
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(1, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let marks = marks_path(&cluster);
     let spec = marking_spec(&marks, "sleep 12");
     let sha = cluster

@@ -125,12 +125,7 @@ async fn the_live_page_shows_a_commit_go_from_running_to_passed_and_follows_its_
 async fn the_api_answers_lists_details_workers_queues_and_health() {
     let mut options = ClusterOptions::new("o-api");
     options.workers = 2;
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(2, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let base = cluster.http_url();
     let spec = "command = \"sh test.sh\"\n";
     let passing = cluster.upstream.commit(
@@ -251,12 +246,7 @@ fn metric(metrics: &[(String, f64)], name: &str) -> Option<f64> {
 async fn metrics_count_what_happened_retry_reruns_and_cancel_stops() {
     let mut options = ClusterOptions::new("o-metrics");
     options.workers = 1;
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(1, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let base = cluster.http_url();
     let passing = cluster.upstream.commit(
         "main",
@@ -412,12 +402,7 @@ async fn a_finished_commit_is_posted_to_the_webhooks_with_retries() {
 async fn a_cancelled_commit_can_be_retried_and_runs_again() {
     let mut options = ClusterOptions::new("o-cancel-retry");
     options.workers = 2;
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(2, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let base = cluster.http_url();
     // The first run hangs (and is cancelled); the next one passes.
     let marks = cluster.root().join("started");

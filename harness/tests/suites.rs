@@ -43,12 +43,7 @@ fn files_of(job: &serde_json::Value) -> Vec<String> {
 async fn a_suite_is_split_across_workers_and_aggregated_into_one_result() {
     let mut options = ClusterOptions::new("s-split");
     options.workers = 3;
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(3, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let spec = "command = \"sh {file}\"\nfiles = [\"tests/*.sh\"]\nshards = 3\ntimeout = \"1m\"\n";
     let names: Vec<String> = (1..=6).map(|i| format!("tests/t{i}.sh")).collect();
     let scripts: Vec<String> = names.iter().map(|n| test_file(n, 0.3, true)).collect();
@@ -149,12 +144,7 @@ async fn the_next_commit_is_split_by_the_recorded_timings() {
 async fn a_retried_shard_runs_exactly_the_same_files() {
     let mut options = ClusterOptions::new("s-retry");
     options.workers = 2;
-    let mut cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(2, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let mut cluster = Cluster::start_ready(options).await;
     let marks = cluster.root().join("marks");
     let spec = format!(
         "command = \"echo $PPID >> {}; sleep 2; for f in {{files}}; do echo \\\"has $f\\\"; done\"\n\
@@ -332,12 +322,7 @@ async fn a_change_runs_only_the_tests_it_affects_unless_unsure() {
 async fn a_newer_commit_supersedes_the_older_ones_and_frees_their_slots() {
     let mut options = ClusterOptions::new("s-supersede");
     options.workers = 1;
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(1, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let marks = cluster.root().join("started");
     let slow = format!(
         "command = \"touch {}; sleep 60\"\ntimeout = \"2m\"\nsupersede = [\"main\"]\n",

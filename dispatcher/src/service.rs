@@ -40,7 +40,8 @@ use tracing::{debug, error, info, warn};
 use warren_common::backoff::Backoff;
 use warren_common::ids::SuitePath;
 use warren_common::messages::{
-    CancelJobs, CommitEvent, DecodeError, Job, JobEvent, JobResult, WorkerStatus, decode,
+    CancelJobs, CommitEvent, DecodeError, Job, JobAttempt, JobEvent, JobResult, WorkerStatus,
+    decode,
 };
 use warren_common::session::{Outgoing, PublishError, Session, SessionError, message_id};
 use warren_common::shutdown::Shutdown;
@@ -316,6 +317,29 @@ impl Dispatcher<'_> {
                       "publishing the next attempt");
             }
             self.publish_jobs(session, &expiry.reissue).await?;
+        }
+        // The lost runs' attempts are stopped wherever they still run (a
+        // frozen worker that wakes up) and dropped if the broker hands them
+        // out again (when the silent worker's connection finally closes):
+        // their jobs have a new attempt or a verdict.
+        let stale: Vec<JobAttempt> = expiry
+            .lost
+            .iter()
+            .filter_map(|(job, attempt, _)| {
+                Some(JobAttempt {
+                    job_id: job.parse().ok()?,
+                    attempt: *attempt,
+                })
+            })
+            .collect();
+        if !stale.is_empty() {
+            let cancel = CancelJobs {
+                jobs: stale,
+                reason: "its run was lost: no heartbeat for a lease".into(),
+            };
+            session
+                .publish_control(&cancel, format!("cancel.lost.{}", now.timestamp_millis()))
+                .await?;
         }
         Ok(())
     }

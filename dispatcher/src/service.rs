@@ -666,6 +666,20 @@ impl Dispatcher<'_> {
                     self.write_result(commit_id)?;
                 }
             }
+            EventRecorded::Unwanted => {
+                info!(job = %event.job_id, attempt = event.attempt, worker = %event.worker,
+                      "a run started that is no longer wanted; telling the workers to stop it");
+                let cancel = CancelJobs {
+                    jobs: vec![JobAttempt {
+                        job_id: event.job_id,
+                        attempt: event.attempt,
+                    }],
+                    reason: "the job has its verdict or a newer attempt".into(),
+                };
+                session
+                    .publish_control(&cancel, format!("cancel.{}", event.run_id))
+                    .await?;
+            }
         }
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(())

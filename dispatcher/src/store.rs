@@ -251,6 +251,10 @@ pub enum EventRecorded {
         /// Runs this event showed were lost (redelivered elsewhere).
         lost: usize,
     },
+    /// A new run of an attempt nobody wants any more (the job has its
+    /// verdict, or a newer attempt): recorded as `cancelled`; its worker
+    /// missed the cancel (it was away or restarted) and must be told again.
+    Unwanted,
     /// No such job (or attempt): dead-letter the event.
     UnknownJob,
 }
@@ -753,6 +757,19 @@ impl Store {
                 commit_finished: None,
                 lost: 0,
             });
+        }
+        if job.status != QUEUED || event.attempt < job.attempt {
+            tx.execute(
+                "UPDATE attempts SET state = 'cancelled', message = ?2, finished_at = ?3
+                 WHERE run_id = ?1",
+                params![
+                    run_id,
+                    "started after the job had its verdict or a newer attempt; told to stop",
+                    ts(now)
+                ],
+            )?;
+            tx.commit()?;
+            return Ok(EventRecorded::Unwanted);
         }
         // A new run: any other live run of the same attempt was abandoned by
         // the broker.
@@ -1878,6 +1895,57 @@ mod tests {
             event: JobEventKind::Started,
             at,
         }
+    }
+
+    #[test]
+    fn a_run_started_after_the_verdict_or_of_a_replaced_attempt_is_unwanted() {
+        let (_dir, mut store) = store();
+        let jobs = insert(&mut store, &event("9"));
+        let job = &jobs[0];
+        let deciding = result(job, "w1", JobStatus::Passed);
+        // Its `started` comes after its result (another queue): still its own run.
+        assert!(matches!(
+            store.record_result(&deciding, Utc::now()).unwrap(),
+            ResultRecorded::Decided { .. }
+        ));
+        let late_start = JobEvent {
+            run_id: deciding.run_id,
+            ..started(job, "w1", Utc::now())
+        };
+        assert!(matches!(
+            store
+                .record_event(&late_start, &BUDGET, Utc::now())
+                .unwrap(),
+            EventRecorded::Recorded { .. }
+        ));
+        // A worker that missed a cancel starts the decided job again.
+        assert_eq!(
+            store
+                .record_event(&started(job, "w2", Utc::now()), &BUDGET, Utc::now())
+                .unwrap(),
+            EventRecorded::Unwanted
+        );
+        assert!(
+            states(&store, 1).contains(&("w2".into(), "cancelled".into())),
+            "{:?}",
+            states(&store, 1)
+        );
+
+        // An older attempt of an undecided job (re-issued) is unwanted too.
+        let retried = store.retry(1, Utc::now()).unwrap().unwrap();
+        assert_eq!(retried[0].attempt, 2);
+        assert_eq!(
+            store
+                .record_event(&started(job, "w3", Utc::now()), &BUDGET, Utc::now())
+                .unwrap(),
+            EventRecorded::Unwanted
+        );
+        assert!(matches!(
+            store
+                .record_event(&started(&retried[0], "w4", Utc::now()), &BUDGET, Utc::now())
+                .unwrap(),
+            EventRecorded::Recorded { lost: 0, .. }
+        ));
     }
 
     fn states(store: &Store, commit_id: i64) -> Vec<(String, String)> {

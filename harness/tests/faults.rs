@@ -646,3 +646,58 @@ async fn a_lost_attempt_handed_out_again_by_the_broker_is_dropped_not_run_twice(
     );
     assert_eq!(cluster.count("SELECT late_results FROM jobs"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_missed_the_cancel_is_told_again_when_it_starts_the_run() {
+    let mut options = ClusterOptions::new("f-missed");
+    options.workers = 0;
+    options.dispatcher_extra = "lease = \"3s\"".into();
+    let mut cluster = Cluster::start(options);
+    // Frozen with its connection open for a while: the dispatcher re-issues
+    // its job long before the broker hands its delivery out again.
+    let frozen = cluster.add_worker(&[("WARREN_BROKER__HEARTBEAT", "10s")]);
+    assert!(
+        cluster.wait_for_workers(1, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let marks = marks_path(&cluster);
+    let spec = marking_spec(&marks, "sleep 1");
+    let sha = cluster
+        .upstream
+        .commit("main", "test", &[("warren.toml", Some(&spec))]);
+    wait_for_marks(&marks, 1, &cluster);
+    cluster.workers[frozen].signal(Signal::SIGSTOP);
+    let rescuer = cluster.add_worker(&[]);
+    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
+    assert_eq!(report["jobs"][0]["attempt"], 2, "{report:#}");
+    // The rescuer heard the cancel of attempt 1; a worker started now did
+    // not, and is the only one left to take attempt 1 when the broker
+    // gives it out again.
+    assert_eq!(
+        cluster.workers[rescuer].stop(Duration::from_secs(10)),
+        Some(0)
+    );
+    let newcomer = cluster.add_worker(&[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || cluster.workers[newcomer]
+            .log()
+            .contains("job cancelled by the dispatcher")),
+        "the newcomer ran attempt 1 to its end\n{}",
+        cluster.all_logs()
+    );
+    cluster.workers[frozen].signal(Signal::SIGCONT);
+    let report = cluster.result(&sha).unwrap();
+    assert_eq!(report["status"], "passed");
+    assert_eq!(report["jobs"][0]["worker"], format!("worker-{rescuer}"));
+    // The result file was written at the verdict; the database has the
+    // newcomer's run, recorded as cancelled.
+    assert_eq!(
+        cluster.count(&format!(
+            "SELECT count(*) FROM attempts WHERE worker = 'worker-{newcomer}' AND state = 'cancelled'"
+        )),
+        1,
+        "{}",
+        cluster.all_logs()
+    );
+}

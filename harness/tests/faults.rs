@@ -655,7 +655,9 @@ async fn a_worker_that_missed_the_cancel_is_told_again_when_it_starts_the_run() 
     let mut cluster = Cluster::start(options);
     // Frozen with its connection open for a while: the dispatcher re-issues
     // its job long before the broker hands its delivery out again.
-    let frozen = cluster.add_worker(&[("WARREN_BROKER__HEARTBEAT", "10s")]);
+    // (AMQP heartbeat 20 s: the broker gives its delivery out again some
+    // 40 s after the freeze, long after the newcomer below is ready.)
+    let frozen = cluster.add_worker(&[("WARREN_BROKER__HEARTBEAT", "20s")]);
     assert!(
         cluster.wait_for_workers(1, DEADLINE).await,
         "{}",
@@ -680,7 +682,7 @@ async fn a_worker_that_missed_the_cancel_is_told_again_when_it_starts_the_run() 
     );
     let newcomer = cluster.add_worker(&[]);
     assert!(
-        wait_until(Duration::from_secs(60), || cluster.workers[newcomer]
+        wait_until(DEADLINE, || cluster.workers[newcomer]
             .log()
             .contains("job cancelled by the dispatcher")),
         "the newcomer ran attempt 1 to its end\n{}",

@@ -202,6 +202,26 @@ pub fn wait_until(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
     wait_until_every(timeout, Duration::from_millis(20), condition)
 }
 
+/// The async form of [`wait_until_every`], for async tests: `condition`
+/// may await (a request, a publish) and the runtime is not blocked between
+/// polls. Returns whether it became true before `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, interval: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// [`wait_until`] polling every `interval`.
 pub fn wait_until_every(
     timeout: Duration,

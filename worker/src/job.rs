@@ -465,6 +465,7 @@ mod tests {
     use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl};
     use warren_common::messages::{Shard, TestCase, TestCommand};
     use warren_harness::git::Upstream;
+    use warren_harness::process::eventually;
 
     fn runner(allowed: &[&str]) -> JobRunner {
         JobRunner {
@@ -751,9 +752,11 @@ mod tests {
         let pid_file = f.slot.path().join("api/pid");
         let watched = pid_file.clone();
         tokio::spawn(async move {
-            while !watched.exists() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let started = eventually(Duration::from_secs(30), Duration::from_millis(10), || {
+                std::future::ready(watched.exists())
+            })
+            .await;
+            assert!(started, "the job never started");
             canceller.cancel();
         });
         run::adopt_orphans();

@@ -1204,9 +1204,13 @@ exit $status
         let canceller = stop.clone();
         let started = dir.path().join("started");
         tokio::spawn(async move {
-            while !started.exists() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let ran = warren_harness::process::eventually(
+                Duration::from_secs(30),
+                Duration::from_millis(10),
+                || std::future::ready(started.exists()),
+            )
+            .await;
+            assert!(ran, "a.sh never started");
             canceller.cancel();
         });
         run::adopt_orphans();

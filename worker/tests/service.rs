@@ -30,6 +30,7 @@ use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
 use warren_harness::broker::TestBroker;
 use warren_harness::git::Upstream;
+use warren_harness::process::eventually;
 use warren_worker::config::{WorkerConfig, WorkerSettings};
 
 /// Deadline for anything a healthy worker does in well under a second.
@@ -184,11 +185,13 @@ async fn take_results(
 }
 
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        eventually(WAIT, Duration::from_millis(20), || std::future::ready(
+            condition()
+        ))
+        .await,
+        "timed out waiting for {what}"
+    );
 }
 
 /// Waits until the jobs queue holds `messages` ready messages and has
@@ -1018,12 +1021,16 @@ async fn a_least_privilege_worker_runs_jobs_without_and_cancels_them_with_the_co
         }],
         reason: "superseded".into(),
     });
-    let deadline = Instant::now() + WAIT;
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "the job was never cancelled");
+    let alive = format!("/proc/{pid}");
+    let killed = eventually(WAIT, Duration::from_millis(200), || async {
+        if !Path::new(&alive).exists() {
+            return true;
+        }
         publish_control(&broker, &cancel).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        false
+    })
+    .await;
+    assert!(killed, "the job was never cancelled");
     assert!(
         broker
             .take(Queue::Results, 1, Duration::from_millis(300))
@@ -1286,16 +1293,12 @@ async fn metrics_count_jobs_slots_and_times_over_http() {
         settings.http_listen = Some(format!("127.0.0.1:{port}"));
     });
 
-    let deadline = Instant::now() + WAIT;
-    let health = loop {
-        match http_get(port, "/healthz").await {
-            Ok(answer) => break answer,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("no HTTP server on port {port}: {error}"),
-        }
-    };
+    let listening = eventually(WAIT, Duration::from_millis(20), || async {
+        http_get(port, "/healthz").await.is_ok()
+    })
+    .await;
+    assert!(listening, "no HTTP server on port {port}");
+    let health = http_get(port, "/healthz").await.unwrap();
     assert_eq!((health.0, health.2.as_str()), (200, "ok"));
     assert_eq!(http_get(port, "/nothing").await.unwrap().0, 404);
 

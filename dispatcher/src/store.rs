@@ -1031,14 +1031,14 @@ impl Store {
             .sha_prefix
             .as_ref()
             .map(|prefix| format!("{prefix}%"));
-        let mut statement = self.conn.prepare_cached(
-            "SELECT id FROM commits
-             WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR branch = ?2)
-               AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR sha LIKE ?4)
-               AND (?5 IS NULL OR id < ?5)
-             ORDER BY id DESC LIMIT ?6",
-        )?;
-        let ids: Vec<i64> = statement
+        let mut statement = self.conn.prepare_cached(&format!(
+            "{SUMMARY_SELECT}
+             WHERE (?1 IS NULL OR c.repo = ?1) AND (?2 IS NULL OR c.branch = ?2)
+               AND (?3 IS NULL OR c.status = ?3) AND (?4 IS NULL OR c.sha LIKE ?4)
+               AND (?5 IS NULL OR c.id < ?5)
+             ORDER BY c.id DESC LIMIT ?6"
+        ))?;
+        let rows: Vec<SummaryRow> = statement
             .query_map(
                 params![
                     filter.repo,
@@ -1048,14 +1048,15 @@ impl Store {
                     filter.before,
                     filter.limit + 1
                 ],
-                |row| row.get(0),
+                summary_row,
             )?
             .collect::<std::result::Result<_, _>>()?;
-        let more = ids.len() > filter.limit;
-        let mut summaries = Vec::with_capacity(ids.len().min(filter.limit));
-        for id in ids.into_iter().take(filter.limit) {
-            summaries.push(self.commit_summary(id)?);
-        }
+        let more = rows.len() > filter.limit;
+        let summaries = rows
+            .into_iter()
+            .take(filter.limit)
+            .map(commit_summary_of)
+            .collect::<Result<Vec<_>>>()?;
         let next = if more {
             summaries.last().map(|s| s.id)
         } else {
@@ -1067,49 +1068,11 @@ impl Store {
     /// One commit, in brief.
     pub fn commit_summary(&self, commit_id: i64) -> Result<CommitSummary> {
         let row = self.conn.query_row(
-            "SELECT c.repo, c.sha, c.branch, c.summary, c.author, c.status, c.detected_at,
-                    c.received_at, c.finished_at,
-                    (SELECT count(*) FROM jobs j WHERE j.commit_id = c.id),
-                    (SELECT count(*) FROM jobs j WHERE j.commit_id = c.id AND j.status != 'queued')
-             FROM commits c WHERE c.id = ?1",
+            &format!("{SUMMARY_SELECT} WHERE c.id = ?1"),
             params![commit_id],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, String>(6)?,
-                    row.get::<_, String>(7)?,
-                    row.get::<_, Option<String>>(8)?,
-                    row.get::<_, u64>(9)?,
-                    row.get::<_, u64>(10)?,
-                ))
-            },
+            summary_row,
         )?;
-        let received = parse_ts("received_at", &row.7)?;
-        let finished_at = parse_opt_ts("finished_at", row.8)?;
-        Ok(CommitSummary {
-            id: commit_id,
-            repo: row.0,
-            sha: row.1,
-            branch: row.2,
-            summary: row.3,
-            author: row.4,
-            status: if row.5 == RUNNING {
-                None
-            } else {
-                Some(parse_status("status", &row.5)?)
-            },
-            detected_at: parse_ts("detected_at", &row.6)?,
-            finished_at,
-            duration_ms: finished_at
-                .map(|end| u64::try_from((end - received).num_milliseconds()).unwrap_or(0)),
-            jobs: row.9,
-            jobs_done: row.10,
-        })
+        commit_summary_of(row)
     }
 
     /// Workers heard from since `since`, with the jobs they run.
@@ -1675,6 +1638,76 @@ fn stop_undecided_jobs(
         });
     }
     Ok(stopped)
+}
+
+/// The columns of a [`CommitSummary`], one query for one commit or a page.
+const SUMMARY_SELECT: &str = "SELECT c.id, c.repo, c.sha, c.branch, c.summary, c.author, c.status,
+        c.detected_at, c.received_at, c.finished_at,
+        (SELECT count(*) FROM jobs j WHERE j.commit_id = c.id),
+        (SELECT count(*) FROM jobs j WHERE j.commit_id = c.id AND j.status != 'queued')
+     FROM commits c";
+
+/// A row of [`SUMMARY_SELECT`], as stored.
+type SummaryRow = (i64, [String; 8], Option<String>, u64, u64);
+
+fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok((
+        row.get(0)?,
+        [
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+            row.get(8)?,
+        ],
+        row.get(9)?,
+        row.get(10)?,
+        row.get(11)?,
+    ))
+}
+
+fn commit_summary_of(
+    (
+        id,
+        [
+            repo,
+            sha,
+            branch,
+            summary,
+            author,
+            status,
+            detected_at,
+            received_at,
+        ],
+        finished_at,
+        jobs,
+        jobs_done,
+    ): SummaryRow,
+) -> Result<CommitSummary> {
+    let received = parse_ts("received_at", &received_at)?;
+    let finished_at = parse_opt_ts("finished_at", finished_at)?;
+    Ok(CommitSummary {
+        id,
+        repo,
+        sha,
+        branch,
+        summary,
+        author,
+        status: if status == RUNNING {
+            None
+        } else {
+            Some(parse_status("status", &status)?)
+        },
+        detected_at: parse_ts("detected_at", &detected_at)?,
+        finished_at,
+        duration_ms: finished_at
+            .map(|end| u64::try_from((end - received).num_milliseconds()).unwrap_or(0)),
+        jobs,
+        jobs_done,
+    })
 }
 
 /// If every job of the commit has a status, gives the commit the aggregate

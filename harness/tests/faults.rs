@@ -602,16 +602,24 @@ async fn a_slow_fetch_holds_up_no_heartbeat_so_no_running_job_is_declared_lost()
     assert_eq!(slow, 1, "the slow host's commit gets an error verdict");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_attempt_handed_out_again_by_the_broker_is_dropped_not_run_twice() {
-    let mut options = ClusterOptions::new("f-stale");
+/// A worker frozen mid-job, and the rescuer that ran the job's attempt 2.
+struct Rescued {
+    cluster: Cluster,
+    frozen: usize,
+    rescuer: usize,
+    sha: String,
+    marks: PathBuf,
+}
+
+/// Freezes (SIGSTOP) a worker whose AMQP heartbeat is `heartbeat` while it
+/// runs a one-second job, under a 3 s lease; returns once a second worker
+/// has passed the re-issued attempt 2.
+async fn frozen_past_the_lease(name: &str, heartbeat: &str) -> Rescued {
+    let mut options = ClusterOptions::new(name);
     options.workers = 0;
     options.dispatcher_extra = "lease = \"3s\"".into();
     let mut cluster = Cluster::start(options);
-    // Its AMQP heartbeat is longer than the lease: the dispatcher gives up
-    // on its run first, the broker closes its connection (and hands its
-    // delivery of attempt 1 out again) later.
-    let frozen = cluster.add_worker(&[("WARREN_BROKER__HEARTBEAT", "5s")]);
+    let frozen = cluster.add_worker(&[("WARREN_BROKER__HEARTBEAT", heartbeat)]);
     assert!(
         cluster.wait_for_workers(1, DEADLINE).await,
         "{}",
@@ -628,6 +636,27 @@ async fn a_lost_attempt_handed_out_again_by_the_broker_is_dropped_not_run_twice(
     let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
     assert_eq!(report["status"], "passed", "{report:#}");
     assert_eq!(report["jobs"][0]["attempt"], 2, "{report:#}");
+    Rescued {
+        cluster,
+        frozen,
+        rescuer,
+        sha,
+        marks,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_attempt_handed_out_again_by_the_broker_is_dropped_not_run_twice() {
+    // Its AMQP heartbeat is longer than the lease: the dispatcher gives up
+    // on its run first, the broker closes its connection (and hands its
+    // delivery of attempt 1 out again) later.
+    let Rescued {
+        cluster,
+        frozen,
+        rescuer,
+        marks,
+        ..
+    } = frozen_past_the_lease("f-stale", "5s").await;
 
     // The broker notices the frozen worker's silence and requeues attempt 1:
     // the rescuer drops it, as the dispatcher cancelled that attempt.
@@ -649,30 +678,16 @@ async fn a_lost_attempt_handed_out_again_by_the_broker_is_dropped_not_run_twice(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_missed_the_cancel_is_told_again_when_it_starts_the_run() {
-    let mut options = ClusterOptions::new("f-missed");
-    options.workers = 0;
-    options.dispatcher_extra = "lease = \"3s\"".into();
-    let mut cluster = Cluster::start(options);
-    // Frozen with its connection open for a while: the dispatcher re-issues
-    // its job long before the broker hands its delivery out again.
-    // (AMQP heartbeat 20 s: the broker gives its delivery out again some
-    // 40 s after the freeze, long after the newcomer below is ready.)
-    let frozen = cluster.add_worker(&[("WARREN_BROKER__HEARTBEAT", "20s")]);
-    assert!(
-        cluster.wait_for_workers(1, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
-    let marks = marks_path(&cluster);
-    let spec = marking_spec(&marks, "sleep 1");
-    let sha = cluster
-        .upstream
-        .commit("main", "test", &[("warren.toml", Some(&spec))]);
-    wait_for_marks(&marks, 1, &cluster);
-    cluster.workers[frozen].signal(Signal::SIGSTOP);
-    let rescuer = cluster.add_worker(&[]);
-    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
-    assert_eq!(report["jobs"][0]["attempt"], 2, "{report:#}");
+    // Frozen with its connection open for a while (AMQP heartbeat 20 s: the
+    // broker gives its delivery out again some 40 s after the freeze, long
+    // after the newcomer below is ready).
+    let Rescued {
+        mut cluster,
+        frozen,
+        rescuer,
+        sha,
+        ..
+    } = frozen_past_the_lease("f-missed", "20s").await;
     // The rescuer heard the cancel of attempt 1; a worker started now did
     // not, and is the only one left to take attempt 1 when the broker
     // gives it out again.

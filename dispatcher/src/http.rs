@@ -513,10 +513,7 @@ async fn job_log(
     // The output so far, then what follows. The first tick of `check`
     // comes at once: a job decided since the read above ends at once.
     let (tail, followers) = state.live.follow(job_id);
-    let mut first = Vec::new();
-    if !tail.is_empty() {
-        first.push(Event::default().event("line").data(tail));
-    }
+    let first = (!tail.is_empty()).then(|| Event::default().event("line").data(tail));
     let follow = LogFollow {
         state,
         job_id,
@@ -540,15 +537,15 @@ struct LogFollow {
     job_id: JobId,
     followers: broadcast::Receiver<LiveEvent>,
     check: tokio::time::Interval,
-    /// Events to send before the live ones (the output so far).
-    first: Vec<Event>,
+    /// The event to send before the live ones (the output so far).
+    first: Option<Event>,
     ended: bool,
 }
 
 impl LogFollow {
     /// The next event; `None` after `end` or `gone`.
     async fn next_event(&mut self) -> Option<Event> {
-        if let Some(event) = self.first.pop() {
+        if let Some(event) = self.first.take() {
             return Some(event);
         }
         if self.ended {

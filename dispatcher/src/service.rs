@@ -304,8 +304,9 @@ impl Dispatcher<'_> {
         let budget = self.budget();
         let expiry = self.store.expire_leases(self.config.lease, &budget, now)?;
         self.metrics.attempts_lost.inc_by(expiry.lost.len() as u64);
-        for (job, attempt, worker) in &expiry.lost {
-            warn!(%job, attempt, %worker, lease = %humantime::format_duration(self.config.lease),
+        for (run, worker) in &expiry.lost {
+            warn!(job = %run.job_id, attempt = run.attempt, %worker,
+                  lease = %humantime::format_duration(self.config.lease),
                   "run lost: no heartbeat for a lease");
         }
         for commit_id in expiry.finished_commits {
@@ -322,26 +323,14 @@ impl Dispatcher<'_> {
         // frozen worker that wakes up) and dropped if the broker hands them
         // out again (when the silent worker's connection finally closes):
         // their jobs have a new attempt or a verdict.
-        let stale: Vec<JobAttempt> = expiry
-            .lost
-            .iter()
-            .filter_map(|(job, attempt, _)| {
-                Some(JobAttempt {
-                    job_id: job.parse().ok()?,
-                    attempt: *attempt,
-                })
-            })
-            .collect();
-        if !stale.is_empty() {
-            let cancel = CancelJobs {
-                jobs: stale,
-                reason: "its run was lost: no heartbeat for a lease".into(),
-            };
-            session
-                .publish_control(&cancel, format!("cancel.lost.{}", now.timestamp_millis()))
-                .await?;
-        }
-        Ok(())
+        let stale = expiry.lost.iter().map(|(run, _)| *run).collect();
+        stop_on_workers(
+            session,
+            stale,
+            "its run was lost: no heartbeat for a lease",
+            format!("cancel.lost.{}", now.timestamp_millis()),
+        )
+        .await
     }
 
     /// A job the broker dead-lettered (delivery limit) or a worker could not
@@ -562,14 +551,14 @@ impl Dispatcher<'_> {
         if !superseded.jobs.is_empty() {
             info!(repo = %event.repo, branch = %event.branch, sha = %event.sha,
                   jobs = superseded.jobs.len(), "older commits' jobs superseded");
-            let cancel = CancelJobs {
-                jobs: superseded.jobs,
-                reason: format!("superseded by {}", event.sha),
-            };
-            session
-                .publish_control(&cancel, format!("cancel.{}", event.sha))
-                .await?;
         }
+        stop_on_workers(
+            session,
+            superseded.jobs,
+            &format!("superseded by {}", event.sha),
+            format!("cancel.{}", event.sha),
+        )
+        .await?;
         for finished in superseded.finished_commits {
             self.write_result(finished)?;
         }
@@ -669,16 +658,17 @@ impl Dispatcher<'_> {
             EventRecorded::Unwanted => {
                 info!(job = %event.job_id, attempt = event.attempt, worker = %event.worker,
                       "a run started that is no longer wanted; telling the workers to stop it");
-                let cancel = CancelJobs {
-                    jobs: vec![JobAttempt {
-                        job_id: event.job_id,
-                        attempt: event.attempt,
-                    }],
-                    reason: "the job has its verdict or a newer attempt".into(),
+                let run = JobAttempt {
+                    job_id: event.job_id,
+                    attempt: event.attempt,
                 };
-                session
-                    .publish_control(&cancel, format!("cancel.{}", event.run_id))
-                    .await?;
+                stop_on_workers(
+                    session,
+                    vec![run],
+                    "the job has its verdict or a newer attempt",
+                    format!("cancel.{}", event.run_id),
+                )
+                .await?;
             }
         }
         delivery.ack(BasicAckOptions::default()).await?;
@@ -749,15 +739,13 @@ impl Dispatcher<'_> {
                     Some(jobs) => {
                         info!(commit_id, jobs = jobs.len(), "commit cancelled");
                         let count = jobs.len();
-                        if !jobs.is_empty() {
-                            let cancel = CancelJobs {
-                                jobs,
-                                reason: "cancelled by an operator".into(),
-                            };
-                            session
-                                .publish_control(&cancel, format!("cancel.{commit_id}"))
-                                .await?;
-                        }
+                        stop_on_workers(
+                            session,
+                            jobs,
+                            "cancelled by an operator",
+                            format!("cancel.{commit_id}"),
+                        )
+                        .await?;
                         self.write_result(commit_id)?;
                         CommandOutcome::Done {
                             status: "cancelled",
@@ -811,6 +799,25 @@ async fn prepare(
     };
     let plan = spec::plan(tree.spec.as_deref(), defaults, max_timeout)?;
     Ok((plan, tree))
+}
+
+/// Tells every worker (the control fanout) to stop `jobs` at those
+/// attempts and to drop later deliveries of them; nothing when empty.
+async fn stop_on_workers(
+    session: &Session,
+    jobs: Vec<JobAttempt>,
+    reason: &str,
+    message_id: String,
+) -> Result<(), ServeError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let cancel = CancelJobs {
+        jobs,
+        reason: reason.to_owned(),
+    };
+    session.publish_control(&cancel, message_id).await?;
+    Ok(())
 }
 
 /// Dead-letters a delivery that cannot be processed, logging it once.

@@ -268,8 +268,8 @@ pub struct RetryBudget {
 /// What expiring leases did.
 #[derive(Debug, Default)]
 pub struct LeaseExpiry {
-    /// Runs declared lost: (job, attempt, worker).
-    pub lost: Vec<(String, u32, String)>,
+    /// Runs declared lost: (job and attempt, worker).
+    pub lost: Vec<(JobAttempt, String)>,
     /// New attempts to publish.
     pub reissue: Vec<Job>,
     /// Commits finished because a job's budget was spent.
@@ -828,7 +828,13 @@ impl Store {
                 "UPDATE attempts SET state = 'lost', message = ?2, finished_at = ?3 WHERE run_id = ?1",
                 params![run_id, reason, ts(now)],
             )?;
-            outcome.lost.push((job_id.clone(), attempt, worker));
+            outcome.lost.push((
+                JobAttempt {
+                    job_id: job_id.parse().map_err(|e| corrupt("attempts.job_id", e))?,
+                    attempt,
+                },
+                worker,
+            ));
             let Some(job) = job_row(&tx, &job_id)? else {
                 continue;
             };

@@ -6,13 +6,15 @@
 //! - [`topology`]: every exchange and queue, under a configurable prefix.
 //! - [`session`]: a broker connection with publisher confirms and dead-lettering.
 //! - [`config`]: file-then-environment settings and the `[broker]`/`[log]` tables;
-//!   [`git`] the `[git]` table: credentials for fetches.
+//!   [`git`] the `[git]` table: credentials for fetches; [`fetch`] the one
+//!   git fetch (and bare-mirror opener) the three components share.
 //! - [`backoff`], [`shutdown`], [`telemetry`], [`atomic_file`]: the small
 //!   pieces every long-running component needs.
 
 pub mod atomic_file;
 pub mod backoff;
 pub mod config;
+pub mod fetch;
 pub mod git;
 pub mod ids;
 pub mod messages;

@@ -3,11 +3,12 @@
 //! of commits costs one fetch.
 
 use crate::spec::SPEC_FILE;
-use git2::{ErrorCode, FetchOptions, Oid, Repository};
+use git2::{ErrorCode, Oid, Repository};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+use warren_common::fetch::{FetchError, FetchRequest, open_or_recreate_bare};
 use warren_common::git::GitAuth;
 use warren_common::ids::{CommitId, RepoName, RepoUrl};
 
@@ -196,43 +197,32 @@ fn read_from(
 /// Opens the mirror, or creates it; a mirror that cannot be opened (deleted
 /// files, corruption) is removed and created again: it is only a cache.
 fn open_or_init(path: &Path) -> Result<Repository, MirrorError> {
-    if path.exists() {
-        if let Ok(repo) = Repository::open_bare(path) {
-            return Ok(repo);
-        }
-        tracing::warn!(path = %path.display(), "mirror is unreadable; recreating it");
-        std::fs::remove_dir_all(path).map_err(|error| MirrorError::Local {
-            path: path.to_path_buf(),
-            message: error.to_string(),
-        })?;
-    }
-    Repository::init_bare(path).map_err(|error| MirrorError::Local {
+    open_or_recreate_bare(path).map_err(|error| MirrorError::Local {
         path: path.to_path_buf(),
-        message: error.message().to_owned(),
+        message: error.to_string(),
     })
 }
 
+/// Every branch of `url` into the mirror, pruned (the dispatcher never
+/// abandons a fetch: planning runs beside its loop).
 fn fetch(mirror: &Repository, url: &RepoUrl, git: &GitAuth) -> Result<(), MirrorError> {
-    let mut remote = mirror
-        .remote_anonymous(url.as_str())
-        .map_err(|error| MirrorError::Fetch {
-            url: url.to_string(),
-            message: error.message().to_owned(),
-        })?;
-    let mut options = FetchOptions::new();
-    options
-        .remote_callbacks(git.callbacks())
-        .prune(git2::FetchPrune::On);
-    remote
-        .fetch(&["+refs/heads/*:refs/heads/*"], Some(&mut options), None)
-        .map_err(|error| {
-            let (url, message) = (url.to_string(), error.message().to_owned());
-            if error.code() == ErrorCode::Auth {
-                MirrorError::Refused { url, message }
-            } else {
-                MirrorError::Fetch { url, message }
-            }
-        })
+    let request = FetchRequest {
+        url,
+        refspecs: &["+refs/heads/*:refs/heads/*"],
+        prune: true,
+        git,
+        stop: &|| false,
+        reflog: None,
+    };
+    warren_common::fetch::fetch(mirror, &request).map_err(|error| {
+        let (url, message) = (error.url().to_owned(), error.detail().to_owned());
+        match error {
+            FetchError::Refused { .. } => MirrorError::Refused { url, message },
+            // A missing local path is retried like an unreachable host: the
+            // dispatcher may start before the repository is created.
+            _ => MirrorError::Fetch { url, message },
+        }
+    })
 }
 
 #[cfg(test)]

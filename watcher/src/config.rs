@@ -299,20 +299,13 @@ fn validate_repo(
     })
 }
 
-/// Whether `url` (without a scheme) is git's `user@host:path` form of an
-/// ssh address: a `:` before the first `/`.
-pub(crate) fn is_scp_like(url: &str) -> bool {
-    url.find(':')
-        .is_some_and(|colon| url.find('/').is_none_or(|slash| colon < slash))
-}
-
 /// Refuses a URL whose transport this build of libgit2 lacks, so that the
 /// mistake shows at start-up instead of as a failed fetch at every poll.
 fn check_transport(url: &RepoUrl) -> Result<(), String> {
     let url = url.as_str();
     let version = git2::Version::get();
     let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-    let scp_like = scheme.is_none() && is_scp_like(url);
+    let scp_like = scheme.is_none() && warren_common::fetch::is_scp_like(url);
     match scheme {
         Some("https") if !version.https() => Err(
             "https:// needs libgit2 with HTTPS support, which this build lacks \

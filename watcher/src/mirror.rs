@@ -10,12 +10,12 @@
 //! Everything here blocks: call it from `tokio::task::spawn_blocking`.
 
 use crate::config::BranchFilter;
-use git2::{AutotagOption, FetchOptions, FetchPrune, Repository};
+use git2::Repository;
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
+use warren_common::fetch::{FetchError, FetchRequest, OpenError, fetch, open_or_recreate_bare};
 use warren_common::git::GitAuth;
 use warren_common::ids::{BranchName, CommitId, RepoUrl};
 
@@ -27,20 +27,14 @@ pub const FETCH_REFSPEC: &str = "+refs/heads/*:refs/heads/*";
 /// and retried at its next poll; other repositories go on.
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
-    /// The mirror folder could not be created (disk full, permissions).
-    #[error("creating the mirror {path}: {source}")]
-    Create { path: PathBuf, source: git2::Error },
-    /// The mirror was broken and could not be removed to be re-created.
-    #[error("removing the broken mirror {path}: {source}")]
-    Remove { path: PathBuf, source: io::Error },
+    /// The mirror folder could not be created, or was broken and could not
+    /// be removed to be re-created (disk full, permissions).
+    #[error(transparent)]
+    Open(#[from] OpenError),
     /// The fetch failed: the upstream is unreachable, refused us or sent
     /// something libgit2 could not store.
-    #[error("fetching {url} into {path}: {source}")]
-    Fetch {
-        url: String,
-        path: PathBuf,
-        source: git2::Error,
-    },
+    #[error("fetching {} into {path}: {}", .source.url(), .source.detail())]
+    Fetch { path: PathBuf, source: FetchError },
     /// The URL is a local path and nothing is there.
     #[error("the local repository {path} does not exist")]
     Missing { path: PathBuf },
@@ -58,9 +52,25 @@ pub fn sync(
     git: &GitAuth,
     cancel: &CancellationToken,
 ) -> Result<Repository, MirrorError> {
-    let repo = open_or_create(path)?;
-    fetch(&repo, path, url, git, cancel)?;
-    Ok(repo)
+    let repo = open_or_recreate_bare(path)?;
+    let stop = || cancel.is_cancelled();
+    let request = FetchRequest {
+        url,
+        refspecs: &[FETCH_REFSPEC],
+        prune: true,
+        git,
+        stop: &stop,
+        reflog: Some("warren-watcher: fetch"),
+    };
+    match fetch(&repo, &request) {
+        Ok(()) => Ok(repo),
+        Err(FetchError::Missing { path, .. }) => Err(MirrorError::Missing { path }),
+        Err(FetchError::Cancelled { url }) => Err(MirrorError::Cancelled { url }),
+        Err(source) => Err(MirrorError::Fetch {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// The tips of the mirror's branches that `filter` watches, by name.
@@ -105,108 +115,8 @@ pub fn branch_tips(
     Ok(tips)
 }
 
-/// The path of a local repository URL (`/srv/git/x.git`, `file:///…`).
-fn local_path(url: &RepoUrl) -> Option<&Path> {
-    let url = url.as_str();
-    match url.split_once("://") {
-        Some(("file", path)) => Some(Path::new(path)),
-        Some(_) => None,
-        None if crate::config::is_scp_like(url) => None,
-        None => Some(Path::new(url)),
-    }
-}
-
 /// The URL for logs and errors: a password in it is masked.
-pub fn display_url(url: &RepoUrl) -> String {
-    if url.as_str().contains("://") {
-        warren_common::config::safe_url(url.as_str())
-    } else {
-        // A local path or `user@host:path`: no password to hide, and
-        // `safe_url` would hide the whole value.
-        url.as_str().to_owned()
-    }
-}
-
-fn open_or_create(path: &Path) -> Result<Repository, MirrorError> {
-    let create = |path: &Path| {
-        Repository::init_bare(path).map_err(|source| MirrorError::Create {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    let Ok(metadata) = std::fs::symlink_metadata(path) else {
-        info!(mirror = %path.display(), "creating the mirror");
-        return create(path);
-    };
-    match Repository::open_bare(path) {
-        Ok(repo) => Ok(repo),
-        Err(error) => {
-            // The mirror is a cache of the upstream; the cursors live
-            // elsewhere, so nothing is lost by cloning it again (once: if the
-            // new one is broken too, the error is reported).
-            warn!(
-                mirror = %path.display(), %error,
-                "the mirror cannot be opened; deleting it and cloning again"
-            );
-            let removed = if metadata.is_dir() {
-                std::fs::remove_dir_all(path)
-            } else {
-                std::fs::remove_file(path)
-            };
-            removed.map_err(|source| MirrorError::Remove {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            create(path)
-        }
-    }
-}
-
-fn fetch(
-    repo: &Repository,
-    path: &Path,
-    url: &RepoUrl,
-    git: &GitAuth,
-    cancel: &CancellationToken,
-) -> Result<(), MirrorError> {
-    let fetch_error = |source| MirrorError::Fetch {
-        url: display_url(url),
-        path: path.to_path_buf(),
-        source,
-    };
-    // libgit2 reports a missing local path as "unsupported URL protocol".
-    if let Some(local) = local_path(url)
-        && !local.exists()
-    {
-        return Err(MirrorError::Missing {
-            path: local.to_path_buf(),
-        });
-    }
-    // An anonymous remote: the URL comes from the config at every fetch, so
-    // a changed URL takes effect without touching the mirror's own config.
-    let mut remote = repo.remote_anonymous(url.as_str()).map_err(fetch_error)?;
-    let mut callbacks = git.callbacks();
-    // Returning false from a progress callback makes libgit2 abort the
-    // transfer, so a long fetch does not hold up a shutdown.
-    callbacks.transfer_progress(|_| !cancel.is_cancelled());
-    callbacks.sideband_progress(|_| !cancel.is_cancelled());
-    let mut options = FetchOptions::new();
-    options
-        .remote_callbacks(callbacks)
-        .prune(FetchPrune::On)
-        .download_tags(AutotagOption::None);
-    match remote.fetch(
-        &[FETCH_REFSPEC],
-        Some(&mut options),
-        Some("warren-watcher: fetch"),
-    ) {
-        Ok(()) => Ok(()),
-        Err(_) if cancel.is_cancelled() => Err(MirrorError::Cancelled {
-            url: display_url(url),
-        }),
-        Err(source) => Err(fetch_error(source)),
-    }
-}
+pub use warren_common::fetch::display_url;
 
 #[cfg(test)]
 mod tests {

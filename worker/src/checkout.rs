@@ -9,10 +9,7 @@
 //! once. Everything here blocks: call it from `spawn_blocking`.
 
 use git2::build::CheckoutBuilder;
-use git2::{
-    AutotagOption, FetchOptions, Oid, Repository, RepositoryOpenFlags, ResetType, Status,
-    StatusOptions,
-};
+use git2::{Oid, Repository, RepositoryOpenFlags, ResetType, Status, StatusOptions};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -20,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::{debug, info, warn};
+use warren_common::fetch::{FetchError, FetchRequest};
 use warren_common::git::GitAuth;
 use warren_common::ids::{CommitId, RepoName, RepoUrl};
 
@@ -103,7 +101,7 @@ pub fn prepare(
 
 /// The failure of one attempt, before it becomes a [`CheckoutError`].
 enum Failure {
-    Fetch(git2::Error),
+    Fetch(FetchError),
     NotFound,
     Local(String),
     Interrupted,
@@ -112,7 +110,7 @@ enum Failure {
 impl Failure {
     fn describe(&self, request: &CheckoutRequest<'_>) -> String {
         match self {
-            Self::Fetch(e) => format!("fetching: {}", e.message()),
+            Self::Fetch(e) => format!("fetching: {}", e.detail()),
             Self::NotFound => format!("commit {} not found", request.sha),
             Self::Local(message) => message.clone(),
             Self::Interrupted => "interrupted".into(),
@@ -122,8 +120,8 @@ impl Failure {
     fn into_error(self, request: &CheckoutRequest<'_>, path: &Path) -> CheckoutError {
         match self {
             Self::Fetch(e) => CheckoutError::Fetch {
-                url: request.url.to_string(),
-                message: fetch_message(request.url, &e),
+                url: e.url().to_owned(),
+                message: e.detail().to_owned(),
             },
             Self::NotFound => CheckoutError::CommitNotFound {
                 sha: request.sha.clone(),
@@ -147,22 +145,6 @@ impl From<git2::Error> for Failure {
 impl From<io::Error> for Failure {
     fn from(error: io::Error) -> Self {
         Self::Local(error.to_string())
-    }
-}
-
-/// libgit2's message, with a hint where its own is cryptic: it says
-/// "unsupported URL protocol" both for a local path that does not exist and
-/// for a scheme this build has no transport for.
-fn fetch_message(url: &RepoUrl, error: &git2::Error) -> String {
-    let message = error.message();
-    if !message.contains("unsupported URL protocol") {
-        return message.to_owned();
-    }
-    match url.as_str().split_once("://") {
-        Some((scheme, _)) if scheme != "file" => {
-            format!("{message} (this worker's git library has no transport for `{scheme}://`)")
-        }
-        _ => format!("{message} (no repository at this path)"),
     }
 }
 
@@ -221,23 +203,20 @@ fn fetch(
     interrupt: &Arc<AtomicBool>,
 ) -> Result<(), Failure> {
     info!(%url, "fetching");
-    let mut callbacks = git.callbacks();
-    let flag = Arc::clone(interrupt);
-    // Returning false from the progress callback makes libgit2 abort the
-    // transfer; this is how a forced stop interrupts a long fetch.
-    callbacks.transfer_progress(move |_| !flag.load(Ordering::Relaxed));
-    let mut options = FetchOptions::new();
-    options
-        .remote_callbacks(callbacks)
-        .download_tags(AutotagOption::None);
-    // An anonymous remote: the URL comes from each job, so nothing is stored
-    // in the clone's config that a later job could trip over.
-    let mut remote = repo
-        .remote_anonymous(url.as_str())
-        .map_err(Failure::Fetch)?;
-    match remote.fetch(&FETCH_REFSPECS, Some(&mut options), None) {
+    // A forced stop sets the flag; the fetch's progress callbacks then
+    // abort the transfer.
+    let stop = || interrupt.load(Ordering::Relaxed);
+    let request = FetchRequest {
+        url,
+        refspecs: &FETCH_REFSPECS,
+        prune: false,
+        git,
+        stop: &stop,
+        reflog: None,
+    };
+    match warren_common::fetch::fetch(repo, &request) {
         Ok(()) => Ok(()),
-        Err(_) if interrupt.load(Ordering::Relaxed) => Err(Failure::Interrupted),
+        Err(FetchError::Cancelled { .. }) => Err(Failure::Interrupted),
         Err(error) => Err(Failure::Fetch(error)),
     }
 }

@@ -20,6 +20,13 @@
 //! key. The dispatcher watches `P.dead-jobs` so that a job the broker gave up
 //! on (delivery limit) still gets a verdict.
 //!
+//! Besides these, two kinds of private queue, one per connection, exclusive
+//! and auto-deleted (gone with the connection; recreated on reconnect), are
+//! declared here too ([`PrivateQueue`]): a worker's control queue
+//! (server-named, bound to `P.control`: cancellations) and the dispatcher's
+//! live-output queue (`P.live.<uuid>`, bound to `P.logs` with `#`, bounded
+//! in bytes, oldest dropped first).
+//!
 //! Routing keys are repository names, so an operator can bind extra queues
 //! (for one repository's commits, say) without touching Warren.
 
@@ -49,6 +56,49 @@ pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 )]
 pub struct TopologyMissing {
     pub name: String,
+    pub cause: lapin::Error,
+}
+
+/// A queue private to one connection: exclusive and auto-deleted, so it goes
+/// with the connection (and with its broker node) and is declared again on
+/// reconnect; what was in it is lost, which is why only messages that are
+/// not worth a redelivery use one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrivateQueue {
+    /// A worker's cancellations: server-named (`amq.gen-*`), bound to the
+    /// control exchange. A cancel lost with a connection is sent again when
+    /// the cancelled run next reports (see the dispatcher's unwanted runs).
+    Control,
+    /// The dispatcher's copy of running jobs' output: `P.live.<uuid>` (under
+    /// the prefix, so the dispatcher's permissions cover it), bound to the
+    /// logs exchange with `#`, at most `max_bytes`, oldest dropped first.
+    LiveOutput { max_bytes: i64 },
+}
+
+impl PrivateQueue {
+    fn declaring(self) -> &'static str {
+        match self {
+            Self::Control => "declaring the cancellation queue",
+            Self::LiveOutput { .. } => "declaring the live output queue",
+        }
+    }
+
+    fn binding(self) -> &'static str {
+        match self {
+            Self::Control => "binding the cancellation queue to the control exchange",
+            Self::LiveOutput { .. } => "binding the live output queue",
+        }
+    }
+}
+
+/// A private queue could not be declared or bound (a permission, the broker
+/// going away): the caller treats it like a lost connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {cause}")]
+pub struct PrivateQueueError {
+    /// The step that failed, e.g. "declaring the live output queue".
+    pub what: &'static str,
+    #[source]
     pub cause: lapin::Error,
 }
 
@@ -219,6 +269,69 @@ impl Topology {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Declares a queue private to this connection (exclusive, auto-delete)
+    /// and binds it; returns its name. See [`PrivateQueue`].
+    pub async fn declare_private(
+        &self,
+        channel: &Channel,
+        queue: PrivateQueue,
+    ) -> Result<ShortString, PrivateQueueError> {
+        let (name, exchange, key, arguments) = match queue {
+            PrivateQueue::Control => (
+                String::new(),
+                self.control_exchange(),
+                "",
+                FieldTable::default(),
+            ),
+            PrivateQueue::LiveOutput { max_bytes } => {
+                let mut arguments = FieldTable::default();
+                arguments.insert(
+                    ShortString::from("x-max-length-bytes"),
+                    AMQPValue::LongLongInt(max_bytes),
+                );
+                arguments.insert(
+                    ShortString::from("x-overflow"),
+                    AMQPValue::LongString("drop-head".into()),
+                );
+                (
+                    format!("{}.live.{}", self.prefix, uuid::Uuid::new_v4()),
+                    self.logs_exchange(),
+                    "#",
+                    arguments,
+                )
+            }
+        };
+        let declared = channel
+            .queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .map_err(|cause| PrivateQueueError {
+                what: queue.declaring(),
+                cause,
+            })?;
+        channel
+            .queue_bind(
+                declared.name().clone(),
+                ShortString::from(exchange),
+                ShortString::from(key),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|cause| PrivateQueueError {
+                what: queue.binding(),
+                cause,
+            })?;
+        Ok(declared.name().clone())
     }
 
     /// Checks, with passive declares (which need no permission), that every

@@ -14,7 +14,7 @@
 //! message is published never sees it and runs the job to its end; the
 //! dispatcher ignores that result.
 
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use warren_common::ids::JobId;
 use warren_common::messages::{CancelJobs, DecodeError, decode};
 use warren_common::session::{Session, SessionError};
+use warren_common::topology::PrivateQueue;
 
 /// Most cancelled job ids remembered: far more than the deliveries that can
 /// be in flight, and a bound on memory however many the dispatcher cancels.
@@ -174,33 +175,17 @@ impl ControlQueue {
     pub async fn open(session: &Session, consumer_tag: &str) -> Result<Self, SessionError> {
         let broker = |what| move |cause| SessionError::Broker { what, cause };
         let channel = session.open_channel().await?;
-        let queue = channel
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let queue = session
+            .topology()
+            .declare_private(&channel, PrivateQueue::Control)
             .await
-            .map_err(broker("declaring the cancellation queue"))?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                ShortString::from(session.topology().control_exchange()),
-                ShortString::from(""),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker(
-                "binding the cancellation queue to the control exchange",
-            ))?;
+            .map_err(|error| SessionError::Broker {
+                what: error.what,
+                cause: error.cause,
+            })?;
         let consumer = channel
             .basic_consume(
-                queue.name().clone(),
+                queue,
                 ShortString::from(consumer_tag.to_owned()),
                 BasicConsumeOptions {
                     no_ack: true,

@@ -2,7 +2,8 @@
 //!
 //! - [`ids`]: validated identifiers (commit ids, repository and branch names,
 //!   URLs, worker and job ids); nothing unvalidated reaches a path or a command.
-//! - [`messages`]: the versioned JSON messages and their strict decoder.
+//! - [`messages`]: the versioned JSON messages and their strict decoder;
+//!   [`envelope`] how each goes on the wire (routing key, message id, headers).
 //! - [`topology`]: every exchange and queue, under a configurable prefix.
 //! - [`session`]: a broker connection with publisher confirms and dead-lettering.
 //! - [`config`]: file-then-environment settings and the `[broker]`/`[log]` tables;
@@ -14,6 +15,7 @@
 pub mod atomic_file;
 pub mod backoff;
 pub mod config;
+pub mod envelope;
 pub mod fetch;
 pub mod git;
 pub mod ids;

@@ -14,7 +14,7 @@
 //! which redeclares the topology, sets prefetch again and consumes again.
 
 use crate::config::BrokerConfig;
-use crate::messages::{Message, encode};
+use crate::messages::{CancelJobs, Message, encode};
 use crate::topology::{Queue, Topology};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -68,18 +68,7 @@ pub enum PublishError {
     },
 }
 
-/// Options of one publish.
-#[derive(Debug, Clone)]
-pub struct Outgoing<'a> {
-    /// Routing key (Warren uses the repository name).
-    pub routing_key: &'a str,
-    /// The AMQP message id; shows in the management UI and in logs.
-    pub message_id: String,
-    /// Survive a broker restart (delivery mode 2). Transient events say no.
-    pub persistent: bool,
-    /// Extra headers for people reading the queue.
-    pub headers: Vec<(&'static str, String)>,
-}
+pub use crate::envelope::Outgoing;
 
 /// Messages this process moved to the dead-letter queue, per source queue
 /// (in [`Queue::ALL`] order), since it started.
@@ -230,20 +219,15 @@ impl Session {
         })
     }
 
-    /// Publishes a control message ([`CancelJobs`](crate::messages::CancelJobs))
+    /// Publishes a [`CancelJobs`]
     /// to every worker, with a confirm. Not mandatory: with no worker
     /// connected nobody needs to hear it.
-    pub async fn publish_control<M: Message>(
+    pub async fn publish_control(
         &self,
-        message: &M,
+        message: &CancelJobs,
         message_id: String,
     ) -> Result<(), PublishError> {
-        let outgoing = Outgoing {
-            routing_key: "",
-            message_id,
-            persistent: false,
-            headers: Vec::new(),
-        };
+        let outgoing = message.envelope(message_id);
         let exchange = self.topology.control_exchange();
         let confirm = self
             .confirmed
@@ -252,7 +236,7 @@ impl Session {
                 ShortString::from(""),
                 BasicPublishOptions::default(),
                 &encode(message),
-                self.properties(M::TYPE, &outgoing),
+                self.properties(CancelJobs::TYPE, &outgoing),
             )
             .await?;
         PendingConfirm {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use warren_common::ids::{BranchName, CommitId, RepoName};
 use warren_common::messages::CommitEvent;
-use warren_common::session::{Outgoing, PublishError, Session};
+use warren_common::session::{PublishError, Session};
 use warren_common::topology::Queue;
 
 /// Most commit events of one branch in flight (sent, confirm not yet
@@ -35,12 +35,8 @@ use warren_common::topology::Queue;
 /// leaves little to publish again.
 pub const PUBLISH_WINDOW: usize = 100;
 
-/// Header naming the repository of a commit event, for people reading the queue.
-pub const REPO_HEADER: &str = "x-warren-repo";
-/// Header naming the branch of a commit event.
-pub const BRANCH_HEADER: &str = "x-warren-branch";
-/// Header with the commit id of a commit event.
-pub const SHA_HEADER: &str = "x-warren-sha";
+/// The headers of a commit event, for people reading the queue.
+pub use warren_common::envelope::{BRANCH_HEADER, REPO_HEADER, SHA_HEADER};
 
 /// Why a poll did not complete. Every variant leaves the cursors at the last
 /// confirmed commit; the repository is polled again at its next interval.
@@ -398,7 +394,7 @@ async fn publish_window(
     let mut failure = None;
     for event in window {
         match session
-            .start_publish(Queue::Commits, event, outgoing(event))
+            .start_publish(Queue::Commits, event, event.envelope())
             .await
         {
             Ok(pending) => in_flight.push(pending),
@@ -422,19 +418,6 @@ async fn publish_window(
         );
     }
     (confirmed, failure)
-}
-
-fn outgoing(event: &CommitEvent) -> Outgoing<'_> {
-    Outgoing {
-        routing_key: event.repo.as_str(),
-        message_id: format!("{}@{}", event.repo, event.sha),
-        persistent: true,
-        headers: vec![
-            (REPO_HEADER, event.repo.to_string()),
-            (BRANCH_HEADER, event.branch.to_string()),
-            (SHA_HEADER, event.sha.to_string()),
-        ],
-    }
 }
 
 /// Records `sha` as the cursor of `branch`, off the async threads (an fsync).

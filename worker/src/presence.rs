@@ -18,12 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use warren_common::ids::WorkerId;
 use warren_common::messages::WorkerStatus;
-use warren_common::session::{Outgoing, Session};
+use warren_common::session::Session;
 use warren_common::topology::Queue;
-
-/// Routing key of worker statuses on the events exchange (job events use
-/// the repository's name).
-pub const ROUTING_KEY: &str = "worker";
 
 /// Longest wait for one status to be handed to the connection: a slow
 /// connection must not delay the next one or the worker's stop.
@@ -81,15 +77,9 @@ impl Presence {
     /// Publishes `status` through `session`; a failure is logged at debug
     /// level only.
     pub async fn publish(&self, session: &Session, status: &WorkerStatus) {
-        let outgoing = Outgoing {
-            routing_key: ROUTING_KEY,
-            message_id: format!("{}.status", self.worker),
-            persistent: false,
-            headers: Vec::new(),
-        };
         let sent = tokio::time::timeout(
             SEND_TIMEOUT,
-            session.publish_transient(Queue::Events, status, outgoing),
+            session.publish_transient(Queue::Events, status, status.envelope()),
         )
         .await;
         match sent {

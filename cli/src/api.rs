@@ -34,14 +34,14 @@ const MAX_ANSWER_BYTES: u64 = 512 * 1024 * 1024;
 
 /// A decoded answer and the text it was decoded from.
 #[derive(Debug)]
-pub struct Answer<T> {
+pub(crate) struct Answer<T> {
     pub value: T,
     pub raw: String,
 }
 
 /// Filters of `GET /api/commits`; `None` leaves one out.
 #[derive(Debug, Default, Clone)]
-pub struct CommitQuery {
+pub(crate) struct CommitQuery {
     pub repo: Option<String>,
     pub branch: Option<String>,
     pub status: Option<String>,
@@ -50,9 +50,9 @@ pub struct CommitQuery {
 }
 
 /// A job's live output: server-sent events over an open response.
-pub type LogStream = Events<BufReader<ureq::BodyReader<'static>>>;
+pub(crate) type LogStream = Events<BufReader<ureq::BodyReader<'static>>>;
 
-pub struct Client {
+pub(crate) struct Client {
     base: String,
     agent: Agent,
     /// Sent with retry and cancel (`Authorization: Bearer …`).
@@ -62,7 +62,7 @@ pub struct Client {
 impl Client {
     /// `base_url` is the dispatcher's address, `http://host:port` (a path
     /// prefix is kept, for a dispatcher behind a proxy).
-    pub fn new(base_url: &str) -> Result<Self, Error> {
+    pub(crate) fn new(base_url: &str) -> Result<Self, Error> {
         let base = base_url.trim_end_matches('/').to_owned();
         let rest = base
             .strip_prefix("http://")
@@ -97,7 +97,7 @@ impl Client {
     }
 
     /// Sends `token` with the writes (retry, cancel).
-    pub fn with_token(mut self, token: Option<String>) -> Self {
+    pub(crate) fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;
         self
     }
@@ -113,12 +113,8 @@ impl Client {
         }
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     /// `GET /api/commits`: recent commits, newest first.
-    pub fn commits(&self, query: &CommitQuery) -> Result<Answer<CommitList>, Error> {
+    pub(crate) fn commits(&self, query: &CommitQuery) -> Result<Answer<CommitList>, Error> {
         let mut request = self.agent.get(format!("{}/api/commits", self.base));
         let limit = query.limit.map(|limit| limit.to_string());
         let pairs = [
@@ -137,7 +133,7 @@ impl Client {
     }
 
     /// `GET /api/commits/{repo}/{sha}`: the result file, also while it runs.
-    pub fn commit(&self, repo: &str, sha: &str) -> Result<Answer<Commit>, Error> {
+    pub(crate) fn commit(&self, repo: &str, sha: &str) -> Result<Answer<Commit>, Error> {
         let url = format!(
             "{}/api/commits/{}/{}",
             self.base,
@@ -148,7 +144,7 @@ impl Client {
     }
 
     /// `POST /api/commits/{repo}/{sha}/retry`.
-    pub fn retry(&self, repo: &str, sha: &str) -> Result<Answer<Retried>, Error> {
+    pub(crate) fn retry(&self, repo: &str, sha: &str) -> Result<Answer<Retried>, Error> {
         let url = format!(
             "{}/api/commits/{}/{}/retry",
             self.base,
@@ -159,7 +155,7 @@ impl Client {
     }
 
     /// `POST /api/commits/{repo}/{sha}/cancel`.
-    pub fn cancel(&self, repo: &str, sha: &str) -> Result<Answer<Cancelled>, Error> {
+    pub(crate) fn cancel(&self, repo: &str, sha: &str) -> Result<Answer<Cancelled>, Error> {
         let url = format!(
             "{}/api/commits/{}/{}/cancel",
             self.base,
@@ -170,14 +166,14 @@ impl Client {
     }
 
     /// `GET /api/workers`.
-    pub fn workers(&self) -> Result<Answer<WorkerList>, Error> {
+    pub(crate) fn workers(&self) -> Result<Answer<WorkerList>, Error> {
         let url = format!("{}/api/workers", self.base);
         self.json("the worker list", self.agent.get(url).call())
     }
 
     /// `GET /api/jobs/{job_id}/log`: the job's output as server-sent
     /// events, open until the server sends `end` (or the connection drops).
-    pub fn job_log(&self, job_id: &str) -> Result<LogStream, Error> {
+    pub(crate) fn job_log(&self, job_id: &str) -> Result<LogStream, Error> {
         let url = format!("{}/api/jobs/{}/log", self.base, segment(job_id));
         let response = self
             .agent

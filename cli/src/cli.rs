@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 
 /// Where the dispatcher's HTTP API listens by default (`http.listen`).
-pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 
 /// Warren's command-line client: commits, verdicts, logs and workers, from
 /// the dispatcher's HTTP API.

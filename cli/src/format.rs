@@ -6,15 +6,15 @@ use chrono::{DateTime, Utc};
 
 /// Digits of a sha shown in tables: enough to be unique in practice and to
 /// paste back into `warren show`.
-pub const SHORT_SHA: usize = 12;
+pub(crate) const SHORT_SHA: usize = 12;
 
-pub fn short_sha(sha: &str) -> &str {
+pub(crate) fn short_sha(sha: &str) -> &str {
     sha.get(..SHORT_SHA).unwrap_or(sha)
 }
 
 /// "just now", "42s ago", "3 min ago", "5 h ago", "2 days ago"; a time in
 /// the future (clocks out of step) reads "just now".
-pub fn age(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
+pub(crate) fn age(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let seconds = (now - then).num_seconds();
     match seconds {
         ..5 => "just now".to_owned(),
@@ -27,12 +27,12 @@ pub fn age(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
 }
 
 /// An optional time as its age, or "-".
-pub fn age_or_dash(then: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+pub(crate) fn age_or_dash(then: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     then.map_or_else(|| "-".to_owned(), |then| age(then, now))
 }
 
 /// "850ms", "12s", "1m 12s", "2h 5m".
-pub fn duration(ms: u64) -> String {
+pub(crate) fn duration(ms: u64) -> String {
     let seconds = ms / 1_000;
     match seconds {
         0 => format!("{ms}ms"),
@@ -43,20 +43,20 @@ pub fn duration(ms: u64) -> String {
 }
 
 /// An optional duration, or "-".
-pub fn duration_or_dash(ms: Option<u64>) -> String {
+pub(crate) fn duration_or_dash(ms: Option<u64>) -> String {
     ms.map_or_else(|| "-".to_owned(), duration)
 }
 
 /// A shard for a table cell, counted from 1 as the status page counts
 /// them: "2/4", or "2" when the count is unknown. `number` is already
 /// 1-based ([`crate::model::Job::number`]).
-pub fn shard_fraction(number: u32, count: Option<u32>) -> String {
+pub(crate) fn shard_fraction(number: u32, count: Option<u32>) -> String {
     count.map_or_else(|| number.to_string(), |count| format!("{number}/{count}"))
 }
 
 /// A shard in a sentence, counted from 1: "shard 2 of 4", or "shard 2"
 /// when the count is unknown.
-pub fn shard_words(number: u32, count: Option<u32>) -> String {
+pub(crate) fn shard_words(number: u32, count: Option<u32>) -> String {
     count.map_or_else(
         || format!("shard {number}"),
         |count| format!("shard {number} of {count}"),
@@ -66,14 +66,14 @@ pub fn shard_words(number: u32, count: Option<u32>) -> String {
 /// Server text made safe for one table cell: control characters (an ESC
 /// that would drive the terminal, a newline that would break the row)
 /// become spaces.
-pub fn clean(text: &str) -> String {
+pub(crate) fn clean(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
 }
 
 /// At most `max` characters, the last of them "..." when cut.
-pub fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }

@@ -11,17 +11,17 @@
 //!   human durations, colour only on a terminal.
 //! - [`error`] and [`exit`]: what can go wrong, and the exit codes.
 
-pub mod api;
-pub mod cli;
-pub mod commands;
-pub mod error;
-pub mod exit;
-pub mod format;
-pub mod model;
-pub mod resolve;
-pub mod sse;
-pub mod style;
-pub mod table;
+mod api;
+mod cli;
+mod commands;
+mod error;
+mod exit;
+mod format;
+mod model;
+mod resolve;
+mod sse;
+mod style;
+mod table;
 
 pub use cli::Cli;
 pub use error::Error;

@@ -70,14 +70,12 @@ impl Verdict {
 
 /// `GET /api/commits`.
 #[derive(Debug, Deserialize)]
-pub struct CommitList {
+pub(crate) struct CommitList {
     pub commits: Vec<CommitSummary>,
-    #[serde(default)]
-    pub next_before: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct CommitSummary {
+pub(crate) struct CommitSummary {
     pub repo: String,
     pub sha: String,
     #[serde(default)]
@@ -98,7 +96,7 @@ pub struct CommitSummary {
 
 /// `GET /api/commits/{repo}/{sha}`: the result file.
 #[derive(Debug, Deserialize)]
-pub struct Commit {
+pub(crate) struct Commit {
     pub repo: String,
     pub sha: String,
     #[serde(default)]
@@ -115,8 +113,6 @@ pub struct Commit {
     #[serde(default)]
     pub detected_at: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub finished_at: Option<DateTime<Utc>>,
-    #[serde(default)]
     pub duration_ms: Option<u64>,
     #[serde(default)]
     pub selection: Option<Selection>,
@@ -131,7 +127,7 @@ pub struct Commit {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Selection {
+pub(crate) struct Selection {
     #[serde(default)]
     pub mode: Option<String>,
     #[serde(default)]
@@ -144,7 +140,7 @@ pub struct Selection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct TestCounts {
+pub(crate) struct TestCounts {
     pub total: u64,
     pub passed: u64,
     pub failed: u64,
@@ -154,7 +150,7 @@ pub struct TestCounts {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct TestCase {
+pub(crate) struct TestCase {
     #[serde(default)]
     pub shard: Option<u32>,
     pub name: String,
@@ -169,13 +165,13 @@ pub struct TestCase {
 }
 
 impl TestCase {
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         matches!(self.status.as_deref(), Some("failed" | "error"))
     }
 }
 
 #[derive(Debug, Deserialize)]
-pub struct FlakyTest {
+pub(crate) struct FlakyTest {
     pub name: String,
     #[serde(default)]
     pub classname: Option<String>,
@@ -184,7 +180,7 @@ pub struct FlakyTest {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Job {
+pub(crate) struct Job {
     pub id: String,
     #[serde(default)]
     pub shard: Option<Shard>,
@@ -216,24 +212,24 @@ impl Job {
     /// The shard index as the API gives it, from 0 (0 for a commit that was
     /// not split). For `--json` output and matching; people see
     /// [`Job::number`].
-    pub fn index(&self) -> u32 {
+    pub(crate) fn index(&self) -> u32 {
         self.shard.as_ref().map_or(0, |shard| shard.index)
     }
 
     /// The shard as people count it, from 1, as the status page numbers
     /// it: `index() + 1`.
-    pub fn number(&self) -> u32 {
+    pub(crate) fn number(&self) -> u32 {
         self.index().saturating_add(1)
     }
 
     /// How many shards the commit was split into, if the API says.
-    pub fn count(&self) -> Option<u32> {
+    pub(crate) fn count(&self) -> Option<u32> {
         self.shard.as_ref().and_then(|shard| shard.count)
     }
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Shard {
+pub(crate) struct Shard {
     pub index: u32,
     #[serde(default)]
     pub count: Option<u32>,
@@ -241,12 +237,12 @@ pub struct Shard {
 
 /// `GET /api/workers`.
 #[derive(Debug, Deserialize)]
-pub struct WorkerList {
+pub(crate) struct WorkerList {
     pub workers: Vec<Worker>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Worker {
+pub(crate) struct Worker {
     pub id: String,
     #[serde(default)]
     pub host: Option<String>,
@@ -263,25 +259,23 @@ pub struct Worker {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct CurrentJob {
+pub(crate) struct CurrentJob {
     pub repo: String,
     pub sha: String,
-    #[serde(default)]
-    pub job_id: Option<String>,
     #[serde(default)]
     pub attempt: Option<u64>,
 }
 
 /// `POST …/retry` (202).
 #[derive(Debug, Deserialize)]
-pub struct Retried {
+pub(crate) struct Retried {
     #[serde(default)]
     pub status: Option<String>,
 }
 
 /// `POST …/cancel` (202).
 #[derive(Debug, Deserialize)]
-pub struct Cancelled {
+pub(crate) struct Cancelled {
     #[serde(default)]
     pub jobs: Option<u64>,
 }

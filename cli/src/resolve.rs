@@ -14,13 +14,13 @@ const MAX_CANDIDATES: u32 = 10;
 
 /// One commit, named completely.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitRef {
+pub(crate) struct CommitRef {
     pub repo: String,
     pub sha: String,
 }
 
 /// The prefix in lower case, or why it is not one.
-pub fn parse_prefix(text: &str) -> Result<String, Error> {
+pub(crate) fn parse_prefix(text: &str) -> Result<String, Error> {
     let valid =
         (MIN_PREFIX..=40).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit());
     if !valid {
@@ -33,7 +33,7 @@ pub fn parse_prefix(text: &str) -> Result<String, Error> {
 
 /// The one commit the prefix names (within `repo` if given): not found and
 /// ambiguous are errors (exit 2), the ambiguous one listing the candidates.
-pub fn resolve(client: &Client, text: &str, repo: Option<&str>) -> Result<CommitRef, Error> {
+pub(crate) fn resolve(client: &Client, text: &str, repo: Option<&str>) -> Result<CommitRef, Error> {
     let prefix = parse_prefix(text)?;
     let query = CommitQuery {
         repo: repo.map(str::to_owned),

@@ -15,20 +15,20 @@ const MAX_LINE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// One event: its name (`message` when the server gave none) and data.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub(crate) struct Event {
     pub name: String,
     pub data: String,
 }
 
 /// The events of a stream, in order; `None` at the end of the body (an
 /// event not ended by a blank line is dropped, as the format says).
-pub struct Events<R> {
+pub(crate) struct Events<R> {
     reader: R,
     line: Vec<u8>,
 }
 
 impl<R: BufRead> Events<R> {
-    pub fn new(reader: R) -> Self {
+    pub(crate) fn new(reader: R) -> Self {
         Self {
             reader,
             line: Vec::new(),

@@ -7,7 +7,7 @@
 use crate::model::Verdict;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     Good,
     Bad,
     Pending,
@@ -27,7 +27,7 @@ impl Style {
     }
 
     /// The style of a verdict word.
-    pub fn of(verdict: &Verdict) -> Self {
+    pub(crate) fn of(verdict: &Verdict) -> Self {
         match verdict {
             Verdict::Passed => Self::Good,
             Verdict::Running => Self::Pending,
@@ -39,12 +39,12 @@ impl Style {
 
 /// Wraps text in a style's escape codes, or leaves it alone.
 #[derive(Debug, Clone, Copy)]
-pub struct Paint {
+pub(crate) struct Paint {
     pub enabled: bool,
 }
 
 impl Paint {
-    pub fn paint(self, style: Style, text: &str) -> String {
+    pub(crate) fn paint(self, style: Style, text: &str) -> String {
         if self.enabled {
             format!("\x1b[{}m{text}\x1b[0m", style.code())
         } else {

@@ -7,13 +7,13 @@ use crate::style::{Paint, Style};
 /// One cell: its text (control characters removed) and an optional style,
 /// applied after padding so colour never shifts the columns.
 #[derive(Debug, Clone)]
-pub struct Cell {
+pub(crate) struct Cell {
     text: String,
     style: Option<Style>,
 }
 
 impl Cell {
-    pub fn styled(text: impl AsRef<str>, style: Style) -> Self {
+    pub(crate) fn styled(text: impl AsRef<str>, style: Style) -> Self {
         Self {
             text: clean(text.as_ref()),
             style: Some(style),
@@ -31,25 +31,25 @@ impl<T: AsRef<str>> From<T> for Cell {
 }
 
 #[derive(Debug)]
-pub struct Table {
+pub(crate) struct Table {
     headers: Vec<&'static str>,
     rows: Vec<Vec<Cell>>,
 }
 
 impl Table {
-    pub fn new(headers: &[&'static str]) -> Self {
+    pub(crate) fn new(headers: &[&'static str]) -> Self {
         Self {
             headers: headers.to_vec(),
             rows: Vec::new(),
         }
     }
 
-    pub fn row(&mut self, cells: Vec<Cell>) {
+    pub(crate) fn row(&mut self, cells: Vec<Cell>) {
         self.rows.push(cells);
     }
 
     /// The table as lines, each ending in `\n`; `indent` spaces before each.
-    pub fn render(&self, paint: Paint, indent: usize) -> String {
+    pub(crate) fn render(&self, paint: Paint, indent: usize) -> String {
         let columns = self.headers.len();
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {

@@ -16,7 +16,7 @@ use std::io::Write;
 
 /// What every command needs: the client, how to print, and the time
 /// against which ages are told.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub client: Client,
     pub json: bool,
     pub paint: Paint,
@@ -35,7 +35,7 @@ impl Context<'_> {
     }
 }
 
-pub fn run(command: &Command, ctx: &mut Context<'_>) -> Result<Exit, Error> {
+pub(crate) fn run(command: &Command, ctx: &mut Context<'_>) -> Result<Exit, Error> {
     match command {
         Command::Status(args) => status::run(args, ctx),
         Command::Show(args) => show::run(args, ctx),

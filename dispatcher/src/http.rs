@@ -7,6 +7,7 @@
 //! sent to the loop as [`Command`]s, so the loop stays the only writer and
 //! the only publisher of jobs.
 
+use crate::commands::{APP_ID, Command, CommandOutcome};
 use crate::config::DispatcherConfig;
 use crate::live::{LiveEvent, LiveLogs};
 use crate::metrics::{Metrics, QueueLabel};
@@ -35,27 +36,6 @@ use warren_common::ids::{CommitId, JobId, RepoName};
 use warren_common::messages::JobStatus;
 use warren_common::session::Session;
 use warren_common::topology::Queue;
-
-/// A write the HTTP side asks the dispatcher's loop to make.
-pub enum Command {
-    /// Run a finished commit's jobs again.
-    Retry {
-        commit_id: i64,
-        reply: oneshot::Sender<CommandOutcome>,
-    },
-    /// Stop a running commit's jobs.
-    Cancel {
-        commit_id: i64,
-        reply: oneshot::Sender<CommandOutcome>,
-    },
-}
-
-/// What the loop did with a [`Command`].
-pub enum CommandOutcome {
-    Done { status: &'static str, jobs: usize },
-    Conflict(String),
-    Failed(String),
-}
 
 /// Longest wait for the loop to carry out a command (it may be
 /// reconnecting to the broker).
@@ -128,13 +108,9 @@ impl AppState {
         if let Some(session) = current.as_ref().filter(|s| s.is_connected()) {
             return Ok(Arc::clone(session));
         }
-        let session = Session::connect(
-            &self.broker,
-            crate::service::APP_ID,
-            "warren-dispatcher http",
-        )
-        .await
-        .map_err(|error| ApiError::unavailable(format!("broker: {error}")))?;
+        let session = Session::connect(&self.broker, APP_ID, "warren-dispatcher http")
+            .await
+            .map_err(|error| ApiError::unavailable(format!("broker: {error}")))?;
         let session = Arc::new(session);
         *current = Some(Arc::clone(&session));
         Ok(session)

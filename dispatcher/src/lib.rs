@@ -13,17 +13,22 @@
 //!   status pages; [`live`] running jobs' output for followers; [`metrics`]
 //!   the Prometheus registry; [`notify`] webhooks.
 
+mod commands;
 pub mod config;
 pub mod http;
+mod intake;
+mod leases;
 pub mod live;
 pub mod metrics;
 pub mod mirror;
 pub mod notify;
 pub mod report;
+mod results;
 pub mod select;
 pub mod service;
 pub mod spec;
 pub mod split;
+mod state;
 pub mod store;
 pub mod web;
 

@@ -18,7 +18,7 @@
 //! at most [`QUEUE_MAX_BYTES`] (oldest dropped first) while the dispatcher
 //! is slow.
 
-use crate::service::APP_ID;
+use crate::commands::APP_ID;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,

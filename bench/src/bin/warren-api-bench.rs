@@ -9,7 +9,7 @@
 //! - `GET /api/commits?limit=50` and a filtered, paged list,
 //! - `GET /commits/{repo}/{sha}` (the commit's HTML page).
 //!
-//! `cargo run --release -p warren-harness --bin warren-api-bench -- --commits 10000`
+//! `cargo run --release -p warren-bench-api --bin warren-api-bench -- --commits 10000`
 
 use chrono::{TimeDelta, Utc};
 use std::collections::BTreeMap;

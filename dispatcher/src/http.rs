@@ -7,152 +7,37 @@
 //! sent to the loop as [`Command`]s, so the loop stays the only writer and
 //! the only publisher of jobs.
 
-use crate::commands::{APP_ID, Command, CommandOutcome};
-use crate::config::DispatcherConfig;
-use crate::live::{LiveEvent, LiveLogs};
-use crate::metrics::{Metrics, QueueLabel};
+pub use crate::app::{ApiError, AppState};
+use crate::commands::{Command, CommandOutcome};
+use crate::metrics::QueueLabel;
 use crate::report::CommitSummary;
-use crate::store::{CommitFilter, Store, StoreError};
+use crate::sse::{events, job_log};
+use crate::store::CommitFilter;
 use crate::web;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use futures_util::Stream;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{info, warn};
-use warren_common::config::BrokerConfig;
-use warren_common::ids::{CommitId, JobId, RepoName};
+use tokio::sync::oneshot;
+use tracing::info;
+use warren_common::ids::{CommitId, RepoName};
 use warren_common::messages::JobStatus;
-use warren_common::session::Session;
 use warren_common::topology::Queue;
 
 /// Longest wait for the loop to carry out a command (it may be
 /// reconnecting to the broker).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
-/// How often a live log checks whether its job has been decided.
-const LOG_END_CHECK: Duration = Duration::from_millis(500);
 /// Workers listed by the API: heard from within this long.
 const WORKERS_SEEN_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// Workers counted as connected by the metrics: heard from within this long.
 const WORKERS_CONNECTED_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    store: Arc<Mutex<Store>>,
-    commands: mpsc::Sender<Command>,
-    ready: watch::Receiver<bool>,
-    updates: broadcast::Sender<i64>,
-    broker: BrokerConfig,
-    session: Arc<tokio::sync::Mutex<Option<Arc<Session>>>>,
-    metrics: Arc<Metrics>,
-    live: Arc<LiveLogs>,
-    /// The token retry and cancel must carry, if one is set.
-    token: Option<Arc<SecretString>>,
-}
-
-impl AppState {
-    /// State for the handlers: the broker and the token from `config`.
-    pub fn new(
-        config: &DispatcherConfig,
-        store: Store,
-        commands: mpsc::Sender<Command>,
-        ready: watch::Receiver<bool>,
-        updates: broadcast::Sender<i64>,
-        metrics: Arc<Metrics>,
-        live: Arc<LiveLogs>,
-    ) -> Self {
-        Self {
-            store: Arc::new(Mutex::new(store)),
-            commands,
-            ready,
-            updates,
-            broker: config.broker.clone(),
-            session: Arc::default(),
-            metrics,
-            live,
-            token: config.http_token.clone().map(Arc::new),
-        }
-    }
-
-    /// Runs a database read on a blocking thread.
-    async fn read<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || {
-            let store = store.lock().unwrap_or_else(PoisonError::into_inner);
-            read(&store)
-        })
-        .await
-        .map_err(|error| ApiError::internal(error.to_string()))?
-        .map_err(|error| ApiError::internal(error.to_string()))
-    }
-
-    /// A broker session of the HTTP side (for queue depths and live logs),
-    /// connected on first use and again after a failure.
-    async fn session(&self) -> Result<Arc<Session>, ApiError> {
-        let mut current = self.session.lock().await;
-        if let Some(session) = current.as_ref().filter(|s| s.is_connected()) {
-            return Ok(Arc::clone(session));
-        }
-        let session = Session::connect(&self.broker, APP_ID, "warren-dispatcher http")
-            .await
-            .map_err(|error| ApiError::unavailable(format!("broker: {error}")))?;
-        let session = Arc::new(session);
-        *current = Some(Arc::clone(&session));
-        Ok(session)
-    }
-}
-
-/// An error answer: `{"error": "..."}` with a status.
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-    fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
-    }
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-    fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
-    }
-    fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
-    }
-}
 
 /// Every route.
 pub fn router(state: AppState) -> Router {
@@ -462,137 +347,6 @@ async fn list_queues(State(state): State<AppState>) -> Result<Json<serde_json::V
         })
         .collect();
     Ok(Json(serde_json::json!({ "queues": queues })))
-}
-
-type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
-
-/// The live output of a job (docs/API.md): `line` events, then `end`.
-async fn job_log(
-    State(state): State<AppState>,
-    Path(job_id): Path<String>,
-) -> Result<Response, ApiError> {
-    let job_id: JobId = job_id
-        .parse()
-        .map_err(|error: warren_common::ids::InvalidId| ApiError::bad_request(error.to_string()))?;
-    let known = state.read(move |store| store.job_output(&job_id)).await?;
-    let Some((status, output, _)) = known else {
-        return Err(ApiError::not_found(format!("no job {job_id}")));
-    };
-    if let Some(status) = status {
-        let events = vec![
-            Ok(Event::default().event("line").data(output)),
-            Ok(Event::default().event("end").data(status.as_str())),
-        ];
-        let stream: EventStream = Box::pin(futures_util::stream::iter(events));
-        return Ok(Sse::new(stream).into_response());
-    }
-    // The output so far, then what follows. The first tick of `check`
-    // comes at once: a job decided since the read above ends at once.
-    let (tail, followers) = state.live.follow(job_id);
-    let first = (!tail.is_empty()).then(|| Event::default().event("line").data(tail));
-    let follow = LogFollow {
-        state,
-        job_id,
-        followers,
-        check: tokio::time::interval(LOG_END_CHECK),
-        first,
-        ended: false,
-    };
-    let stream = futures_util::stream::unfold(follow, |mut follow| async move {
-        let event = follow.next_event().await?;
-        Some((Ok(event), follow))
-    });
-    Ok(Sse::new(Box::pin(stream) as EventStream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
-}
-
-/// A live log being followed.
-struct LogFollow {
-    state: AppState,
-    job_id: JobId,
-    followers: broadcast::Receiver<LiveEvent>,
-    check: tokio::time::Interval,
-    /// The event to send before the live ones (the output so far).
-    first: Option<Event>,
-    ended: bool,
-}
-
-impl LogFollow {
-    /// The next event; `None` after `end` or `gone`.
-    async fn next_event(&mut self) -> Option<Event> {
-        if let Some(event) = self.first.take() {
-            return Some(event);
-        }
-        if self.ended {
-            return None;
-        }
-        loop {
-            tokio::select! {
-                // Output first: chunks that came before the verdict are
-                // sent before `end`.
-                biased;
-                event = self.followers.recv() => match event {
-                    Ok(LiveEvent::Lines(text)) => {
-                        return Some(Event::default().event("line").data(text.as_ref()));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(chunks)) => {
-                        let note = format!("[warren: {chunks} chunks of live output skipped: this reader fell behind]\n");
-                        return Some(Event::default().event("line").data(note));
-                    }
-                    // The broker connection was lost (or the job's output
-                    // was dropped to make room): say so and stop; the page
-                    // or the CLI follows again.
-                    Ok(LiveEvent::Gone) | Err(broadcast::error::RecvError::Closed) => {
-                        self.ended = true;
-                        return Some(Event::default().event("gone").data("the live output stopped"));
-                    }
-                },
-                _ = self.check.tick() => {
-                    let job_id = self.job_id;
-                    if let Ok(Some((Some(status), _, _))) =
-                        self.state.read(move |store| store.job_output(&job_id)).await
-                    {
-                        self.ended = true;
-                        return Some(Event::default().event("end").data(status.as_str()));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Commit updates as they happen (docs/API.md).
-async fn events(State(state): State<AppState>) -> Response {
-    let updates = state.updates.subscribe();
-    let stream =
-        futures_util::stream::unfold((state, updates), |(state, mut updates)| async move {
-            loop {
-                match updates.recv().await {
-                    Ok(commit_id) => {
-                        match state
-                            .read(move |store| store.commit_summary(commit_id))
-                            .await
-                        {
-                            Ok(summary) => {
-                                let event = Event::default()
-                                    .event("commit")
-                                    .json_data(&summary)
-                                    .unwrap_or_else(|_| Event::default().comment("unencodable"));
-                                return Some((Ok(event), (state, updates)));
-                            }
-                            Err(error) => warn!(error = %error.message, "commit update not sent"),
-                        }
-                    }
-                    // A slow page missed updates; it catches up with the next.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        });
-    Sse::new(Box::pin(stream) as EventStream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
 }
 
 async fn index_page(

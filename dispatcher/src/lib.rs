@@ -13,6 +13,7 @@
 //!   status pages; [`live`] running jobs' output for followers; [`metrics`]
 //!   the Prometheus registry; [`notify`] webhooks.
 
+mod app;
 mod commands;
 pub mod config;
 pub mod http;
@@ -28,6 +29,7 @@ pub mod select;
 pub mod service;
 pub mod spec;
 pub mod split;
+mod sse;
 mod state;
 pub mod store;
 pub mod web;

@@ -18,7 +18,7 @@ use warren_common::session::Session;
 
 /// What every handler shares.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub(crate) store: Arc<Mutex<Store>>,
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) ready: watch::Receiver<bool>,
@@ -33,7 +33,7 @@ pub struct AppState {
 
 impl AppState {
     /// State for the handlers: the broker and the token from `config`.
-    pub fn new(
+    pub(crate) fn new(
         config: &DispatcherConfig,
         store: Store,
         commands: mpsc::Sender<Command>,
@@ -87,7 +87,7 @@ impl AppState {
 }
 
 /// An error answer: `{"error": "..."}` with a status.
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) message: String,
 }

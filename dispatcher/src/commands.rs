@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 pub(crate) const APP_ID: &str = "warren-dispatcher";
 
 /// A write the HTTP side asks the dispatcher's loop to make.
-pub enum Command {
+pub(crate) enum Command {
     /// Run a finished commit's jobs again.
     Retry {
         commit_id: i64,
@@ -22,8 +22,7 @@ pub enum Command {
 }
 
 /// What the loop did with a [`Command`].
-pub enum CommandOutcome {
+pub(crate) enum CommandOutcome {
     Done { status: &'static str, jobs: usize },
     Conflict(String),
-    Failed(String),
 }

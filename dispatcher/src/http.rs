@@ -7,7 +7,7 @@
 //! sent to the loop as [`Command`]s, so the loop stays the only writer and
 //! the only publisher of jobs.
 
-pub use crate::app::{ApiError, AppState};
+pub(crate) use crate::app::{ApiError, AppState};
 use crate::commands::{Command, CommandOutcome};
 use crate::metrics::QueueLabel;
 use crate::report::CommitSummary;
@@ -40,7 +40,7 @@ const WORKERS_SEEN_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 const WORKERS_CONNECTED_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 /// Every route.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index_page))
         .route("/commits/{repo}/{sha}", get(commit_page))
@@ -60,7 +60,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `router` on `listener` until `stop`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     stop: tokio_util::sync::CancellationToken,
@@ -249,7 +249,6 @@ async fn command(
         Ok(Ok(CommandOutcome::Conflict(message))) => {
             Err(ApiError::new(StatusCode::CONFLICT, message))
         }
-        Ok(Ok(CommandOutcome::Failed(message))) => Err(ApiError::internal(message)),
         Ok(Err(_)) | Err(_) => Err(ApiError::unavailable(
             "the dispatcher did not answer in time (is it connected to the broker?)",
         )),

@@ -1,6 +1,8 @@
 //! The dispatcher: turns each commit into test jobs, keeps the books, and
 //! writes one result file per commit.
 //!
+//! One file a line:
+//!
 //! - [`config`]: `[broker]`, `[dispatcher]`, `[defaults]`, `[log]`.
 //! - [`spec`]: the commit's own `warren.toml`, with defaults applied.
 //! - [`select`]: which suite files a change affects.
@@ -8,25 +10,47 @@
 //! - [`mirror`]: reading `warren.toml` from the commit's tree via a bare mirror.
 //! - [`store`]: commits, jobs and attempts in SQLite; the source of truth.
 //! - [`report`]: the result file, `<results_dir>/<repo>/<sha>.json`.
-//! - [`service`]: the consume loop, reconnection and recovery.
-//! - [`http`]: the JSON API, live events, metrics and health; [`web`] the
-//!   status pages; [`live`] running jobs' output for followers; [`metrics`]
-//!   the Prometheus registry; [`notify`] webhooks.
+//! - `service`: start-up, then connect, consume, reconnect, stop: the loop.
+//! - `state`: the loop's state and the broker helpers its concerns share.
+//! - `intake`: commit event → plan (via the mirror) → jobs recorded and
+//!   published; supersede.
+//! - `leases`: lease expiry, lost runs, their next attempts.
+//! - `results`: job results, events and dead jobs → store → result files.
+//! - `commands`: the retry/cancel commands HTTP sends to the loop.
+//! - `http`: the JSON API, metrics and health; `app` the handlers' shared
+//!   state and errors; `sse` live events; [`web`] the status pages; `live`
+//!   running jobs' output for followers; [`metrics`] the Prometheus
+//!   registry; [`notify`] webhooks.
+//!
+//! Where the rules live:
+//!
+//! - Single writer: one loop task owns the only writable `Store`
+//!   (`state.rs`, driven by `service.rs`); HTTP reads through a read-only
+//!   connection and sends writes to the loop as commands (`commands.rs`).
+//! - Record, then ack: every delivery is acked only after what it carries is
+//!   in the store (and, for commits, its jobs are confirmed by the broker):
+//!   `intake.rs` and `results.rs`. A crash in between means a redelivery.
+//! - Dedup by repo and sha: a commit already known is acked and nothing more
+//!   (`intake.rs`, `Store::see_commit`); results and events delivered again
+//!   are recognised by the store (`results.rs`).
+//! - Leases: `leases.rs`, including the rule that no lease expires until a
+//!   whole lease has passed since serving (re)started, as heartbeats may
+//!   have been held up meanwhile.
 
 mod app;
 mod commands;
 pub mod config;
-pub mod http;
+mod http;
 mod intake;
 mod leases;
-pub mod live;
+mod live;
 pub mod metrics;
 pub mod mirror;
 pub mod notify;
 pub mod report;
 mod results;
 pub mod select;
-pub mod service;
+mod service;
 pub mod spec;
 pub mod split;
 mod sse;

@@ -37,11 +37,11 @@ use warren_common::messages::{LogLines, decode};
 use warren_common::session::Session;
 
 /// Output kept per running job for followers who arrive late.
-pub const TAIL_BYTES: usize = 64 * 1024;
+pub(crate) const TAIL_BYTES: usize = 64 * 1024;
 /// Running jobs whose output is kept at once.
-pub const MAX_JOBS: usize = 1024;
+pub(crate) const MAX_JOBS: usize = 1024;
 /// An entry nobody follows is forgotten this long after its last chunk.
-pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Most bytes waiting in the private queue (`x-max-length-bytes`).
 const QUEUE_MAX_BYTES: i64 = 16 * 1024 * 1024;
 /// Chunks a follower may be behind before it skips some.
@@ -53,7 +53,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// What a follower receives after the tail.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LiveEvent {
+pub(crate) enum LiveEvent {
     /// Whole lines of output (notes of the dispatcher's in `[warren: …]`).
     Lines(Arc<str>),
     /// The connection to the broker was lost: live output stops here.
@@ -62,7 +62,7 @@ pub enum LiveEvent {
 
 /// The running jobs' output, shared by the consumer and the followers.
 #[derive(Debug, Default)]
-pub struct LiveLogs {
+pub(crate) struct LiveLogs {
     jobs: Mutex<HashMap<JobId, JobLog>>,
 }
 
@@ -158,14 +158,14 @@ impl LiveLogs {
     }
 
     /// Starts following `job`: its output so far, and what comes next.
-    pub fn follow(&self, job: JobId) -> (String, broadcast::Receiver<LiveEvent>) {
+    pub(crate) fn follow(&self, job: JobId) -> (String, broadcast::Receiver<LiveEvent>) {
         let mut jobs = self.lock();
         let entry = entry(&mut jobs, job);
         (entry.snapshot(), entry.followers.subscribe())
     }
 
     /// Records a chunk of a job's output and passes it to its followers.
-    pub fn record(&self, lines: &LogLines) {
+    pub(crate) fn record(&self, lines: &LogLines) {
         let mut jobs = self.lock();
         let entry = entry(&mut jobs, lines.job_id);
         if let Some(text) = entry.apply(lines) {
@@ -192,12 +192,14 @@ impl LiveLogs {
     }
 
     /// How many jobs' output is kept.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
     /// Whether no job's output is kept.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
 }
@@ -220,7 +222,7 @@ fn entry(jobs: &mut HashMap<JobId, JobLog>, job: JobId) -> &mut JobLog {
 
 /// Consumes the logs exchange into `logs` until `stop`, reconnecting with
 /// backoff.
-pub async fn run(logs: Arc<LiveLogs>, broker: BrokerConfig, stop: CancellationToken) {
+pub(crate) async fn run(logs: Arc<LiveLogs>, broker: BrokerConfig, stop: CancellationToken) {
     let mut backoff = Backoff::new(MAX_BACKOFF);
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
     loop {

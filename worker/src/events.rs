@@ -9,21 +9,19 @@
 use crate::live::LiveOutput;
 use chrono::Utc;
 use prometheus_client::metrics::counter::Counter;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::debug;
 use warren_common::ids::WorkerId;
 use warren_common::messages::{Job, JobEvent, JobEventKind};
-use warren_common::session::{Outgoing, Session};
+use warren_common::session::Outgoing;
 use warren_common::topology::Queue;
 
 /// Longest wait for one event to be handed to the broker connection. A slow
 /// or blocked connection must not hold up the job it reports on.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The current session, as published by the service loop.
-pub type CurrentSession = watch::Receiver<Option<Arc<Session>>>;
+pub use crate::live::CurrentSession;
 
 /// Sends a worker's job events.
 #[derive(Clone)]

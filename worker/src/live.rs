@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! output reader ──push, never waits──▶ bounded queue ──▶ publisher task ──▶ P.logs, key = job id
-//! (crate::run)   drops (and counts)                     whole lines, ≤ MAX_LOG_CHUNK_BYTES a chunk,
+//! (run.rs)       drops (and counts)                     whole lines, ≤ MAX_LOG_CHUNK_BYTES a chunk,
 //!                when full or too fast                  at most 200 ms late while output flows
 //! ```
 //!
@@ -23,7 +23,11 @@
 //! chunks from 0 across all the command's runs (`{file}`, reruns), and the
 //! suite's `==> …` header before each run goes out with them.
 
-use crate::events::CurrentSession;
+/// The current session, as published by the service loop (events, live
+/// output and presence all send through it).
+pub type CurrentSession =
+    tokio::sync::watch::Receiver<Option<Arc<warren_common::session::Session>>>;
+
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -1,4 +1,4 @@
-//! The worker's Prometheus metrics, served on `/metrics` ([`crate::http`]).
+//! The worker's Prometheus metrics, served on `/metrics` (by the `http` module).
 //!
 //! One [`Metrics`] per running worker (not a process-wide registry), so that
 //! several workers in one test process count their own jobs. Handles are

@@ -20,10 +20,8 @@
 
 use crate::commands::APP_ID;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -35,6 +33,7 @@ use warren_common::config::BrokerConfig;
 use warren_common::ids::JobId;
 use warren_common::messages::{LogLines, decode};
 use warren_common::session::Session;
+use warren_common::topology::PrivateQueue;
 
 /// Output kept per running job for followers who arrive late.
 pub(crate) const TAIL_BYTES: usize = 64 * 1024;
@@ -256,49 +255,27 @@ async fn consume(
     let channel = session.open_channel().await.map_err(|e| e.to_string())?;
     // Under the prefix (the dispatcher's permissions cover it), private to
     // this connection, gone with it, never more than QUEUE_MAX_BYTES.
-    let name = format!("{}.live.{}", broker.topology.prefix(), uuid::Uuid::new_v4());
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        ShortString::from("x-max-length-bytes"),
-        AMQPValue::LongLongInt(QUEUE_MAX_BYTES),
-    );
-    arguments.insert(
-        ShortString::from("x-overflow"),
-        AMQPValue::LongString("drop-head".into()),
-    );
+    let name = broker
+        .topology
+        .declare_private(
+            &channel,
+            PrivateQueue::LiveOutput {
+                max_bytes: QUEUE_MAX_BYTES,
+            },
+        )
+        .await
+        .map_err(|error| error.to_string())?;
     let broker_error = |what: &str| {
         let what = what.to_owned();
         move |error: lapin::Error| format!("{what}: {error}")
     };
-    channel
-        .queue_declare(
-            ShortString::from(name.clone()),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .map_err(broker_error("declaring the live output queue"))?;
-    channel
-        .queue_bind(
-            ShortString::from(name.clone()),
-            ShortString::from(broker.topology.logs_exchange()),
-            ShortString::from("#"),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(broker_error("binding the live output queue"))?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await
         .map_err(broker_error("setting prefetch"))?;
     let mut consumer = channel
         .basic_consume(
-            ShortString::from(name),
+            name,
             ShortString::from("live-output"),
             BasicConsumeOptions::default(),
             FieldTable::default(),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::warn;
 use warren_common::messages::{CancelJobs, Job, JobAttempt};
-use warren_common::session::{Outgoing, PublishError, Session, SessionError, message_id};
+use warren_common::session::{PublishError, Session, SessionError, message_id};
 use warren_common::topology::Queue;
 
 /// Why serving stopped.
@@ -123,17 +123,11 @@ pub(crate) async fn start_publishing(
 ) -> Result<ConfirmFuture, PublishError> {
     let mut pending = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let outgoing = Outgoing {
-            routing_key: job.repo.as_str(),
-            message_id: format!("{}.{}", job.job_id, job.attempt),
-            persistent: true,
-            headers: vec![
-                ("x-warren-repo", job.repo.to_string()),
-                ("x-warren-sha", job.sha.to_string()),
-                ("x-warren-attempt", job.attempt.to_string()),
-            ],
-        };
-        pending.push(session.start_publish(Queue::Jobs, job, outgoing).await?);
+        pending.push(
+            session
+                .start_publish(Queue::Jobs, job, job.envelope())
+                .await?,
+        );
     }
     Ok(Box::pin(async move {
         for confirm in pending {

@@ -1,0 +1,142 @@
+//! Results: the first result of a job decides it, later ones are counted
+//! (never change a verdict); a commit is finished when every job is.
+
+use super::*;
+
+/// If every job of the commit has a status, gives the commit the aggregate
+/// status and returns its id.
+pub(super) fn finish_commit_if_done(
+    tx: &Transaction<'_>,
+    commit_id: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>> {
+    let mut statement = tx.prepare("SELECT status FROM jobs WHERE commit_id = ?1")?;
+    let statuses = statement
+        .query_map(params![commit_id], |row| row.get::<_, String>(0))?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if statuses.iter().any(|status| status == QUEUED) {
+        return Ok(None);
+    }
+    let statuses = statuses
+        .iter()
+        .map(|status| parse_status("jobs.status", status))
+        .collect::<Result<Vec<_>>>()?;
+    let status = JobStatus::aggregate(statuses);
+    tx.execute(
+        "UPDATE commits SET status = ?2, finished_at = ?3 WHERE id = ?1",
+        params![commit_id, status.as_str(), ts(now)],
+    )?;
+    Ok(Some(commit_id))
+}
+
+impl Store {
+    /// Records a job result: the first one decides the job, later ones are
+    /// kept as late runs and counted.
+    pub fn record_result(
+        &mut self,
+        result: &JobResult,
+        now: DateTime<Utc>,
+    ) -> Result<ResultRecorded> {
+        let tx = self.conn.transaction()?;
+        let job_id = result.job_id.to_string();
+        let Some(job) = job_row(&tx, &job_id)? else {
+            return Ok(ResultRecorded::Rejected(format!(
+                "result for job {job_id}, which this dispatcher never planned"
+            )));
+        };
+        if job.repo != result.repo.as_str() || job.sha != result.sha.as_str() {
+            return Ok(ResultRecorded::Rejected(format!(
+                "result for job {job_id} names {}@{}, but the job belongs to {}@{}",
+                result.repo, result.sha, job.repo, job.sha
+            )));
+        }
+        if result.attempt > job.attempt {
+            return Ok(ResultRecorded::Rejected(format!(
+                "result for attempt {} of job {job_id}, which has only {} attempts",
+                result.attempt, job.attempt
+            )));
+        }
+        let run_id = result.run_id.to_string();
+        if job.decided_run.as_deref() == Some(run_id.as_str()) {
+            // The very result that decided the job, delivered again (the
+            // dispatcher stopped before its ack reached the broker).
+            return Ok(ResultRecorded::Redelivered);
+        }
+        let decided = job.status == QUEUED;
+        let state = if decided { "finished" } else { "late" };
+        tx.execute(
+            "INSERT INTO attempts (run_id, job_id, attempt, worker, host, state, started_at,
+                                   last_seen, finished_at, status, exit_code, signal, message,
+                                   checkout_ms, duration_ms, output, output_truncated, output_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+             ON CONFLICT (run_id) DO UPDATE SET
+                 state = excluded.state, host = excluded.host,
+                 started_at = COALESCE(attempts.started_at, excluded.started_at),
+                 last_seen = excluded.last_seen, finished_at = excluded.finished_at,
+                 status = excluded.status, exit_code = excluded.exit_code,
+                 signal = excluded.signal, message = excluded.message,
+                 checkout_ms = excluded.checkout_ms, duration_ms = excluded.duration_ms,
+                 output = excluded.output, output_truncated = excluded.output_truncated,
+                 output_bytes = excluded.output_bytes",
+            params![
+                run_id,
+                job_id,
+                result.attempt,
+                result.worker.as_str(),
+                result.host,
+                state,
+                ts(result.started_at),
+                ts(result.finished_at),
+                result.status.as_str(),
+                result.exit_code,
+                result.signal,
+                result.message,
+                result.checkout_ms,
+                result.duration_ms,
+                // A late result's output is not part of any verdict; keep
+                // the database small.
+                if decided {
+                    Some(result.output.as_str())
+                } else {
+                    None
+                },
+                result.output_truncated,
+                result.output_bytes,
+            ],
+        )?;
+        if !decided {
+            tx.execute(
+                "UPDATE jobs SET late_results = late_results + 1 WHERE id = ?1",
+                params![job_id],
+            )?;
+            tx.commit()?;
+            return Ok(ResultRecorded::Late);
+        }
+        tx.execute(
+            "UPDATE jobs SET status = ?2, decided_run = ?3, finished_at = ?4, report_problem = ?5
+             WHERE id = ?1",
+            params![
+                job_id,
+                result.status.as_str(),
+                run_id,
+                ts(now),
+                result.report_problem
+            ],
+        )?;
+        record_tests_and_timings(&tx, &job, result, now)?;
+        let commit_finished = finish_commit_if_done(&tx, job.commit_id, now)?;
+        tx.commit()?;
+        let queue_wait_ms = job
+            .published_at
+            .as_deref()
+            .and_then(|at| parse_ts("jobs.published_at", at).ok())
+            .and_then(|published| {
+                u64::try_from((result.started_at - published).num_milliseconds()).ok()
+            });
+        Ok(ResultRecorded::Decided {
+            commit_finished,
+            commit_id: job.commit_id,
+            queue_wait_ms,
+        })
+    }
+}

@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use tracing::debug;
 use warren_common::ids::WorkerId;
 use warren_common::messages::{Job, JobEvent, JobEventKind};
-use warren_common::session::Outgoing;
 use warren_common::topology::Queue;
 
 /// Longest wait for one event to be handed to the broker connection. A slow
@@ -78,15 +77,7 @@ impl Events {
             event: kind,
             at: Utc::now(),
         };
-        let outgoing = Outgoing {
-            routing_key: job.repo.as_str(),
-            message_id: format!("{}.{}.{}", job.job_id, job.attempt, kind_name(kind)),
-            persistent: false,
-            headers: vec![
-                ("x-warren-repo", job.repo.to_string()),
-                ("x-warren-job", job.job_id.to_string()),
-            ],
-        };
+        let outgoing = event.envelope(&job.repo);
         let sent = tokio::time::timeout(
             SEND_TIMEOUT,
             session.publish_transient(Queue::Events, &event, outgoing),
@@ -97,12 +88,5 @@ impl Events {
             Ok(Err(error)) => debug!(%error, ?kind, "job event not sent"),
             Err(_) => debug!(?kind, "job event not sent: the connection is slow"),
         }
-    }
-}
-
-fn kind_name(kind: JobEventKind) -> &'static str {
-    match kind {
-        JobEventKind::Started => "started",
-        JobEventKind::Heartbeat => "heartbeat",
     }
 }

@@ -8,6 +8,8 @@
 //!   allow-list, checkout, run, result; `started`/`heartbeat` meanwhile.
 //! - [`cancel`]: the control queue's `CancelJobs`, a stop per job, and the
 //!   ids cancelled lately.
+//! - [`runner`]: what every job shares ([`runner::JobRunner`]) and the
+//!   command's environment.
 //! - [`checkout`]: a clean work tree at a commit, reusing a clone per slot (git2).
 //! - [`suite`]: the runs of one job: once, once per file (`{file}`), reruns
 //!   of what failed, within the job's timeout.
@@ -41,6 +43,7 @@ pub mod outbox;
 pub mod output;
 pub mod presence;
 pub mod run;
+pub mod runner;
 pub mod service;
 pub mod substitute;
 pub mod suite;

@@ -38,7 +38,6 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument as _, debug, warn};
 use warren_common::ids::JobId;
 use warren_common::messages::{Job, LogLines, MAX_LOG_CHUNK_BYTES};
-use warren_common::session::Outgoing;
 
 /// Most reads waiting for the publisher, per job. Reads of a command that
 /// writes line by line are small; the byte bound below is the real one.
@@ -432,12 +431,7 @@ impl Publisher {
                     text: chunk.text,
                 };
                 let routing_key = self.job_id.to_string();
-                let outgoing = Outgoing {
-                    routing_key: &routing_key,
-                    message_id: format!("{}.{}.{seq}", self.job_id, self.run_id),
-                    persistent: false,
-                    headers: Vec::new(),
-                };
+                let outgoing = message.envelope(&routing_key);
                 let exchange = session.topology().logs_exchange();
                 let sent = tokio::time::timeout(
                     SEND_TIMEOUT,

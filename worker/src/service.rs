@@ -44,7 +44,7 @@ use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 use warren_common::backoff::Backoff;
 use warren_common::ids::JobId;
 use warren_common::messages::{Job, JobResult};
-use warren_common::session::{Outgoing, Session, message_id};
+use warren_common::session::{Session, message_id};
 use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
 
@@ -888,19 +888,9 @@ fn result_span(result: &JobResult) -> Span {
 
 /// Publishes `result` and waits for the broker's confirm.
 async fn publish_result(session: &Session, result: &JobResult) -> Result<(), String> {
-    let outgoing = Outgoing {
-        routing_key: result.repo.as_str(),
-        message_id: format!("{}.{}.result", result.job_id, result.attempt),
-        persistent: true,
-        headers: vec![
-            ("x-warren-repo", result.repo.to_string()),
-            ("x-warren-sha", result.sha.to_string()),
-            ("x-warren-job", result.job_id.to_string()),
-        ],
-    };
     match tokio::time::timeout(
         PUBLISH_TIMEOUT,
-        session.publish(Queue::Results, result, outgoing),
+        session.publish(Queue::Results, result, result.envelope()),
     )
     .await
     {

@@ -18,11 +18,11 @@
 //! that has a header (the transcript's header adds how the run ended).
 
 use crate::flaky::{self, TestBook};
-use crate::job::{JobRunner, job_environment};
 use crate::junit::{self, MAX_TEST_CASES};
 use crate::live::LiveSink;
 use crate::output::{CapturedOutput, Transcript};
 use crate::run::{self, CommandSpec, Ending};
+use crate::runner::{JobRunner, job_environment};
 use crate::substitute::{self, Placeholder};
 use crate::timings;
 use std::ffi::OsString;

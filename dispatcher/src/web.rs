@@ -23,6 +23,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     for (name, source) in [
         ("base.html", include_str!("../templates/base.html")),
+        ("common.js", include_str!("../templates/common.js")),
         ("index.html", include_str!("../templates/index.html")),
         ("commit.html", include_str!("../templates/commit.html")),
         ("workers.html", include_str!("../templates/workers.html")),

@@ -4,7 +4,7 @@
 use chrono::Utc;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use warren_common::ids::{BranchName, CommitId, RepoName, RepoUrl, WorkerId};
+use warren_common::ids::{CommitId, RepoName, RepoUrl, WorkerId};
 use warren_common::messages::{
     CommitEvent, Job, JobEvent, JobEventKind, JobResult, JobStatus, TestCommand, decode,
 };
@@ -13,6 +13,7 @@ use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
 use warren_dispatcher::DispatcherConfig;
 use warren_harness::broker::TestBroker;
+use warren_harness::builders;
 use warren_harness::git::Upstream;
 use warren_harness::process::wait_until;
 
@@ -65,17 +66,7 @@ impl Fixture {
 }
 
 fn event(upstream: &Upstream, sha: &str) -> CommitEvent {
-    CommitEvent {
-        repo: RepoName::parse("sample").unwrap(),
-        url: RepoUrl::parse(&upstream.url()).unwrap(),
-        branch: BranchName::parse("main").unwrap(),
-        sha: CommitId::parse(sha).unwrap(),
-        parents: vec![],
-        author: "Test <t@x>".into(),
-        summary: "a commit".into(),
-        committed_at: Utc::now(),
-        detected_at: Utc::now(),
-    }
+    builders::commit_event(&upstream.url(), sha).build()
 }
 
 async fn publish_commit(session: &Session, event: &CommitEvent) {
@@ -109,29 +100,13 @@ async fn wait_for_file(path: &Path) -> serde_json::Value {
 }
 
 fn result_for(job: &Job, run_id: uuid::Uuid, worker: &str, status: JobStatus) -> JobResult {
-    JobResult {
-        job_id: job.job_id,
-        attempt: job.attempt,
-        run_id,
-        worker: WorkerId::parse(worker).unwrap(),
-        host: "test-host".into(),
-        repo: job.repo.clone(),
-        sha: job.sha.clone(),
-        status,
-        exit_code: Some(0),
-        signal: None,
-        message: None,
-        started_at: Utc::now(),
-        finished_at: Utc::now(),
-        checkout_ms: 1,
-        duration_ms: 2,
-        output: "ok: 3 tests\n".into(),
-        output_truncated: false,
-        output_bytes: 12,
-        tests: Vec::new(),
-        file_timings: Vec::new(),
-        report_problem: None,
-    }
+    builders::result_for(job)
+        .run_id(run_id)
+        .worker(worker)
+        .status(status)
+        .times_ms(1, 2)
+        .output("ok: 3 tests\n")
+        .build()
 }
 
 fn outgoing(job: &Job, suffix: &str) -> Outgoing<'static> {

@@ -1,5 +1,6 @@
 //! The harness that tests, the demo and the benchmarks share.
 //!
+//! - [`builders`]: commit events, jobs and results for tests to publish.
 //! - [`broker`]: a unique name prefix per test on the real broker, with
 //!   helpers to read queue depths and dead letters, and clean-up.
 //! - [`git`]: real git repositories to commit to (bare, like a forge).
@@ -13,6 +14,7 @@
 //!   and wait for files with a deadline instead of sleeping.
 
 pub mod broker;
+pub mod builders;
 pub mod cluster;
 pub mod git;
 pub mod git_http;

@@ -12,9 +12,9 @@ use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use warren_common::ids::{BranchName, CommitId, RepoName, RepoUrl};
 use warren_common::messages::{CommitEvent, Job, decode};
 use warren_common::topology::Queue;
+use warren_harness::builders;
 use warren_harness::cluster::{Cluster, ClusterOptions};
 use warren_harness::process::wait_until;
 use warren_harness::proxy::Proxy;
@@ -558,17 +558,14 @@ async fn a_slow_fetch_holds_up_no_heartbeat_so_no_running_job_is_declared_lost()
     // three fetch attempts of 2.5 s each, during which the running job's
     // heartbeats must still be read (planning runs beside the loop).
     let session = cluster.broker.session().await;
-    let event = CommitEvent {
-        repo: RepoName::parse("slow").unwrap(),
-        url: RepoUrl::parse(&hanging_git_host(Duration::from_millis(2500))).unwrap(),
-        branch: BranchName::parse("main").unwrap(),
-        sha: CommitId::parse(&"ab".repeat(20)).unwrap(),
-        parents: Vec::new(),
-        author: "A <a@x>".into(),
-        summary: "slow host".into(),
-        committed_at: Utc::now(),
-        detected_at: Utc::now(),
-    };
+    let event = builders::commit_event(
+        &hanging_git_host(Duration::from_millis(2500)),
+        &"ab".repeat(20),
+    )
+    .repo("slow")
+    .author("A <a@x>")
+    .summary("slow host")
+    .build();
     session
         .publish(
             Queue::Commits,

@@ -7,8 +7,9 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use std::path::Path;
 use std::time::Duration;
-use warren_common::messages::{CommitEvent, Job, JobResult, JobStatus, Shard, TestCommand, encode};
+use warren_common::messages::encode;
 use warren_common::topology::Queue;
+use warren_harness::builders;
 use warren_harness::cluster::{Cluster, ClusterOptions};
 use warren_harness::process::wait_until;
 
@@ -46,56 +47,15 @@ async fn every_bad_message_is_dead_lettered_with_its_reason_and_good_work_goes_o
     let pids: Vec<u32> = cluster.workers.iter().map(|w| w.pid()).collect();
 
     // Valid messages to start from.
-    let event = CommitEvent {
-        repo: "sample".parse().unwrap(),
-        url: cluster.upstream.url().parse().unwrap(),
-        branch: "main".parse().unwrap(),
-        sha: first.parse().unwrap(),
-        parents: vec![],
-        author: "Mallory <m@evil>".into(),
-        summary: "evil".into(),
-        committed_at: chrono::Utc::now(),
-        detected_at: chrono::Utc::now(),
-    };
-    let job = Job {
-        job_id: warren_common::ids::JobId::new(),
-        attempt: 1,
-        repo: event.repo.clone(),
-        url: event.url.clone(),
-        branch: event.branch.clone(),
-        sha: event.sha.clone(),
-        shard: Shard::WHOLE,
-        command: TestCommand::Shell("true".into()),
-        timeout_ms: 1000,
-        env: Default::default(),
-        files: Vec::new(),
-        junit: None,
-        retry_failed: 0,
-        published_at: chrono::Utc::now(),
-    };
-    let result = JobResult {
-        job_id: warren_common::ids::JobId::new(),
-        attempt: 1,
-        run_id: uuid::Uuid::new_v4(),
-        worker: "mallory".parse().unwrap(),
-        host: "evil".into(),
-        repo: event.repo.clone(),
-        sha: event.sha.clone(),
-        status: JobStatus::Passed,
-        exit_code: Some(0),
-        signal: None,
-        message: None,
-        started_at: chrono::Utc::now(),
-        finished_at: chrono::Utc::now(),
-        checkout_ms: 0,
-        duration_ms: 0,
-        output: String::new(),
-        output_truncated: false,
-        output_bytes: 0,
-        tests: Vec::new(),
-        file_timings: Vec::new(),
-        report_problem: None,
-    };
+    let event = builders::commit_event(&cluster.upstream.url(), &first)
+        .author("Mallory <m@evil>")
+        .summary("evil")
+        .build();
+    let job = builders::job_for(&event).timeout_ms(1000).build();
+    let result = builders::result(event.repo.as_str(), event.sha.as_str())
+        .worker("mallory")
+        .host("evil")
+        .build();
     let huge = "x".repeat(warren_common::messages::MAX_BODY_BYTES + 1);
     // (queue, body, what the dead letter's reason must say)
     let bad: Vec<(Queue, Vec<u8>, &str)> = vec![

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl};
-use warren_common::messages::{Job, JobResult, JobStatus, Shard, TestCommand, decode};
+use warren_common::messages::{JobResult, JobStatus, TestCommand, decode};
 use warren_common::session::Outgoing;
 use warren_common::topology::Queue;
 use warren_harness::broker::TestBroker;
+use warren_harness::builders;
 use warren_harness::git::Upstream;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -106,22 +106,10 @@ async fn the_binary_runs_a_job_and_stops_cleanly_on_sigterm() {
 
     let mut jobs = Vec::new();
     for repo in ["api", "other"] {
-        let job = Job {
-            job_id: JobId::new(),
-            attempt: 1,
-            repo: RepoName::parse(repo).unwrap(),
-            url: RepoUrl::parse(&upstream.url()).unwrap(),
-            branch: BranchName::parse("main").unwrap(),
-            sha: CommitId::parse(&sha).unwrap(),
-            shard: Shard::WHOLE,
-            command: TestCommand::Argv(vec!["cat".into(), "a.txt".into()]),
-            timeout_ms: 60_000,
-            env: BTreeMap::new(),
-            files: Vec::new(),
-            junit: None,
-            retry_failed: 0,
-            published_at: chrono::Utc::now(),
-        };
+        let job = builders::job(&upstream.url(), &sha)
+            .repo(repo)
+            .command(TestCommand::Argv(vec!["cat".into(), "a.txt".into()]))
+            .build();
         let outgoing = Outgoing {
             routing_key: job.repo.as_str(),
             message_id: format!("{}.1", job.job_id),
@@ -192,22 +180,10 @@ async fn json_logs_give_every_line_about_a_job_its_repo_sha_job_and_attempt() {
         .spawn()
         .unwrap();
 
-    let job = Job {
-        job_id: JobId::new(),
-        attempt: 3,
-        repo: RepoName::parse("api").unwrap(),
-        url: RepoUrl::parse(&upstream.url()).unwrap(),
-        branch: BranchName::parse("main").unwrap(),
-        sha: CommitId::parse(&sha).unwrap(),
-        shard: Shard::WHOLE,
-        command: TestCommand::Shell("cat a.txt; exit 1".into()),
-        timeout_ms: 60_000,
-        env: BTreeMap::new(),
-        files: Vec::new(),
-        junit: None,
-        retry_failed: 0,
-        published_at: chrono::Utc::now(),
-    };
+    let job = builders::job(&upstream.url(), &sha)
+        .attempt(3)
+        .shell("cat a.txt; exit 1")
+        .build();
     let outgoing = Outgoing {
         routing_key: job.repo.as_str(),
         message_id: format!("{}.{}", job.job_id, job.attempt),

@@ -20,15 +20,16 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warren_common::config::{BrokerConfig, BrokerSettings, ConfigSource, LogSettings};
-use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath};
+use warren_common::ids::{JobId, SuitePath};
 use warren_common::messages::{
     CancelJobs, Job, JobAttempt, JobEvent, JobEventKind, JobResult, JobStatus, LogLines, Message,
-    Shard, TestCommand, TestStatus, WorkerStatus, decode, encode,
+    TestCommand, TestStatus, WorkerStatus, decode, encode,
 };
 use warren_common::session::{Outgoing, Session};
 use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
 use warren_harness::broker::TestBroker;
+use warren_harness::builders;
 use warren_harness::git::Upstream;
 use warren_harness::process::eventually;
 use warren_worker::config::{WorkerConfig, WorkerSettings};
@@ -107,22 +108,7 @@ fn spawn_worker_as(
 }
 
 fn job(upstream: &Upstream, sha: &str, command: TestCommand) -> Job {
-    Job {
-        job_id: JobId::new(),
-        attempt: 1,
-        repo: RepoName::parse("api").unwrap(),
-        url: RepoUrl::parse(&upstream.url()).unwrap(),
-        branch: BranchName::parse("main").unwrap(),
-        sha: CommitId::parse(sha).unwrap(),
-        shard: Shard::WHOLE,
-        command,
-        timeout_ms: 60_000,
-        env: BTreeMap::new(),
-        files: Vec::new(),
-        junit: None,
-        retry_failed: 0,
-        published_at: chrono::Utc::now(),
-    }
+    builders::job(&upstream.url(), sha).command(command).build()
 }
 
 fn shell(script: &str) -> TestCommand {

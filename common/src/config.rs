@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Prefix of every environment variable Warren reads.
@@ -196,9 +198,16 @@ fn settings_from_env(
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
-    /// `amqp://user:password@host:port/vhost` or `amqps://…`.
-    #[serde(default = "default_url")]
+    /// `amqp://user:password@host:port/vhost` or `amqps://…`; for a cluster,
+    /// every node: an array, or one string with the URLs comma-separated
+    /// (as `WARREN_BROKER__URL` takes them).
+    #[serde(default = "default_url", deserialize_with = "one_or_many_urls")]
     pub url: SecretString,
+    /// Replicas of each quorum queue, fixed when the queue is created
+    /// (`x-quorum-initial-group-size`). Unset: with several URLs, their
+    /// number up to 5; with one URL, RabbitMQ's default (every node).
+    #[serde(default)]
+    pub quorum_group_size: Option<u32>,
     /// Prefix of every exchange and queue name.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -232,8 +241,26 @@ impl Default for BrokerSettings {
             reconnect_max_delay: default_reconnect_max(),
             tls_ca_file: None,
             declare: default_declare(),
+            quorum_group_size: None,
         }
     }
+}
+
+/// `broker.url` as one string or an array of strings, kept as one secret
+/// with the URLs comma-separated (the form the environment variable has).
+fn one_or_many_urls<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SecretString, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Urls::deserialize(deserializer)? {
+        Urls::One(url) => url.into(),
+        Urls::Many(urls) => urls.join(",").into(),
+    })
 }
 
 /// The broker URL a fresh machine's RabbitMQ accepts.
@@ -258,11 +285,38 @@ fn default_reconnect_max() -> Duration {
     Duration::from_secs(10)
 }
 
+/// Most nodes `broker.url` may list.
+const MAX_BROKER_NODES: usize = 16;
+/// The replicas a quorum queue gets by default on a cluster, at most.
+const DEFAULT_MAX_GROUP_SIZE: usize = 5;
+
+/// One node of the broker: where to connect, and how to name it in logs.
+#[derive(Clone)]
+pub struct BrokerNode {
+    uri: AMQPUri,
+    safe_url: String,
+}
+
+impl BrokerNode {
+    /// The parsed URI to connect with (holds the password).
+    pub fn uri(&self) -> &AMQPUri {
+        &self.uri
+    }
+
+    /// The URL with its password masked, for logs.
+    pub fn safe_url(&self) -> &str {
+        &self.safe_url
+    }
+}
+
 /// Validated broker settings.
 #[derive(Clone)]
 pub struct BrokerConfig {
-    uri: AMQPUri,
-    url: SecretString,
+    /// Every node of the cluster, as listed (at least one).
+    nodes: Vec<BrokerNode>,
+    /// The node a connection tries first: round robin, see
+    /// [`BrokerConfig::connect_order`].
+    next: Arc<AtomicUsize>,
     /// The exchanges and queues.
     pub topology: Topology,
     /// Longest wait between two reconnection attempts.
@@ -288,18 +342,62 @@ impl BrokerConfig {
         settings: &BrokerSettings,
         source: &ConfigSource,
     ) -> Result<Self, ConfigError> {
-        let raw = settings.url.expose_secret();
-        let mut uri = AMQPUri::from_str(raw).map_err(|error| {
-            // The parser's message may quote the URL; say only what is wrong.
-            let _ = error;
-            source.invalid(
+        let raws: Vec<&str> = settings
+            .url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .collect();
+        if raws.len() > MAX_BROKER_NODES {
+            return Err(source.invalid(
                 "broker.url",
-                "not a valid amqp:// or amqps:// URL (amqp://user:password@host:port/vhost)",
-            )
-        })?;
-        if !raw.starts_with("amqp://") && !raw.starts_with("amqps://") {
-            return Err(source.invalid("broker.url", "must start with amqp:// or amqps://"));
+                format!("lists {} nodes; at most {MAX_BROKER_NODES}", raws.len()),
+            ));
         }
+        let mut uris = Vec::with_capacity(raws.len());
+        for (index, raw) in raws.iter().enumerate() {
+            // Which one, by position: the URL itself may hold a password.
+            let which = if raws.len() == 1 {
+                String::new()
+            } else {
+                format!("URL {} of {}: ", index + 1, raws.len())
+            };
+            let uri = AMQPUri::from_str(raw).map_err(|error| {
+                // The parser's message may quote the URL; say only what is wrong.
+                let _ = error;
+                source.invalid(
+                    "broker.url",
+                    format!(
+                        "{which}not a valid amqp:// or amqps:// URL \
+                         (amqp://user:password@host:port/vhost; several comma-separated)"
+                    ),
+                )
+            })?;
+            if !raw.starts_with("amqp://") && !raw.starts_with("amqps://") {
+                return Err(source.invalid(
+                    "broker.url",
+                    format!("{which}must start with amqp:// or amqps://"),
+                ));
+            }
+            uris.push(uri);
+        }
+        if uris.iter().any(|uri| uri.vhost != uris[0].vhost) {
+            return Err(source.invalid(
+                "broker.url",
+                "the nodes of one cluster must name the same virtual host",
+            ));
+        }
+        let group_size = match settings.quorum_group_size {
+            Some(size) if !(1..=MAX_BROKER_NODES as u32).contains(&size) => {
+                return Err(source.invalid(
+                    "broker.quorum_group_size",
+                    format!("must be between 1 and {MAX_BROKER_NODES}, got {size}"),
+                ));
+            }
+            Some(size) => Some(size),
+            None if uris.len() > 1 => Some(uris.len().min(DEFAULT_MAX_GROUP_SIZE) as u32),
+            None => None,
+        };
         validate_prefix(&settings.prefix).map_err(|m| source.invalid("broker.prefix", m))?;
         let heartbeat = settings.heartbeat.as_secs();
         if !(1..=600).contains(&heartbeat) {
@@ -328,42 +426,82 @@ impl BrokerConfig {
         let tls_ca = settings
             .tls_ca_file
             .as_deref()
-            .map(|path| read_ca_file(path, raw, source))
+            .map(|path| read_ca_file(path, &raws, source))
             .transpose()?;
-        // Heartbeats from the URL's query win only if the config says nothing
-        // different; the config value is the documented one.
-        uri.query.heartbeat = Some(heartbeat as u16);
-        uri.query.connection_timeout = Some(10_000);
+        let nodes: Vec<BrokerNode> = uris
+            .into_iter()
+            .zip(&raws)
+            .map(|(mut uri, raw)| {
+                // Heartbeats from the URL's query win only if the config says
+                // nothing different; the config value is the documented one.
+                uri.query.heartbeat = Some(heartbeat as u16);
+                uri.query.connection_timeout = Some(CONNECT_TIMEOUT_MS);
+                BrokerNode {
+                    uri,
+                    safe_url: safe_url(raw),
+                }
+            })
+            .collect();
+        // Processes started together spread over the nodes.
+        let first = std::process::id() as usize % nodes.len();
         Ok(Self {
-            uri,
-            url: settings.url.clone(),
-            topology: Topology::new(settings.prefix.clone(), settings.delivery_limit),
+            nodes,
+            next: Arc::new(AtomicUsize::new(first)),
+            topology: Topology::new(settings.prefix.clone(), settings.delivery_limit)
+                .with_quorum_group_size(group_size),
             reconnect_max_delay: settings.reconnect_max_delay,
             tls_ca,
             declare: settings.declare,
         })
     }
 
-    /// The parsed URI to connect with (holds the password).
+    /// The parsed URI of the first node listed (holds the password).
     pub fn uri(&self) -> &AMQPUri {
-        &self.uri
+        &self.nodes[0].uri
+    }
+
+    /// Every node, as listed.
+    pub fn nodes(&self) -> &[BrokerNode] {
+        &self.nodes
+    }
+
+    /// The nodes in the order a new connection tries them: round robin,
+    /// starting with the node after the one the last connection used, so a
+    /// process whose node died tries another one first. Call
+    /// [`BrokerConfig::connected_to`] with the node that answered.
+    pub fn connect_order(&self) -> impl Iterator<Item = (usize, &BrokerNode)> {
+        let start = self.next.load(Ordering::Relaxed) % self.nodes.len();
+        (0..self.nodes.len()).map(move |offset| {
+            let index = (start + offset) % self.nodes.len();
+            (index, &self.nodes[index])
+        })
+    }
+
+    /// Records that a connection to node `index` succeeded: the next
+    /// connection starts with the node after it.
+    pub fn connected_to(&self, index: usize) {
+        self.next.store(index + 1, Ordering::Relaxed);
     }
 
     /// Whether the connection uses TLS.
     pub fn is_tls(&self) -> bool {
-        self.uri.scheme == AMQPScheme::AMQPS
+        self.nodes[0].uri.scheme == AMQPScheme::AMQPS
     }
 
-    /// The URL with its password masked, for logs.
+    /// The URLs with their passwords masked, for logs.
     pub fn safe_url(&self) -> String {
-        safe_url(self.url.expose_secret())
+        let urls: Vec<&str> = self.nodes.iter().map(BrokerNode::safe_url).collect();
+        urls.join(",")
     }
 }
 
+/// How long connecting to one node may take (TCP and the AMQP handshake).
+const CONNECT_TIMEOUT_MS: u64 = 10_000;
+
 /// Reads and checks the PEM file of `broker.tls_ca_file`.
-fn read_ca_file(path: &Path, url: &str, source: &ConfigSource) -> Result<String, ConfigError> {
+fn read_ca_file(path: &Path, urls: &[&str], source: &ConfigSource) -> Result<String, ConfigError> {
     const KEY: &str = "broker.tls_ca_file";
-    if !url.starts_with("amqps://") {
+    if !urls.iter().all(|url| url.starts_with("amqps://")) {
         return Err(source.invalid(KEY, "is only used with an amqps:// broker.url"));
     }
     let pem = std::fs::read_to_string(path)
@@ -601,6 +739,86 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_urls_in_the_file_or_comma_separated_in_the_environment() {
+        let urls = [
+            "amqp://w:pw1@127.0.0.1:5681/%2f",
+            "amqp://w:pw1@127.0.0.1:5682/%2f",
+            "amqp://w:pw1@127.0.0.1:5683/%2f",
+        ];
+        let file = write(&format!(
+            "[broker]\nurl = [\"{}\", \"{}\", \"{}\"]\n",
+            urls[0], urls[1], urls[2]
+        ));
+        let from_file = load::<Sample>(Some(file.path()), &[]).unwrap();
+        let env = [("WARREN_BROKER__URL".to_owned(), urls.join(", "))];
+        let from_env = load_with_env::<Sample>(None, &[], Some(env.into_iter().collect())).unwrap();
+        for (settings, source) in [from_file, from_env] {
+            let broker = BrokerConfig::from_settings(&settings.broker, &source).unwrap();
+            assert_eq!(broker.nodes().len(), 3);
+            assert!(!broker.safe_url().contains("pw1"), "{}", broker.safe_url());
+            assert_eq!(broker.topology.quorum_group_size(), Some(3));
+            // Round robin: after node i answered, node i + 1 is tried first.
+            broker.connected_to(1);
+            let order: Vec<usize> = broker.connect_order().map(|(index, _)| index).collect();
+            assert_eq!(order, [2, 0, 1]);
+            assert_eq!(
+                broker
+                    .connect_order()
+                    .nth(1)
+                    .unwrap()
+                    .1
+                    .uri()
+                    .authority
+                    .port,
+                5681
+            );
+        }
+    }
+
+    #[test]
+    fn one_url_keeps_the_single_node_topology_and_bad_lists_name_the_url() {
+        let (settings, source) = load::<Sample>(None, &[]).unwrap();
+        let broker = BrokerConfig::from_settings(&settings.broker, &source).unwrap();
+        assert_eq!(broker.topology.quorum_group_size(), None);
+
+        let config = |url: &str, size: Option<u32>| {
+            let settings = BrokerSettings {
+                url: url.to_owned().into(),
+                quorum_group_size: size,
+                ..BrokerSettings::default()
+            };
+            BrokerConfig::from_settings(&settings, &ConfigSource::named("t"))
+        };
+        let err = config("amqp://u:secret@a/%2f,http://u:secret@b/", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("broker.url") && err.contains("URL 2 of 2") && !err.contains("secret"),
+            "{err}"
+        );
+        let err = config("amqp://a/one,amqp://b/two", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("same virtual host"), "{err}");
+        let err = config("amqp://a/", Some(0)).err().unwrap().to_string();
+        assert!(err.contains("broker.quorum_group_size"), "{err}");
+        let six = vec!["amqp://h/"; 6].join(",");
+        assert_eq!(
+            config(&six, None).unwrap().topology.quorum_group_size(),
+            Some(5)
+        );
+        assert_eq!(
+            config("amqp://a/", Some(1))
+                .unwrap()
+                .topology
+                .quorum_group_size(),
+            Some(1)
+        );
     }
 
     #[test]

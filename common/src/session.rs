@@ -79,8 +79,55 @@ pub fn rejected_total(queue: Queue) -> u64 {
     REJECTED[queue.index()].load(Ordering::Relaxed)
 }
 
+/// Opens an AMQP connection to the first node of `broker` that answers, in
+/// [`BrokerConfig::connect_order`]; returns it with the node's masked URL.
+/// Fails only when every node failed, with the last node's error (each
+/// failure is logged).
+async fn connect_to_a_node(
+    broker: &BrokerConfig,
+    name: &str,
+) -> Result<(Connection, String), SessionError> {
+    let mut last = None;
+    for (index, node) in broker.connect_order() {
+        let properties =
+            ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
+        let attempt = async {
+            let mut builder = lapin::DefaultConnectionBuilder::new()?
+                .with_uri(node.uri().clone())
+                .with_properties(properties);
+            if let Some(ca) = &broker.tls_ca {
+                // Added to the system's roots; the broker's certificate and
+                // name are verified either way.
+                builder = builder.with_tls_config(lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(ca.clone()),
+                });
+            }
+            builder.connect().await
+        };
+        match attempt.await {
+            Ok(connection) => {
+                broker.connected_to(index);
+                return Ok((connection, node.safe_url().to_owned()));
+            }
+            Err(cause) => {
+                if broker.nodes().len() > 1 {
+                    warn!(url = node.safe_url(), error = %cause, "broker node unreachable; trying the next");
+                }
+                last = Some(cause);
+            }
+        }
+    }
+    Err(SessionError::Connect {
+        url: broker.safe_url(),
+        cause: last.expect("a broker config has at least one node"),
+    })
+}
+
 /// One connection to the broker.
 pub struct Session {
+    /// The node connected to, password masked.
+    url: String,
     connection: Connection,
     confirmed: Channel,
     transient: Channel,
@@ -101,25 +148,7 @@ impl Session {
         app_id: &'static str,
         name: &str,
     ) -> Result<Self, SessionError> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
-        let connect_error = |cause| SessionError::Connect {
-            url: broker.safe_url(),
-            cause,
-        };
-        let mut builder = lapin::DefaultConnectionBuilder::new()
-            .map_err(connect_error)?
-            .with_uri(broker.uri().clone())
-            .with_properties(properties);
-        if let Some(ca) = &broker.tls_ca {
-            // Added to the system's roots; the broker's certificate and name
-            // are verified either way.
-            builder = builder.with_tls_config(lapin::tcp::OwnedTLSConfig {
-                identity: None,
-                cert_chain: Some(ca.clone()),
-            });
-        }
-        let connection = builder.connect().await.map_err(connect_error)?;
+        let (connection, url) = connect_to_a_node(broker, name).await?;
         let broker_error = |what| move |cause| SessionError::Broker { what, cause };
         let confirmed = connection
             .create_channel()
@@ -153,8 +182,9 @@ impl Session {
             .create_channel()
             .await
             .map_err(broker_error("opening a channel"))?;
-        debug!(url = %broker.safe_url(), name, "connected to the broker");
+        debug!(%url, name, "connected to the broker");
         Ok(Self {
+            url,
             connection,
             confirmed,
             transient,
@@ -162,6 +192,11 @@ impl Session {
             topology: broker.topology.clone(),
             app_id,
         })
+    }
+
+    /// The node this session is connected to (password masked).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The names of the exchanges and queues.

@@ -107,6 +107,10 @@ pub struct PrivateQueueError {
 pub struct Topology {
     prefix: String,
     delivery_limit: u32,
+    /// On a cluster: the replicas of each quorum queue; every durable queue
+    /// is then a quorum queue (a classic queue lives on one node, and while
+    /// that node is down it cannot even be declared).
+    quorum_group_size: Option<u32>,
 }
 
 /// One of Warren's queues, each fed by the exchange of the same name.
@@ -185,7 +189,22 @@ impl Topology {
         Self {
             prefix: prefix.into(),
             delivery_limit,
+            quorum_group_size: None,
         }
+    }
+
+    /// The same topology for a cluster: `Some(n)` declares every durable
+    /// queue as a quorum queue with `n` replicas (`None`: a single node,
+    /// as [`Topology::new`]). The size is fixed when a queue is created; a
+    /// queue declared with another size is refused (PRECONDITION_FAILED).
+    pub fn with_quorum_group_size(mut self, size: Option<u32>) -> Self {
+        self.quorum_group_size = size;
+        self
+    }
+
+    /// The replicas of each quorum queue, on a cluster.
+    pub fn quorum_group_size(&self) -> Option<u32> {
+        self.quorum_group_size
     }
 
     /// The name prefix.
@@ -385,6 +404,13 @@ impl Topology {
             args.insert(ShortString::from(key), value);
         };
         let text = |value: &str| AMQPValue::LongString(LongString::from(value));
+        if let Some(size) = self.quorum_group_size {
+            set("x-queue-type", text("quorum"));
+            set(
+                "x-quorum-initial-group-size",
+                AMQPValue::LongLongInt(i64::from(size)),
+            );
+        }
         match queue {
             Queue::Commits | Queue::Jobs | Queue::Results => {
                 // Quorum queues: replicated, durable, and they count deliveries,
@@ -446,5 +472,34 @@ mod tests {
             args.get("x-dead-letter-exchange"),
             Some(&AMQPValue::LongString("p.dead".into()))
         );
+    }
+
+    #[test]
+    fn on_a_cluster_every_durable_queue_is_quorum_with_the_group_size() {
+        let single = Topology::new("p", 7);
+        assert!(
+            !single
+                .queue_arguments(Queue::Events)
+                .inner()
+                .contains_key("x-queue-type"),
+            "a single node keeps today's classic events queue"
+        );
+        let cluster = Topology::new("p", 7).with_quorum_group_size(Some(3));
+        for queue in Queue::ALL {
+            let args = cluster.queue_arguments(queue);
+            let args = args.inner();
+            assert_eq!(
+                args.get("x-queue-type"),
+                Some(&AMQPValue::LongString("quorum".into())),
+                "{queue:?}"
+            );
+            assert_eq!(
+                args.get("x-quorum-initial-group-size"),
+                Some(&AMQPValue::LongLongInt(3)),
+                "{queue:?}"
+            );
+        }
+        let events = cluster.queue_arguments(Queue::Events);
+        assert!(events.inner().contains_key("x-message-ttl"));
     }
 }

@@ -8,6 +8,7 @@
 #   scripts/broker-cluster.sh revive N       start node N again (it rejoins)
 #   scripts/broker-cluster.sh restart N      stop node N cleanly, start it again
 #   scripts/broker-cluster.sh status         which nodes run, the cluster view
+#   scripts/broker-cluster.sh leader QUEUE   the node (1..3) leading a quorum queue
 #   scripts/broker-cluster.sh urls           the AMQP URLs, comma-separated
 #
 # Node N is rabbitN@localhost with AMQP on 127.0.0.1:568N, distribution on
@@ -169,6 +170,25 @@ print("partitions:", status["partitions"] or "none")'
             fi
         done
         ;;
+    leader)
+        # The node (1..3) that leads quorum queue $2, asked of a live node.
+        queue=${2:?usage: $0 leader QUEUE}
+        for n in "${nodes[@]}"; do
+            [ -n "$(node_pid "$n")" ] || continue
+            ctl "$n" list_queues name leader --formatter json 2>/dev/null | python3 -c '
+import json, sys
+queue = sys.argv[1]
+for row in json.load(sys.stdin):
+    if row["name"] == queue:
+        print(row["leader"].split("@")[0].removeprefix("rabbit"))
+        break
+else:
+    sys.exit(1)' "$queue" && exit 0
+            break
+        done
+        echo "no live node knows a quorum queue named $queue" >&2
+        exit 1
+        ;;
     urls)
         urls=()
         for n in "${nodes[@]}"; do urls+=("amqp://guest:guest@127.0.0.1:$(amqp_port "$n")/%2f"); done
@@ -178,7 +198,7 @@ print("partitions:", status["partitions"] or "none")'
         )
         ;;
     *)
-        echo "usage: $0 start|stop|kill N|revive N|restart N|status|urls" >&2
+        echo "usage: $0 start|stop|kill N|revive N|restart N|status|leader QUEUE|urls" >&2
         exit 2
         ;;
 esac

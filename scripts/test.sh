@@ -4,7 +4,9 @@
 #
 # The tests that stop the broker or change its settings (the test binary
 # warren-harness::broker_faults) disturb every other client of the broker,
-# so they run on their own, one at a time, after the others.
+# and the cluster tests (warren-harness::broker_cluster) own three extra
+# RabbitMQ nodes and load the machine, so both run on their own, one at a
+# time, after the others.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-broker.sh
@@ -14,7 +16,7 @@ if ! scripts/ensure-browser.sh; then
     echo "warning: no browser for the status page's test (see above); it will fail" >&2
 fi
 
-serial='binary_id(warren-harness::broker_faults)'
+serial='binary_id(warren-harness::broker_faults) | binary_id(warren-harness::broker_cluster)'
 if cargo nextest --version >/dev/null 2>&1; then
     status=0
     cargo nextest run --workspace --no-fail-fast -E "not $serial" "$@" || status=$?

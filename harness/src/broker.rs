@@ -14,8 +14,17 @@ pub fn broker_url() -> String {
         .unwrap_or_else(|_| warren_common::config::DEFAULT_BROKER_URL.to_owned())
 }
 
+fn random_prefix(name: &str) -> String {
+    format!(
+        "t-{name}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
 /// A unique prefix on the shared broker: tests never see each other's queues.
 pub struct TestBroker {
+    /// The broker URL (several comma-separated for a cluster).
+    pub url: String,
     /// The prefix of every exchange and queue of this test.
     pub prefix: String,
     /// Validated broker config with that prefix.
@@ -25,17 +34,14 @@ pub struct TestBroker {
 impl TestBroker {
     /// A fresh prefix `t-<name>-<random>`.
     pub fn new(name: &str) -> Self {
-        Self::with_prefix(&format!(
-            "t-{name}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ))
+        Self::with_prefix(&random_prefix(name))
     }
 
     /// The same prefix, with queues declared with another delivery limit
     /// (every client must declare a queue with the same arguments).
     pub fn with_delivery_limit(self, delivery_limit: u32) -> Self {
         let settings = BrokerSettings {
-            url: broker_url().into(),
+            url: self.url.clone().into(),
             prefix: self.prefix.clone(),
             heartbeat: Duration::from_secs(5),
             delivery_limit,
@@ -44,6 +50,7 @@ impl TestBroker {
         let config = BrokerConfig::from_settings(&settings, &source())
             .expect("the test broker settings are valid");
         Self {
+            url: self.url,
             prefix: self.prefix,
             config,
         }
@@ -51,24 +58,38 @@ impl TestBroker {
 
     /// Exactly this prefix (the demo uses `warren-demo`).
     pub fn with_prefix(prefix: &str) -> Self {
+        Self::with_prefix_on(prefix, &broker_url())
+    }
+
+    /// Exactly this prefix on the broker at `url` (a cluster's nodes,
+    /// comma-separated).
+    pub fn with_prefix_on(prefix: &str, url: &str) -> Self {
         let prefix = prefix.to_owned();
         let settings = BrokerSettings {
-            url: broker_url().into(),
+            url: url.to_owned().into(),
             prefix: prefix.clone(),
             heartbeat: Duration::from_secs(5),
             ..BrokerSettings::default()
         };
         let config = BrokerConfig::from_settings(&settings, &source())
             .expect("the test broker settings are valid");
-        Self { prefix, config }
+        Self {
+            url: url.to_owned(),
+            prefix,
+            config,
+        }
+    }
+
+    /// A fresh prefix `t-<name>-<random>` on the broker at `url`.
+    pub fn new_on(name: &str, url: &str) -> Self {
+        Self::with_prefix_on(&random_prefix(name), url)
     }
 
     /// The `[broker]` table for a component's TOML config file.
     pub fn toml(&self) -> String {
         format!(
             "[broker]\nurl = {:?}\nprefix = {:?}\nheartbeat = \"5s\"\nreconnect_max_delay = \"2s\"\n",
-            broker_url(),
-            self.prefix
+            self.url, self.prefix
         )
     }
 

@@ -33,6 +33,9 @@ pub struct ClusterOptions {
     pub worker_extra: String,
     /// The exact broker prefix; `t-<name>-<random>` when `None`.
     pub prefix: Option<String>,
+    /// The broker (a cluster's nodes, comma-separated); the test broker
+    /// ([`crate::broker::broker_url`]) when `None`.
+    pub broker_url: Option<String>,
     /// The dispatcher's `http.listen`; port 0 (the default) takes a free one
     /// ([`Cluster::http_url`] finds it).
     pub http_listen: String,
@@ -60,6 +63,7 @@ impl ClusterOptions {
             dispatcher_extra: String::new(),
             worker_extra: String::new(),
             prefix: None,
+            broker_url: None,
             http_listen: "127.0.0.1:0".into(),
             env: Vec::new(),
             dispatcher_env: Vec::new(),
@@ -102,9 +106,13 @@ impl Cluster {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
+        let url = options
+            .broker_url
+            .clone()
+            .unwrap_or_else(crate::broker::broker_url);
         let mut broker = match &options.prefix {
-            Some(prefix) => TestBroker::with_prefix(prefix),
-            None => TestBroker::new(&options.name),
+            Some(prefix) => TestBroker::with_prefix_on(prefix, &url),
+            None => TestBroker::new_on(&options.name, &url),
         };
         let delivery_limit = options
             .env
@@ -441,6 +449,7 @@ impl Drop for Cluster {
         // deleted here so that a failed test leaves no queues behind. Drop
         // cannot be async: a short-lived runtime on its own thread does it.
         let broker = TestBroker {
+            url: self.broker.url.clone(),
             prefix: self.broker.prefix.clone(),
             config: self.broker.config.clone(),
         };

@@ -286,3 +286,76 @@ impl Drop for TlsListener {
         }
     }
 }
+
+/// Three RabbitMQ nodes clustered beside the machine's own broker, made by
+/// `scripts/broker-cluster.sh` (rabbit1..3@localhost, AMQP on 5681..5683).
+/// Stopped and removed when dropped, even when a test fails; the machine's
+/// broker on 5672 is never touched.
+pub struct BrokerCluster {
+    _private: (),
+}
+
+impl BrokerCluster {
+    /// Starts the three nodes and clusters them (about 30 s from nothing).
+    pub fn start() -> Self {
+        // A cluster left by an earlier run that was killed goes first.
+        let _ = cluster_script(&["stop"]);
+        cluster_script(&["start"]).expect("scripts/broker-cluster.sh start");
+        Self { _private: () }
+    }
+
+    /// The nodes' AMQP URLs, comma-separated (as `broker.url` takes them).
+    pub fn urls(&self) -> String {
+        cluster_script(&["urls"])
+            .expect("scripts/broker-cluster.sh urls")
+            .trim()
+            .to_owned()
+    }
+
+    /// The node (1..=3) that leads the quorum queue `queue`.
+    pub fn leader(&self, queue: &str) -> Option<u8> {
+        cluster_script(&["leader", queue]).ok()?.trim().parse().ok()
+    }
+
+    /// `kill -9` of node `node`; returns once the process is gone.
+    pub fn kill(&self, node: u8) {
+        cluster_script(&["kill", &node.to_string()]).expect("scripts/broker-cluster.sh kill");
+    }
+
+    /// Starts node `node` again; it rejoins the cluster.
+    pub fn revive(&self, node: u8) {
+        cluster_script(&["revive", &node.to_string()]).expect("scripts/broker-cluster.sh revive");
+    }
+
+    /// Stops node `node` cleanly and starts it again.
+    pub fn restart(&self, node: u8) {
+        cluster_script(&["restart", &node.to_string()]).expect("scripts/broker-cluster.sh restart");
+    }
+}
+
+impl Drop for BrokerCluster {
+    fn drop(&mut self) {
+        if let Err(error) = cluster_script(&["stop"]) {
+            eprintln!("stopping the test cluster: {error}");
+        }
+    }
+}
+
+/// Runs `scripts/broker-cluster.sh` with `args`; returns its standard output.
+fn cluster_script(args: &[&str]) -> Result<String, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/broker-cluster.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .map_err(|error| format!("running {script}: {error}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{script} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}

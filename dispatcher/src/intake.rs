@@ -38,9 +38,6 @@ use warren_common::topology::Queue;
 const FETCH_ATTEMPTS: u32 = 3;
 
 impl Dispatcher<'_> {
-    /// Records a commit event and publishes its jobs. Returns the publish
-    /// still to be confirmed (the event is acked once it is), or `None` when
-    /// the event was settled here (duplicate, error verdict, rejected).
     /// Takes a commit event: a bad one is dead-lettered, a known commit
     /// acked; a new one is returned as the reading of its tree, to be
     /// finished by [`Self::on_prepared`].

@@ -12,12 +12,22 @@
 //! [`JobStop`]; its delivery is acked without a result, and a later
 //! delivery of a cancelled job is acked and dropped without running.
 //!
+//! Its parts, each an `impl Service` block of its own: `stop` (the two
+//! stages), `delivery` (publish, confirm, then ack; the outbox; the early
+//! ack; dead letters) and `control` (cancellations).
+//!
 //! Beside the loop: [`crate::presence`] announces the worker on the events
 //! queue, and with `worker.http_listen` [`crate::http`] serves `/healthz`
 //! and `/metrics` ([`crate::metrics`], which the loop keeps up to date).
 //! Both stop when the loop does.
 
-use crate::cancel::{CancelledJobs, ControlQueue, JobStop, decode_cancel};
+mod control;
+mod delivery;
+mod stop;
+
+use self::delivery::{ack, ack_early, dead_letter};
+use self::stop::{ABORT_WAIT, Stop};
+use crate::cancel::{CancelledJobs, ControlQueue, JobStop};
 use crate::config::WorkerConfig;
 use crate::events::Events;
 use crate::job::{self, JobRunner, Outcome};
@@ -27,10 +37,9 @@ use crate::presence::{self, Presence};
 use anyhow::Context as _;
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+use lapin::options::{BasicCancelOptions, BasicRejectOptions};
 use lapin::{Channel, Consumer};
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,21 +49,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
+use tracing::{Instrument as _, Span, debug, error, info, warn};
 use warren_common::backoff::Backoff;
 use warren_common::ids::JobId;
-use warren_common::messages::{Job, JobResult};
+use warren_common::messages::Job;
 use warren_common::session::{Session, message_id};
 use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
 
 /// The AMQP `app_id` of everything the worker publishes.
 const APP_ID: &str = "warren-worker";
-
-/// Longest wait for the broker to confirm a result or a dead letter. A broker
-/// that blocks publishers (memory alarm) must not freeze the loop; after this
-/// the connection is treated as failed and the result kept for the next one.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often an idle loop checks that its connection is still up (a consumer
 /// notices a dead connection by itself; this covers the time without one).
@@ -71,11 +75,6 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// meanwhile, they just cannot be cancelled; five minutes keeps a worker
 /// without the permission from filling its log.
 const CONTROL_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
-
-/// After a forced stop, how long the killed jobs may take to report back
-/// (their process groups get the kill grace, then SIGKILL), beyond the kill
-/// grace itself.
-const ABORT_WAIT: Duration = Duration::from_secs(15);
 
 /// Runs the worker until `shutdown` completes: the first stage (`graceful`)
 /// stops taking jobs and finishes those in hand within `shutdown_grace`; the
@@ -152,56 +151,6 @@ struct Done {
     outcome: Result<Outcome, String>,
     /// The job's span ([`job::job_span`]), for the lines about settling it.
     span: Span,
-}
-
-/// Where the worker is in stopping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Running,
-    /// Not taking jobs; finishing those in hand until the deadline.
-    Draining {
-        until: Instant,
-    },
-    /// Jobs killed; waiting (until the deadline) for them to report back.
-    Aborting {
-        until: Instant,
-    },
-    /// Done waiting.
-    GaveUp,
-}
-
-/// What the stop machinery asks for next.
-#[derive(Debug, Clone, Copy)]
-enum StopStep {
-    Drain,
-    Abort { why: &'static str },
-    GiveUp,
-}
-
-impl Stop {
-    /// The next stop step, as a future that borrows nothing.
-    fn next_step(self, shutdown: &Shutdown) -> impl Future<Output = StopStep> + 'static {
-        let graceful = shutdown.graceful.clone();
-        let forced = shutdown.forced.clone();
-        async move {
-            match self {
-                Stop::Running => tokio::select! {
-                    biased;
-                    () = forced.cancelled() => StopStep::Abort { why: "forced stop" },
-                    () = graceful.cancelled() => StopStep::Drain,
-                },
-                Stop::Draining { until } => tokio::select! {
-                    () = forced.cancelled() => StopStep::Abort { why: "forced stop" },
-                    () = sleep_until(until) => StopStep::Abort { why: "shutdown grace expired" },
-                },
-                Stop::Aborting { until } => {
-                    sleep_until(until).await;
-                    StopStep::GiveUp
-                }
-                Stop::GaveUp => std::future::pending().await,
-            }
-        }
-    }
 }
 
 /// A connection failed; the loop drops it and connects again.
@@ -328,30 +277,6 @@ impl Service {
             }
         }
         self.ending()
-    }
-
-    /// Whether there is nothing left to do.
-    fn stopped(&self) -> bool {
-        match self.stop {
-            Stop::Running => false,
-            Stop::Draining { .. } => self.in_flight == 0 && self.outbox.is_empty(),
-            Stop::Aborting { .. } => self.in_flight == 0,
-            Stop::GaveUp => true,
-        }
-    }
-
-    fn ending(&self) -> anyhow::Result<()> {
-        let lost = self.outbox.len();
-        let unfinished = self.in_flight;
-        if self.abandoned + lost + unfinished == 0 {
-            info!("worker stopped");
-            return Ok(());
-        }
-        anyhow::bail!(
-            "stopped without finishing everything: {} jobs killed, {unfinished} jobs still \
-             running, {lost} results not published; the broker gives those jobs to other workers",
-            self.abandoned
-        )
     }
 
     /// One connection attempt; `None` if a stop step interrupted it.
@@ -525,95 +450,6 @@ impl Service {
         Ok(consumer)
     }
 
-    fn apply(&mut self, step: StopStep) {
-        match step {
-            StopStep::Drain => {
-                let grace = self.config.shutdown_grace;
-                info!(in_flight = self.in_flight, grace = %humantime::format_duration(grace),
-                    "stopping: taking no more jobs, finishing those in hand");
-                self.stop = Stop::Draining {
-                    until: Instant::now() + grace,
-                };
-            }
-            StopStep::Abort { why } => {
-                warn!(
-                    in_flight = self.in_flight,
-                    why, "stopping now: killing the jobs in hand"
-                );
-                self.abort.cancel();
-                self.stop = Stop::Aborting {
-                    until: Instant::now() + self.config.kill_grace + ABORT_WAIT,
-                };
-            }
-            StopStep::GiveUp => {
-                error!(
-                    in_flight = self.in_flight,
-                    "killed jobs did not report back; giving up on them"
-                );
-                self.stop = Stop::GaveUp;
-            }
-        }
-    }
-
-    /// Opens the private queue on the control exchange; on failure, says
-    /// so and tries again later (jobs still run, they cannot be cancelled).
-    async fn listen_for_cancellations(&mut self, session: &Session, channels: &mut Channels) {
-        let tag = format!("{}-control", self.config.id);
-        match ControlQueue::open(session, &tag).await {
-            Ok(queue) => {
-                debug!("listening for cancellations");
-                self.control_backoff.reset();
-                channels.control = Some(queue);
-            }
-            Err(error) if !session.is_connected() => {
-                // The connection is going; the loop notices and reconnects.
-                debug!(%error, "cannot listen for cancellations: the connection is closed");
-            }
-            Err(error) => {
-                let delay = self.control_backoff.next_delay();
-                warn!(%error, retry_in = ?delay,
-                    "cannot listen for cancellations (the worker's broker user needs configure, \
-                     write and read on amq.gen-* and read on the control exchange); \
-                     jobs run to their end meanwhile");
-                channels.control_retry = Some(Instant::now() + delay);
-            }
-        }
-    }
-
-    /// A control message: kill the listed jobs running here, and remember
-    /// them so that a later delivery is dropped.
-    fn on_control(&mut self, delivery: &Delivery) {
-        let cancel = match decode_cancel(&delivery.data) {
-            Ok(cancel) => cancel,
-            Err(error) => {
-                self.ignored_controls += 1;
-                warn!(message_id = %message_id(delivery), %error,
-                    ignored_total = self.ignored_controls, "control message ignored: not a valid CancelJobs");
-                return;
-            }
-        };
-        debug!(jobs = cancel.jobs.len(), reason = %cancel.reason, "cancellation received");
-        let now = Instant::now();
-        for cancelled in &cancel.jobs {
-            self.cancelled
-                .remember(cancelled.job_id, cancelled.attempt, now.into_std());
-            for running in self.running.values_mut() {
-                if running.job_id != cancelled.job_id
-                    || running.attempt > cancelled.attempt
-                    || running.cancelled.is_some()
-                {
-                    continue;
-                }
-                running.span.in_scope(|| {
-                    info!(reason = %cancel.reason,
-                        "job cancelled by the dispatcher: killing its processes; no result will be published");
-                });
-                running.cancelled = Some((cancel.reason.clone(), now));
-                running.stop.cancel();
-            }
-        }
-    }
-
     /// A delivery from the jobs queue: dead-letter it, drop it (cancelled
     /// already) or start it in a free slot.
     async fn take_delivery(
@@ -697,137 +533,10 @@ impl Service {
         );
     }
 
-    /// A job came back while connected: publish then ack; or, cancelled,
-    /// just ack.
-    async fn settle(&mut self, session: &Session, done: Done) -> Result<(), ConnectionLost> {
-        let cancelled = self.release(done.slot);
-        self.count(cancelled.is_some(), &done.outcome);
-        let current = done.generation == self.generation;
-        let delivery = done.delivery;
-        if let Some((reason, since)) = cancelled {
-            // Whatever it came to (killed, or finished just before the kill):
-            // the dispatcher has decided the job; no result, and the broker
-            // must not give it to anyone again.
-            info!(message_id = %message_id(&delivery), %reason, stopped_in = ?since.elapsed(),
-                "cancelled job gone; its slot is free");
-            if current {
-                ack(&delivery).await?;
-            }
-            return Ok(());
-        }
-        match done.outcome {
-            Ok(Outcome::Finished(result)) => {
-                if let Err(error) = publish_result(session, &result).await {
-                    warn!(%error, "result not published; kept for the next connection");
-                    self.outbox.push(*result);
-                    return Err(ConnectionLost(format!("publishing a result: {error}")));
-                }
-                if current {
-                    ack(&delivery).await?;
-                    debug!("job acknowledged");
-                }
-            }
-            Ok(Outcome::Poison { reason }) if current => {
-                dead_letter(session, &delivery, &reason).await?;
-            }
-            Ok(Outcome::Poison { .. }) => {
-                // From a lost connection: the broker delivers it again.
-            }
-            Ok(Outcome::Cancelled) => {
-                // Only a cancellation stops a job this way, and it was
-                // handled above; ack so the broker does not run it again.
-                if current {
-                    ack(&delivery).await?;
-                }
-            }
-            Ok(Outcome::Abandoned) if self.abort.is_cancelled() => self.abandoned += 1,
-            Ok(Outcome::Abandoned) => {
-                // Not our stop (the command could not even be waited for):
-                // give the job back now rather than hold its prefetch credit
-                // until the connection closes.
-                warn!(message_id = %message_id(&delivery), "job abandoned; requeueing it");
-                if current {
-                    let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
-                }
-            }
-            Err(panic) => {
-                error!(message_id = %message_id(&delivery), %panic,
-                    "the job's task panicked; requeueing the job");
-                if current {
-                    let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A job came back while disconnected: keep its result for later.
-    fn settle_offline(&mut self, done: Done) {
-        let cancelled = self.release(done.slot);
-        self.count(cancelled.is_some(), &done.outcome);
-        if cancelled.is_some() {
-            // Cancelled: its delivery returns to the queue with the lost
-            // connection, and is dropped when it comes back.
-            return;
-        }
-        match done.outcome {
-            Ok(Outcome::Finished(result)) => self.outbox.push(*result),
-            Ok(Outcome::Abandoned) => self.abandoned += 1,
-            // Its delivery returns to the queue with the lost connection.
-            Ok(Outcome::Poison { .. } | Outcome::Cancelled) | Err(_) => {}
-        }
-    }
-
-    /// Frees `slot`; returns the reason and time of its job's cancellation,
-    /// if it was cancelled.
-    fn release(&mut self, slot: u16) -> Option<(String, Instant)> {
-        self.in_flight -= 1;
-        self.note_busy();
-        self.free_slots.insert(slot);
-        self.running
-            .remove(&slot)
-            .and_then(|running| running.cancelled)
-    }
-
     /// Tells the metrics and the worker's status how many slots are busy.
     fn note_busy(&self) {
         self.metrics.set_busy(self.in_flight);
         self.presence.set_busy(self.in_flight);
-    }
-
-    /// Counts a job that came back: with its result's status, or as
-    /// cancelled. A job given back to the broker (abandoned, poison, a
-    /// panic) has no verdict here and is not counted.
-    fn count(&self, cancelled: bool, outcome: &Result<Outcome, String>) {
-        let status = match outcome {
-            _ if cancelled => "cancelled",
-            Ok(Outcome::Cancelled) => "cancelled",
-            Ok(Outcome::Finished(result)) => result.status.as_str(),
-            Ok(Outcome::Abandoned | Outcome::Poison { .. }) | Err(_) => return,
-        };
-        self.metrics.job_finished(status);
-        self.presence.job_done();
-    }
-
-    /// Publishes the results kept from earlier connections.
-    async fn flush_outbox(&mut self, session: &Session) -> Result<(), ConnectionLost> {
-        if !self.outbox.is_empty() {
-            info!(
-                results = self.outbox.len(),
-                "publishing results kept from the last connection"
-            );
-        }
-        while let Some(result) = self.outbox.front() {
-            let span = result_span(result);
-            match publish_result(session, result).instrument(span).await {
-                Ok(()) => self.outbox.published(),
-                Err(error) => {
-                    self.outbox.failed();
-                    return Err(ConnectionLost(format!("publishing a kept result: {error}")));
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -852,88 +561,6 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Moves an undecodable job to the dead-letter queue with `reason`.
-async fn dead_letter(
-    session: &Session,
-    delivery: &Delivery,
-    reason: &str,
-) -> Result<(), ConnectionLost> {
-    let id = message_id(delivery);
-    let dead = tokio::time::timeout(
-        PUBLISH_TIMEOUT,
-        session.dead_letter(delivery, Queue::Jobs, reason),
-    )
-    .await;
-    match dead {
-        Ok(Ok(())) => {
-            warn!(message_id = %id, %reason,
-                rejected_total = warren_common::session::rejected_total(Queue::Jobs),
-                "job message dead-lettered");
-            Ok(())
-        }
-        Ok(Err(error)) => Err(ConnectionLost(format!("dead-lettering {id}: {error}"))),
-        Err(_) => Err(ConnectionLost(format!("dead-lettering {id}: no confirm"))),
-    }
-}
-
-/// The span of a result published after its job's task is gone (kept
-/// across a lost connection): the same fields as [`job::job_span`].
-fn result_span(result: &JobResult) -> Span {
-    info_span!("job", repo = %result.repo, sha = %result.sha, job = %result.job_id,
-        attempt = result.attempt)
-}
-
-/// Publishes `result` and waits for the broker's confirm.
-async fn publish_result(session: &Session, result: &JobResult) -> Result<(), String> {
-    match tokio::time::timeout(
-        PUBLISH_TIMEOUT,
-        session.publish(Queue::Results, result, result.envelope()),
-    )
-    .await
-    {
-        Ok(Ok(())) => {
-            debug!("result published");
-            Ok(())
-        }
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err(format!("no confirm within {PUBLISH_TIMEOUT:?}")),
-    }
-}
-
-/// Acks a job whose result the broker confirmed.
-async fn ack(delivery: &Delivery) -> Result<(), ConnectionLost> {
-    if !delivery.acker.poisoned() && !delivery.acker.usable() {
-        // Acknowledged early (see `ack_early`).
-        return Ok(());
-    }
-    match delivery.ack(BasicAckOptions::default()).await {
-        Ok(true) => Ok(()),
-        Ok(false) => {
-            // The channel is gone: the broker requeues the job and it runs
-            // again; the dispatcher counts the second result as a duplicate.
-            warn!(message_id = %message_id(delivery), "could not ack a finished job: its channel is closed");
-            Ok(())
-        }
-        Err(error) => Err(ConnectionLost(format!("acking a job: {error}"))),
-    }
-}
-
-/// Acknowledges a job that is still running at `worker.ack_deadline`, so
-/// that the broker's `consumer_timeout` does not take it back and give it to
-/// a second worker while this one still runs it. From here on, a crash of
-/// this worker is noticed by the dispatcher's lease instead of the broker.
-async fn ack_early(delivery: &Delivery, deadline: Duration) {
-    match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => info!(message_id = %message_id(delivery),
-            deadline = %humantime::format_duration(deadline),
-            "job still running at the ack deadline: acknowledged early; the dispatcher's lease covers it now"),
-        Ok(false) => {
-            debug!(message_id = %message_id(delivery), "early ack skipped: the channel is gone")
-        }
-        Err(error) => warn!(message_id = %message_id(delivery), %error, "early ack failed"),
     }
 }
 

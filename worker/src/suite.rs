@@ -17,6 +17,11 @@
 //! ([`crate::live`]) as it is written, with a `==> …` line before each run
 //! that has a header (the transcript's header adds how the run ended).
 
+mod reruns;
+mod verdict;
+
+use self::verdict::{Problems, Step, Tally, Verdict};
+
 use crate::flaky::{self, TestBook};
 use crate::junit::{self, MAX_TEST_CASES};
 use crate::live::LiveSink;
@@ -30,9 +35,9 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 use warren_common::ids::SuitePath;
-use warren_common::messages::{FileTiming, Job, JobStatus, TestCase, TestCommand, TestStatus};
+use warren_common::messages::{FileTiming, Job, JobStatus, TestCase, TestCommand};
 
 /// How many files a rerun's header names before it says "and N more".
 const FILES_IN_HEADER: usize = 5;
@@ -99,168 +104,12 @@ pub async fn run(
     suite.run().await
 }
 
-/// How one run ended, for the job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Verdict {
-    Passed,
-    Failed {
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-    },
-    /// The command never ran: not found, not executable, cannot start.
-    NotRun {
-        exit_code: Option<i32>,
-        message: String,
-    },
-    TimedOut,
-    Stopped,
-}
-
-impl Verdict {
-    /// Whether the command ran (to its end or its timeout), so that its
-    /// time says something about its files.
-    fn ran(&self) -> bool {
-        !matches!(self, Self::NotRun { .. } | Self::Stopped)
-    }
-
-    /// For a `==>` header.
-    fn describe(&self) -> String {
-        match self {
-            Self::Passed => "exit 0".into(),
-            Self::Failed {
-                exit_code: Some(code),
-                ..
-            } => format!("exit {code}"),
-            Self::Failed {
-                signal: Some(signal),
-                ..
-            } => format!("signal {signal}"),
-            Self::Failed { .. } => "failed".into(),
-            Self::NotRun { message, .. } => format!("not run: {message}"),
-            Self::TimedOut => "killed at the job timeout".into(),
-            Self::Stopped => "stopped".into(),
-        }
-    }
-
-    /// A `{file}` job's file as a test case's status and message.
-    fn test_status(&self) -> (TestStatus, Option<String>) {
-        match self {
-            Self::Passed => (TestStatus::Passed, None),
-            Self::Failed { .. } => (TestStatus::Failed, Some(self.describe())),
-            _ => (TestStatus::Error, Some(self.describe())),
-        }
-    }
-}
-
-/// One run.
-struct Step {
-    verdict: Verdict,
-    duration: Duration,
-    /// From the report, when the run ended by itself and there is one.
-    tests: Vec<TestCase>,
-}
-
 /// What a run is, for its header and its report's problems.
 struct Label<'a> {
     /// The header line's text (no header without one).
     header: Option<String>,
     /// The one file of a `{file}` run: the file of its report's tests.
     file: Option<&'a SuitePath>,
-}
-
-/// The job's standing after the first runs (and reruns).
-struct Tally {
-    status: JobStatus,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    message: Option<String>,
-    /// The files whose own run failed (`{file}`).
-    failed_files: Vec<SuitePath>,
-    timings: Vec<FileTiming>,
-}
-
-impl Tally {
-    fn passed() -> Self {
-        Self {
-            status: JobStatus::Passed,
-            exit_code: Some(0),
-            signal: None,
-            message: None,
-            failed_files: Vec::new(),
-            timings: Vec::new(),
-        }
-    }
-
-    /// A run failed; the first failure gives the exit status.
-    fn fail(&mut self, exit_code: Option<i32>, signal: Option<i32>) {
-        if self.status == JobStatus::Passed {
-            self.status = JobStatus::Failed;
-            self.exit_code = exit_code;
-            self.signal = signal;
-        }
-    }
-
-    fn error(&mut self, exit_code: Option<i32>, message: String) {
-        self.status = JobStatus::Error;
-        self.exit_code = exit_code;
-        self.signal = None;
-        self.message = Some(message);
-    }
-
-    fn timed_out(&mut self, message: String) {
-        self.status = JobStatus::TimedOut;
-        self.exit_code = None;
-        self.signal = None;
-        self.message = Some(message);
-    }
-}
-
-/// The JUnit report's problems over all runs: the first one, and how many
-/// more there were.
-#[derive(Debug, Default)]
-struct Problems {
-    first: Option<String>,
-    more: usize,
-}
-
-impl Problems {
-    fn add(&mut self, problem: String) {
-        if self.first.is_none() {
-            self.first = Some(problem);
-        } else {
-            self.more += 1;
-        }
-    }
-
-    fn into_message(self) -> Option<String> {
-        let first = self.first?;
-        Some(match self.more {
-            0 => first,
-            more => format!("{first}; and {more} more report problems in later runs"),
-        })
-    }
-}
-
-/// What the reruns are about.
-#[derive(Debug, Clone)]
-enum Target {
-    /// These files, each in a run of its own (`{file}`).
-    EachFile(Vec<SuitePath>),
-    /// These files, in one run.
-    Files(Vec<SuitePath>),
-    /// The whole command (a job without files).
-    Whole,
-}
-
-/// How one round of reruns ended.
-enum Round {
-    /// Everything rerun passed.
-    Passed,
-    /// Something failed again: the next round's target.
-    Failed(Target),
-    /// A rerun timed out or could not run: no more rounds; why.
-    Ended(String),
-    Stopped,
 }
 
 struct Suite<'a> {
@@ -378,105 +227,6 @@ impl Suite<'_> {
             vec![flaky::file_case(file, status, step.duration, message)]
         };
         add(&mut self.book, cases);
-    }
-
-    /// Reruns what failed, up to `retry_failed` rounds. `None`: stopped.
-    async fn rerun(&mut self, tally: &mut Tally) -> Option<()> {
-        let rounds = self.job.retry_failed;
-        let failing_before = self.book.failing().count();
-        let mut target = match self.placeholder {
-            Placeholder::EachFile => Target::EachFile(tally.failed_files.clone()),
-            _ if self.job.files.is_empty() => Target::Whole,
-            _ => Target::Files(
-                self.book
-                    .failing_files(&self.job.files)
-                    .unwrap_or_else(|| self.job.files.clone()),
-            ),
-        };
-        for round in 1..=rounds {
-            let name = format!("rerun {round} of {rounds}");
-            debug!(round, ?target, "rerunning what failed");
-            let ended = match &target {
-                Target::EachFile(files) => self.rerun_each(&name, files).await,
-                Target::Files(_) | Target::Whole => self.rerun_together(&name, &target).await,
-            };
-            match ended {
-                Round::Passed => {
-                    tally.status = JobStatus::Passed;
-                    tally.exit_code = Some(0);
-                    tally.signal = None;
-                    tally.message = Some(self.flaky_message(failing_before, &name));
-                    return Some(());
-                }
-                Round::Failed(next) => target = next,
-                Round::Ended(why) => {
-                    tally.message = Some(format!("still failing: {name} {why}"));
-                    return Some(());
-                }
-                Round::Stopped => return None,
-            }
-        }
-        tally.message = Some(self.still_failing_message(rounds));
-        Some(())
-    }
-
-    /// A round of `{file}` reruns: each file in a run of its own.
-    async fn rerun_each(&mut self, name: &str, files: &[SuitePath]) -> Round {
-        let mut still = Vec::new();
-        for (index, file) in files.iter().enumerate() {
-            let label = Label {
-                header: Some(format!("{name}: {file}")),
-                file: Some(file),
-            };
-            let step = self.run_once(std::slice::from_ref(file), label).await;
-            if step.verdict == Verdict::Stopped {
-                return Round::Stopped;
-            }
-            self.record(file, &step, TestBook::apply_rerun);
-            match step.verdict {
-                Verdict::Passed | Verdict::Stopped => {}
-                Verdict::Failed { .. } => still.push(file.clone()),
-                Verdict::TimedOut => return Round::Ended(format!("hit the job timeout at {file}")),
-                Verdict::NotRun { message, .. } => {
-                    still.extend(files[index..].iter().cloned());
-                    return Round::Ended(format!("could not run: {message}"));
-                }
-            }
-        }
-        if still.is_empty() {
-            Round::Passed
-        } else {
-            Round::Failed(Target::EachFile(still))
-        }
-    }
-
-    /// A round that reruns `target`'s files (or the whole command) at once.
-    async fn rerun_together(&mut self, name: &str, target: &Target) -> Round {
-        let files = match target {
-            Target::Files(files) => files.clone(),
-            Target::EachFile(_) | Target::Whole => Vec::new(),
-        };
-        let header = if files.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{name}: {}", file_list(&files))
-        };
-        let label = Label {
-            header: Some(header),
-            file: None,
-        };
-        let step = self.run_once(&files, label).await;
-        self.book.apply_rerun(step.tests);
-        match step.verdict {
-            Verdict::Passed => Round::Passed,
-            Verdict::Failed { .. } if files.is_empty() => Round::Failed(Target::Whole),
-            Verdict::Failed { .. } => Round::Failed(Target::Files(
-                self.book.failing_files(&files).unwrap_or(files),
-            )),
-            Verdict::TimedOut => Round::Ended("hit the job timeout".into()),
-            Verdict::NotRun { message, .. } => Round::Ended(format!("could not run: {message}")),
-            Verdict::Stopped => Round::Stopped,
-        }
     }
 
     /// One run of the command over `files`: clears the old report, runs
@@ -642,43 +392,6 @@ impl Suite<'_> {
         )
     }
 
-    /// "passed after rerunning 2 failed tests: flaky: a, b".
-    fn flaky_message(&self, failing_before: usize, round: &str) -> String {
-        let flaky: Vec<String> = self.book.flaky().map(flaky::display_name).collect();
-        if flaky.is_empty() {
-            return format!("passed after rerunning the failed command ({round} passed): flaky");
-        }
-        let noun = if self.files_as_tests() {
-            "failed file"
-        } else {
-            "failed test"
-        };
-        format!(
-            "passed after rerunning {}: flaky: {}",
-            flaky::count(failing_before.max(flaky.len()), noun),
-            flaky::name_list(&flaky)
-        )
-    }
-
-    /// "still failing after 2 reruns: a, b".
-    fn still_failing_message(&self, rounds: u32) -> String {
-        let reruns = flaky::count(rounds as usize, "rerun");
-        let failing: Vec<String> = self.book.failing().map(flaky::display_name).collect();
-        let flaky: Vec<String> = self.book.flaky().map(flaky::display_name).collect();
-        let mut message = if failing.is_empty() {
-            format!("still failing after {reruns}")
-        } else {
-            format!(
-                "still failing after {reruns}: {}",
-                flaky::name_list(&failing)
-            )
-        };
-        if !flaky.is_empty() {
-            message.push_str(&format!("; flaky: {}", flaky::name_list(&flaky)));
-        }
-        message
-    }
-
     /// Whether the book's test cases are the files themselves.
     fn files_as_tests(&self) -> bool {
         self.placeholder == Placeholder::EachFile && self.job.junit.is_none()
@@ -736,6 +449,7 @@ mod tests {
     use std::collections::BTreeMap;
     use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, WorkerId};
     use warren_common::messages::Shard;
+    use warren_common::messages::TestStatus;
 
     fn runner() -> JobRunner {
         JobRunner {

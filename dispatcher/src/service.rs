@@ -113,7 +113,7 @@ impl Dispatcher<'_> {
         while !shutdown.graceful.is_cancelled() {
             match Session::connect(&dispatcher.config.broker, APP_ID, &name).await {
                 Ok(session) => {
-                    info!(url = %dispatcher.config.broker.safe_url(), "connected to the broker");
+                    info!(url = session.url(), "connected to the broker");
                     backoff.reset();
                     let outcome = dispatcher.serve(&session, shutdown).await;
                     dispatcher.ready.send_replace(false);

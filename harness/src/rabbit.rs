@@ -7,15 +7,21 @@ use std::time::{Duration, Instant};
 
 /// Runs `rabbitmqctl` with `args`; returns its standard output.
 pub fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("rabbitmqctl")
+    output_of("rabbitmqctl", &mut Command::new("rabbitmqctl"), args)
+}
+
+/// Runs `command` with `args` (named `what` in errors); its standard
+/// output, or its standard error when it fails.
+fn output_of(what: &str, command: &mut Command, args: &[&str]) -> Result<String, String> {
+    let output = command
         .args(args)
         .output()
-        .map_err(|error| format!("running rabbitmqctl: {error}"))?;
+        .map_err(|error| format!("running {what}: {error}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
-            "rabbitmqctl {}: {}",
+            "{what} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr)
         ))
@@ -344,18 +350,5 @@ impl Drop for BrokerCluster {
 /// Runs `scripts/broker-cluster.sh` with `args`; returns its standard output.
 fn cluster_script(args: &[&str]) -> Result<String, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/broker-cluster.sh");
-    let output = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .map_err(|error| format!("running {script}: {error}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{script} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    output_of(script, Command::new("bash").arg(script), args)
 }

@@ -371,7 +371,7 @@ impl Link {
             };
             match connected {
                 Ok(session) => {
-                    info!(broker = %self.broker.safe_url(), "connected to the broker");
+                    info!(broker = session.url(), "connected to the broker");
                     self.session = Some(session);
                 }
                 Err(error) => {

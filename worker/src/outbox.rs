@@ -91,34 +91,9 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
-    use warren_common::ids::{CommitId, JobId, RepoName, WorkerId};
-    use warren_common::messages::JobStatus;
 
     fn result() -> JobResult {
-        JobResult {
-            run_id: uuid::Uuid::new_v4(),
-            job_id: JobId::new(),
-            attempt: 1,
-            worker: WorkerId::parse("w").unwrap(),
-            host: "h".into(),
-            repo: RepoName::parse("api").unwrap(),
-            sha: CommitId::parse(&"a".repeat(40)).unwrap(),
-            status: JobStatus::Passed,
-            exit_code: Some(0),
-            signal: None,
-            message: None,
-            started_at: Utc::now(),
-            finished_at: Utc::now(),
-            checkout_ms: 0,
-            duration_ms: 0,
-            output: String::new(),
-            output_truncated: false,
-            output_bytes: 0,
-            tests: Vec::new(),
-            file_timings: Vec::new(),
-            report_problem: None,
-        }
+        warren_harness::builders::result("api", &"a".repeat(40)).build()
     }
 
     #[test]

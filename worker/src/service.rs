@@ -321,7 +321,11 @@ impl Service {
     /// Uses one connection until it fails or the worker has stopped.
     async fn serve(&mut self, session: &Arc<Session>) -> Result<(), ConnectionLost> {
         self.generation += 1;
-        info!(generation = self.generation, "connected to the broker");
+        info!(
+            generation = self.generation,
+            url = session.url(),
+            "connected to the broker"
+        );
         self.metrics.set_connected(true);
         // Also tells the presence task to announce the worker at once.
         self.session_tx.send_replace(Some(Arc::clone(session)));

@@ -19,7 +19,7 @@ fi
 serial='binary_id(warren-harness::broker_faults) | binary_id(warren-harness::broker_cluster)'
 if cargo nextest --version >/dev/null 2>&1; then
     status=0
-    cargo nextest run --workspace --no-fail-fast -E "not $serial" "$@" || status=$?
+    cargo nextest run --workspace --no-fail-fast -E "not ($serial)" "$@" || status=$?
     cargo nextest run --workspace --no-fail-fast -E "$serial" --test-threads 1 "$@" || status=$?
     # Whatever happened, leave the broker running.
     scripts/ensure-broker.sh

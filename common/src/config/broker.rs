@@ -168,56 +168,8 @@ impl BrokerConfig {
             .split(',')
             .map(str::trim)
             .collect();
-        if raws.len() > MAX_BROKER_NODES {
-            return Err(source.invalid(
-                "broker.url",
-                format!("lists {} nodes; at most {MAX_BROKER_NODES}", raws.len()),
-            ));
-        }
-        let mut uris = Vec::with_capacity(raws.len());
-        for (index, raw) in raws.iter().enumerate() {
-            // Which one, by position: the URL itself may hold a password.
-            let which = if raws.len() == 1 {
-                String::new()
-            } else {
-                format!("URL {} of {}: ", index + 1, raws.len())
-            };
-            let uri = AMQPUri::from_str(raw).map_err(|error| {
-                // The parser's message may quote the URL; say only what is wrong.
-                let _ = error;
-                source.invalid(
-                    "broker.url",
-                    format!(
-                        "{which}not a valid amqp:// or amqps:// URL \
-                         (amqp://user:password@host:port/vhost; several comma-separated)"
-                    ),
-                )
-            })?;
-            if !raw.starts_with("amqp://") && !raw.starts_with("amqps://") {
-                return Err(source.invalid(
-                    "broker.url",
-                    format!("{which}must start with amqp:// or amqps://"),
-                ));
-            }
-            uris.push(uri);
-        }
-        if uris.iter().any(|uri| uri.vhost != uris[0].vhost) {
-            return Err(source.invalid(
-                "broker.url",
-                "the nodes of one cluster must name the same virtual host",
-            ));
-        }
-        let group_size = match settings.quorum_group_size {
-            Some(size) if !(1..=MAX_BROKER_NODES as u32).contains(&size) => {
-                return Err(source.invalid(
-                    "broker.quorum_group_size",
-                    format!("must be between 1 and {MAX_BROKER_NODES}, got {size}"),
-                ));
-            }
-            Some(size) => Some(size),
-            None if uris.len() > 1 => Some(uris.len().min(DEFAULT_MAX_GROUP_SIZE) as u32),
-            None => None,
-        };
+        let uris = parse_nodes(&raws, source)?;
+        let group_size = quorum_group_size(settings.quorum_group_size, uris.len(), source)?;
         validate_prefix(&settings.prefix).map_err(|m| source.invalid("broker.prefix", m))?;
         let heartbeat = settings.heartbeat.as_secs();
         if !(1..=600).contains(&heartbeat) {
@@ -312,6 +264,68 @@ impl BrokerConfig {
     pub fn safe_url(&self) -> String {
         let urls: Vec<&str> = self.nodes.iter().map(BrokerNode::safe_url).collect();
         urls.join(",")
+    }
+}
+
+/// The URIs of `broker.url`'s nodes, each checked; one cluster, so one
+/// virtual host.
+fn parse_nodes(raws: &[&str], source: &ConfigSource) -> Result<Vec<AMQPUri>, ConfigError> {
+    if raws.len() > MAX_BROKER_NODES {
+        return Err(source.invalid(
+            "broker.url",
+            format!("lists {} nodes; at most {MAX_BROKER_NODES}", raws.len()),
+        ));
+    }
+    let mut uris = Vec::with_capacity(raws.len());
+    for (index, raw) in raws.iter().enumerate() {
+        // Which one, by position: the URL itself may hold a password.
+        let which = if raws.len() == 1 {
+            String::new()
+        } else {
+            format!("URL {} of {}: ", index + 1, raws.len())
+        };
+        // The parser's message may quote the URL; say only what is wrong.
+        let uri = AMQPUri::from_str(raw).map_err(|_| {
+            source.invalid(
+                "broker.url",
+                format!(
+                    "{which}not a valid amqp:// or amqps:// URL \
+                     (amqp://user:password@host:port/vhost; several comma-separated)"
+                ),
+            )
+        })?;
+        if !raw.starts_with("amqp://") && !raw.starts_with("amqps://") {
+            return Err(source.invalid(
+                "broker.url",
+                format!("{which}must start with amqp:// or amqps://"),
+            ));
+        }
+        uris.push(uri);
+    }
+    if uris.iter().any(|uri| uri.vhost != uris[0].vhost) {
+        return Err(source.invalid(
+            "broker.url",
+            "the nodes of one cluster must name the same virtual host",
+        ));
+    }
+    Ok(uris)
+}
+
+/// `broker.quorum_group_size` checked, or its default for `nodes` nodes:
+/// their number up to 5 on a cluster, nothing (a single node) for one.
+fn quorum_group_size(
+    setting: Option<u32>,
+    nodes: usize,
+    source: &ConfigSource,
+) -> Result<Option<u32>, ConfigError> {
+    match setting {
+        Some(size) if !(1..=MAX_BROKER_NODES as u32).contains(&size) => Err(source.invalid(
+            "broker.quorum_group_size",
+            format!("must be between 1 and {MAX_BROKER_NODES}, got {size}"),
+        )),
+        Some(size) => Ok(Some(size)),
+        None if nodes > 1 => Ok(Some(nodes.min(DEFAULT_MAX_GROUP_SIZE) as u32)),
+        None => Ok(None),
     }
 }
 

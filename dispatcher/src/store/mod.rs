@@ -22,7 +22,7 @@
 //! One file per concern, each an `impl Store` block (and its helpers):
 //! - this file: [`Store`], opening (WAL, busy timeout, the version check),
 //!   the error type, the shared row readers and the types callers get back;
-//! - `schema`: the tables and the schema version;
+//! - `schema`: the numbered migrations, applied when the store opens;
 //! - `commits`: a commit seen once per (repo, sha) — the dedup — planned
 //!   into jobs, superseded, or finished at once with an `error`;
 //! - `jobs`: publish marks, `started`/`heartbeat` events, the retry budget,
@@ -43,7 +43,6 @@ mod schema;
 use self::history::*;
 use self::jobs::*;
 use self::results::*;
-use self::schema::*;
 
 use crate::config::SyncMode;
 use crate::report::{
@@ -244,7 +243,7 @@ impl Store {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|error| corrupt("path", error))?;
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
@@ -256,20 +255,7 @@ impl Store {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-        let has_tables: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'commits')",
-            [],
-            |row| row.get(0),
-        )?;
-        if has_tables && version != SCHEMA_VERSION {
-            return Err(corrupt(
-                "user_version",
-                format!("database schema version {version}; this build reads {SCHEMA_VERSION}"),
-            ));
-        }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        schema::migrate(&mut conn)?;
         Ok(Self { conn })
     }
 
@@ -281,13 +267,7 @@ impl Store {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-        if version != SCHEMA_VERSION {
-            return Err(corrupt(
-                "user_version",
-                format!("database schema version {version}; this build reads {SCHEMA_VERSION}"),
-            ));
-        }
+        schema::check_version(schema::version(&conn)?)?;
         Ok(Self { conn })
     }
 }

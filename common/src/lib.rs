@@ -22,6 +22,8 @@ pub mod ids;
 pub mod messages;
 pub mod session;
 pub mod shutdown;
+#[cfg(feature = "sqlite")]
+pub mod sql;
 pub mod telemetry;
 pub mod topology;
 

@@ -206,3 +206,129 @@ impl Store {
             .optional()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::*;
+    use warren_common::ids::BranchName;
+
+    #[test]
+    fn commits_are_deduplicated_by_repo_and_sha() {
+        let (_dir, mut store) = store();
+        let e = event("a");
+        assert_eq!(store.see_commit(&e.repo, &e.sha).unwrap(), CommitSeen::New);
+        insert(&mut store, &e);
+        assert!(matches!(
+            store.see_commit(&e.repo, &e.sha).unwrap(),
+            CommitSeen::Duplicate { .. }
+        ));
+        assert!(try_insert(&mut store, &e).is_err(), "unique (repo, sha)");
+    }
+
+    #[test]
+    fn errored_commits_are_finished_at_once() {
+        let (_dir, mut store) = store();
+        let id = store
+            .insert_errored(&event("9"), "warren.toml is invalid", Utc::now())
+            .unwrap();
+        let report = store.commit_report(id).unwrap();
+        assert_eq!(report.status, Some(JobStatus::Error));
+        assert_eq!(report.message.as_deref(), Some("warren.toml is invalid"));
+        assert!(report.jobs.is_empty());
+        assert_eq!(store.unwritten_results().unwrap(), [id]);
+    }
+
+    #[test]
+    fn a_split_commit_gets_a_job_per_shard_carrying_its_files() {
+        let (_dir, mut store) = store();
+        let shards = [
+            ShardPlan {
+                files: vec![suite_file("t/a.py"), suite_file("t/b.py")],
+                estimated_ms: 3000,
+            },
+            ShardPlan {
+                files: vec![suite_file("t/c.py")],
+                estimated_ms: 2500,
+            },
+        ];
+        let plan = plan();
+        let inserted = store
+            .insert_planned(
+                &event("4"),
+                &Planned {
+                    plan: &plan,
+                    shards: &shards,
+                    selection: None,
+                },
+                Utc::now(),
+            )
+            .unwrap();
+        assert_eq!(inserted.jobs.len(), 2);
+        assert_eq!(inserted.jobs[1].shard, Shard { index: 1, count: 2 });
+        assert_eq!(inserted.jobs[0].files, shards[0].files);
+        // A re-issue carries the same files.
+        let again = store.unpublished_jobs(Utc::now()).unwrap();
+        assert_eq!(again[0].files, shards[0].files);
+        let report = store.commit_report(inserted.commit_id).unwrap();
+        assert_eq!(report.jobs[1].files, ["t/c.py"]);
+        assert_eq!(report.jobs[1].estimated_ms, Some(2500));
+        // Nothing selected: the commit passes at once.
+        let none = store
+            .insert_planned(
+                &event("5"),
+                &Planned {
+                    plan: &plan,
+                    shards: &[],
+                    selection: None,
+                },
+                Utc::now(),
+            )
+            .unwrap();
+        assert!(none.jobs.is_empty() && none.finished == Some(none.commit_id));
+        assert_eq!(
+            store.commit_report(none.commit_id).unwrap().status,
+            Some(JobStatus::Passed)
+        );
+    }
+
+    #[test]
+    fn a_newer_commit_supersedes_the_older_ones_on_its_branch() {
+        let (_dir, mut store) = store();
+        let older = insert(&mut store, &event("8"));
+        let mut other_branch = event("9");
+        other_branch.branch = BranchName::parse("other").unwrap();
+        let untouched = insert(&mut store, &other_branch);
+        let newer = insert(&mut store, &event("a"));
+        let newer_commit = 3;
+        store
+            .record_event(&started(&older[0], "w1", Utc::now()), &BUDGET, Utc::now())
+            .unwrap();
+        let superseded = store
+            .supersede_older(newer_commit, &newer[0].sha, Utc::now())
+            .unwrap();
+        assert_eq!(
+            superseded.jobs,
+            [JobAttempt {
+                job_id: older[0].job_id,
+                attempt: 1
+            }]
+        );
+        assert_eq!(superseded.finished_commits, [1]);
+        let report = store.commit_report(1).unwrap().explain();
+        assert_eq!(report.status, Some(JobStatus::Superseded));
+        assert!(report.message.unwrap().contains("superseded by"));
+        assert_eq!(report.jobs[0].attempts[0].state, "cancelled");
+        assert_eq!(
+            store.commit_report(2).unwrap().status,
+            None,
+            "other branches are left alone"
+        );
+        assert!(store.has_result(&older[0].repo, &older[0].sha).unwrap());
+        assert!(
+            !store
+                .has_result(&untouched[0].repo, &untouched[0].sha)
+                .unwrap()
+        );
+    }
+}

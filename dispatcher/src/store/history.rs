@@ -101,3 +101,85 @@ impl Store {
         Ok(timings)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::*;
+
+    #[test]
+    fn a_decided_result_keeps_its_tests_timings_and_flaky_history() {
+        use warren_common::messages::{FileTiming, TestCase};
+        let (_dir, mut store) = store();
+        let mut flaky_runs = 0;
+        for sha in ["6", "7"] {
+            let jobs = insert(&mut store, &event(sha));
+            let mut result = result(&jobs[0], "w1", JobStatus::Failed);
+            result.tests = vec![
+                TestCase {
+                    name: "test_ok".into(),
+                    classname: "m".into(),
+                    file: Some("t/a.py".into()),
+                    duration_ms: 5,
+                    status: TestStatus::Passed,
+                    message: None,
+                    flaky: false,
+                },
+                TestCase {
+                    name: "test_wobbly".into(),
+                    classname: "m".into(),
+                    file: Some("t/a.py".into()),
+                    duration_ms: 7,
+                    status: TestStatus::Passed,
+                    message: None,
+                    flaky: true,
+                },
+                TestCase {
+                    name: "test_bad".into(),
+                    classname: "m".into(),
+                    file: Some("t/b.py".into()),
+                    duration_ms: 9,
+                    status: TestStatus::Failed,
+                    message: Some("assert 1 == 2".into()),
+                    flaky: false,
+                },
+            ];
+            result.file_timings = vec![
+                FileTiming {
+                    path: suite_file("t/a.py"),
+                    duration_ms: if sha == "6" { 1000 } else { 3000 },
+                    estimated: false,
+                },
+                FileTiming {
+                    path: suite_file("t/b.py"),
+                    duration_ms: 500,
+                    estimated: true,
+                },
+            ];
+            store.record_result(&result, Utc::now()).unwrap();
+            flaky_runs += 1;
+            let report = store.commit_report(1 + flaky_runs - 1).unwrap().explain();
+            assert_eq!(
+                (
+                    report.test_counts.total,
+                    report.test_counts.failed,
+                    report.test_counts.flaky
+                ),
+                (3, 1, 1)
+            );
+            assert_eq!(report.tests[0].name, "test_bad", "failed first");
+            assert_eq!(report.flaky_tests[0].times_flaky, flaky_runs as u64);
+            assert_eq!(report.message.as_deref(), Some("1 test failed: test_bad"));
+            assert!(
+                report
+                    .junit_xml()
+                    .contains("<failure message=\"assert 1 == 2\"/>")
+            );
+        }
+        let timings = store
+            .file_timings(&RepoName::parse("api").unwrap())
+            .unwrap();
+        assert_eq!(timings["t/a.py"], 2000, "measured timings are averaged");
+        assert_eq!(timings["t/b.py"], 500, "estimates refine estimates");
+    }
+}

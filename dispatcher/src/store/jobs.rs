@@ -4,7 +4,7 @@
 
 use super::*;
 
-pub(super) fn job_row(tx: &Transaction<'_>, job_id: &str) -> Result<Option<JobRow>> {
+pub(super) fn job_row(tx: &Transaction<'_>, job_id: &JobId) -> Result<Option<JobRow>> {
     Ok(tx
         .query_row(
             "SELECT j.id, j.commit_id, j.status, j.attempt, j.lost_runs, c.repo, c.sha,
@@ -13,15 +13,15 @@ pub(super) fn job_row(tx: &Transaction<'_>, job_id: &str) -> Result<Option<JobRo
             params![job_id],
             |row| {
                 Ok(JobRow {
-                    id: row.get(0)?,
-                    commit_id: row.get(1)?,
-                    status: row.get(2)?,
-                    attempt: row.get(3)?,
-                    lost_runs: row.get(4)?,
-                    repo: row.get(5)?,
-                    sha: row.get(6)?,
-                    decided_run: row.get(7)?,
-                    published_at: row.get(8)?,
+                    id: get(row, "id")?,
+                    commit_id: get(row, "commit_id")?,
+                    status: get(row, "status")?,
+                    attempt: get(row, "attempt")?,
+                    lost_runs: get(row, "lost_runs")?,
+                    repo: get(row, "repo")?,
+                    sha: get(row, "sha")?,
+                    decided_run: get(row, "decided_run")?,
+                    published_at: opt_at(row, "published_at")?,
                 })
             },
         )
@@ -81,55 +81,34 @@ pub(super) fn unpublished_jobs(
          WHERE j.published = 0 AND j.status = 'queued' AND (?1 IS NULL OR j.commit_id = ?1)
          ORDER BY j.commit_id, j.shard_index",
     )?;
-    let rows = statement
+    let jobs = statement
         .query_map(params![commit_id], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, u32>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, String>(5)?,
-                row.get::<_, u32>(6)?,
-                row.get::<_, u32>(7)?,
-                row.get::<_, String>(8)?,
-                row.get::<_, u64>(9)?,
-                row.get::<_, String>(10)?,
-                row.get::<_, String>(11)?,
-                row.get::<_, Option<String>>(12)?,
-                row.get::<_, u32>(13)?,
-            ))
+            Ok(Job {
+                job_id: get(row, "id")?,
+                attempt: get(row, "attempt")?,
+                repo: get(row, "repo")?,
+                url: get(row, "url")?,
+                branch: get(row, "branch")?,
+                sha: get(row, "sha")?,
+                shard: Shard {
+                    index: get(row, "shard_index")?,
+                    count: get(row, "shard_count")?,
+                },
+                command: json(row, "command")?,
+                timeout_ms: get(row, "timeout_ms")?,
+                env: json(row, "env")?,
+                files: json(row, "files")?,
+                junit: get(row, "junit")?,
+                retry_failed: get(row, "retry_failed")?,
+                published_at: now,
+            })
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let mut jobs = Vec::with_capacity(rows.len());
-    for row in rows {
+    for job in &jobs {
         tx.execute(
             "UPDATE jobs SET published_at = ?2 WHERE id = ?1",
-            params![row.0, ts(now)],
+            params![job.job_id, ts(now)],
         )?;
-        jobs.push(Job {
-            job_id: row.0.parse().map_err(|e| corrupt("jobs.id", e))?,
-            attempt: row.1,
-            repo: RepoName::parse(&row.2).map_err(|e| corrupt("repo", e))?,
-            url: RepoUrl::parse(&row.3).map_err(|e| corrupt("url", e))?,
-            branch: BranchName::parse(&row.4).map_err(|e| corrupt("branch", e))?,
-            sha: CommitId::parse(&row.5).map_err(|e| corrupt("sha", e))?,
-            shard: Shard {
-                index: row.6,
-                count: row.7,
-            },
-            command: serde_json::from_str(&row.8).map_err(|e| corrupt("command", e))?,
-            timeout_ms: row.9,
-            env: serde_json::from_str(&row.10).map_err(|e| corrupt("env", e))?,
-            files: serde_json::from_str(&row.11).map_err(|e| corrupt("files", e))?,
-            junit: row
-                .12
-                .map(|path| SuitePath::parse(&path))
-                .transpose()
-                .map_err(|e| corrupt("junit", e))?,
-            retry_failed: row.13,
-            published_at: now,
-        });
     }
     Ok(jobs)
 }
@@ -144,32 +123,30 @@ pub(super) fn stop_undecided_jobs(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<JobAttempt>> {
-    let jobs: Vec<(String, u32)> = {
+    let jobs: Vec<JobAttempt> = {
         let mut statement =
             tx.prepare("SELECT id, attempt FROM jobs WHERE commit_id = ?1 AND status = ?2")?;
         statement
             .query_map(params![commit_id, QUEUED], |row| {
-                Ok((row.get(0)?, row.get(1)?))
+                Ok(JobAttempt {
+                    job_id: get(row, "id")?,
+                    attempt: get(row, "attempt")?,
+                })
             })?
             .collect::<std::result::Result<_, _>>()?
     };
-    let mut stopped = Vec::with_capacity(jobs.len());
-    for (job_id, attempt) in jobs {
+    for job in &jobs {
         tx.execute(
             "UPDATE jobs SET status = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
-            params![job_id, status.as_str(), reason, ts(now)],
+            params![job.job_id, status.as_str(), reason, ts(now)],
         )?;
         tx.execute(
             "UPDATE attempts SET state = 'cancelled', message = ?2, finished_at = ?3
              WHERE job_id = ?1 AND state = 'running'",
-            params![job_id, reason, ts(now)],
+            params![job.job_id, reason, ts(now)],
         )?;
-        stopped.push(JobAttempt {
-            job_id: job_id.parse().map_err(|e| corrupt("jobs.id", e))?,
-            attempt,
-        });
     }
-    Ok(stopped)
+    Ok(jobs)
 }
 
 impl Store {
@@ -207,7 +184,7 @@ impl Store {
     ) -> Result<EventRecorded> {
         let tx = self.conn.transaction()?;
         let job_id = event.job_id.to_string();
-        let Some(job) = job_row(&tx, &job_id)? else {
+        let Some(job) = job_row(&tx, &event.job_id)? else {
             return Ok(EventRecorded::UnknownJob);
         };
         if event.attempt > job.attempt {
@@ -354,5 +331,159 @@ impl Store {
             params![commit_id],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::*;
+
+    #[test]
+    fn unconfirmed_jobs_are_found_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.db");
+        let jobs = {
+            let mut store = Store::open(&path, SyncMode::Normal).unwrap();
+            insert(&mut store, &event("b"))
+        };
+        let mut store = Store::open(&path, SyncMode::Normal).unwrap();
+        let again = store.unpublished_jobs(Utc::now()).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].job_id, jobs[0].job_id);
+        store.mark_published(&again).unwrap();
+        assert!(store.unpublished_jobs(Utc::now()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_run_started_after_the_verdict_or_of_a_replaced_attempt_is_unwanted() {
+        let (_dir, mut store) = store();
+        let jobs = insert(&mut store, &event("9"));
+        let job = &jobs[0];
+        let deciding = result(job, "w1", JobStatus::Passed);
+        // Its `started` comes after its result (another queue): still its own run.
+        assert!(matches!(
+            store.record_result(&deciding, Utc::now()).unwrap(),
+            ResultRecorded::Decided { .. }
+        ));
+        let late_start = JobEvent {
+            run_id: deciding.run_id,
+            ..started(job, "w1", Utc::now())
+        };
+        assert!(matches!(
+            store
+                .record_event(&late_start, &BUDGET, Utc::now())
+                .unwrap(),
+            EventRecorded::Recorded { .. }
+        ));
+        // A worker that missed a cancel starts the decided job again.
+        assert_eq!(
+            store
+                .record_event(&started(job, "w2", Utc::now()), &BUDGET, Utc::now())
+                .unwrap(),
+            EventRecorded::Unwanted
+        );
+        assert!(
+            states(&store, 1).contains(&("w2".into(), "cancelled".into())),
+            "{:?}",
+            states(&store, 1)
+        );
+
+        // An older attempt of an undecided job (re-issued) is unwanted too.
+        let retried = store.retry(1, Utc::now()).unwrap().unwrap();
+        assert_eq!(retried[0].attempt, 2);
+        assert_eq!(
+            store
+                .record_event(&started(job, "w3", Utc::now()), &BUDGET, Utc::now())
+                .unwrap(),
+            EventRecorded::Unwanted
+        );
+        assert!(matches!(
+            store
+                .record_event(&started(&retried[0], "w4", Utc::now()), &BUDGET, Utc::now())
+                .unwrap(),
+            EventRecorded::Recorded { lost: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn events_open_runs_and_heartbeats_renew_them() {
+        let (_dir, mut store) = store();
+        let jobs = insert(&mut store, &event("f"));
+        let mut e = started(&jobs[0], "w1", Utc::now());
+        e.event = JobEventKind::Heartbeat;
+        let recorded = store.record_event(&e, &BUDGET, Utc::now()).unwrap();
+        assert_eq!(
+            recorded,
+            EventRecorded::Recorded {
+                commit_finished: None,
+                lost: 0
+            },
+            "a heartbeat before started still counts"
+        );
+        e.event = JobEventKind::Started;
+        store.record_event(&e, &BUDGET, Utc::now()).unwrap();
+        e.job_id = JobId::new();
+        assert_eq!(
+            store.record_event(&e, &BUDGET, Utc::now()).unwrap(),
+            EventRecorded::UnknownJob
+        );
+    }
+
+    #[test]
+    fn a_redelivered_attempt_marks_the_previous_run_lost_and_spends_the_budget() {
+        let (_dir, mut store) = store();
+        let jobs = insert(&mut store, &event("1"));
+        let job = &jobs[0];
+        store
+            .record_event(&started(job, "w1", Utc::now()), &BUDGET, Utc::now())
+            .unwrap();
+        store
+            .record_event(&started(job, "w2", Utc::now()), &BUDGET, Utc::now())
+            .unwrap();
+        let commit_id = 1;
+        assert_eq!(
+            states(&store, commit_id),
+            [
+                ("w1".into(), "lost".into()),
+                ("w2".into(), "running".into())
+            ]
+        );
+        let report = store.commit_report(commit_id).unwrap();
+        assert!(
+            report.jobs[0].attempts[0]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("again, to w2")
+        );
+        assert_eq!(report.status, None, "one lost run is within the budget");
+
+        // The second loss spends the budget: the job is decided as error.
+        let recorded = store
+            .record_event(&started(job, "w3", Utc::now()), &BUDGET, Utc::now())
+            .unwrap();
+        assert_eq!(
+            recorded,
+            EventRecorded::Recorded {
+                commit_finished: Some(commit_id),
+                lost: 1
+            }
+        );
+        let report = store.commit_report(commit_id).unwrap().explain();
+        assert_eq!(report.status, Some(JobStatus::Error));
+        assert!(
+            report
+                .message
+                .unwrap()
+                .contains("gave up after 2 lost runs")
+        );
+        // The run still going reports late.
+        assert_eq!(
+            store
+                .record_result(&result(job, "w3", JobStatus::Passed), Utc::now())
+                .unwrap(),
+            ResultRecorded::Late
+        );
     }
 }

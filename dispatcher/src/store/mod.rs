@@ -20,9 +20,11 @@
 //! lease expires. Both are rows of the `attempts` table, one per run.
 //!
 //! One file per concern, each an `impl Store` block (and its helpers):
-//! - this file: [`Store`], opening (WAL, busy timeout, the version check),
-//!   the error type, the shared row readers and the types callers get back;
+//! - this file: [`Store`], opening (WAL, busy timeout, migrations), the
+//!   error type and the types callers get back;
 //! - `schema`: the numbered migrations, applied when the store opens;
+//! - `row`: reading columns by name into typed values (a bad value names
+//!   its column in [`StoreError::Corrupt`]);
 //! - `commits`: a commit seen once per (repo, sha) — the dedup — planned
 //!   into jobs, superseded, or finished at once with an `error`;
 //! - `jobs`: publish marks, `started`/`heartbeat` events, the retry budget,
@@ -30,7 +32,30 @@
 //! - `leases`: lost runs at lease expiry, dead-lettered jobs;
 //! - `results`: the first result decides, later ones are counted;
 //! - `history`: tests, flaky history and file timings of a decided result;
-//! - `reports`: the read side (summaries, reports, output, workers).
+//! - `reports`: the read side (summaries, reports, output, workers);
+//! - `testing` (tests only): the fixtures of the unit tests in each file.
+//!
+//! # The interface
+//! SQL never leaves this folder: the loops and the HTTP API see only the
+//! `pub` methods of [`Store`] and the types above, all in Warren's terms
+//! (ids, statuses, messages, reports), none in SQLite's. That set is the
+//! contract a second backend implements:
+//!
+//! | caller | methods |
+//! |---|---|
+//! | intake | `see_commit`, `insert_planned`, `insert_errored`, `supersede_older`, `file_timings`, `has_result` |
+//! | publishing | `unpublished_jobs`, `mark_published` |
+//! | results and events | `record_result`, `record_event`, `record_worker_status` |
+//! | leases | `expire_leases`, `dead_lettered` |
+//! | result files | `unwritten_results`, `commit_report`, `mark_written` |
+//! | operator | `retry`, `cancel` |
+//! | read side (API, pages) | `commit_summaries`, `commit_summary`, `commit_id`, `commit_report`, `job_output`, `workers` |
+//!
+//! Every write method is one transaction: it decides and records together,
+//! so a crash between two calls leaves the books consistent and the caller
+//! redoes its step from the broker's redelivery. The single writer is the
+//! dispatcher's store thread (`state.rs`); readers open their own
+//! connection with [`Store::open_read_only`].
 
 mod commits;
 mod history;
@@ -38,11 +63,13 @@ mod jobs;
 mod leases;
 mod reports;
 mod results;
+mod row;
 mod schema;
 
 use self::history::*;
 use self::jobs::*;
 use self::results::*;
+use self::row::{at, get, json, opt_at, opt_json, verdict};
 
 use crate::config::SyncMode;
 use crate::report::{
@@ -57,7 +84,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
-use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath};
+use warren_common::ids::{CommitId, JobId, RepoName};
 use warren_common::messages::{
     CommitEvent, Job, JobAttempt, JobEvent, JobEventKind, JobResult, JobStatus, Shard, TestCommand,
     TestStatus, WorkerStatus,
@@ -68,7 +95,7 @@ use warren_common::messages::{
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("database holds an invalid value in {column}: {message}")]
     Corrupt {
         column: &'static str,
@@ -196,7 +223,7 @@ struct JobRow {
     id: String,
     commit_id: i64,
     status: String,
-    published_at: Option<String>,
+    published_at: Option<DateTime<Utc>>,
     decided_run: Option<String>,
     attempt: u32,
     lost_runs: u32,
@@ -213,19 +240,6 @@ fn ts(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn parse_ts(column: &'static str, value: &str) -> Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value)
-        .map(|at| at.with_timezone(&Utc))
-        .map_err(|error| StoreError::Corrupt {
-            column,
-            message: error.to_string(),
-        })
-}
-
-fn parse_opt_ts(column: &'static str, value: Option<String>) -> Result<Option<DateTime<Utc>>> {
-    value.map(|v| parse_ts(column, &v)).transpose()
-}
-
 fn corrupt(column: &'static str, message: impl ToString) -> StoreError {
     StoreError::Corrupt {
         column,
@@ -233,12 +247,9 @@ fn corrupt(column: &'static str, message: impl ToString) -> StoreError {
     }
 }
 
-fn parse_status(column: &'static str, value: &str) -> Result<JobStatus> {
-    JobStatus::parse(value).ok_or_else(|| corrupt(column, format!("unknown status {value:?}")))
-}
-
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`, bringing its
+    /// schema to this build's version (see `schema`).
     pub fn open(path: &Path, sync: SyncMode) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|error| corrupt("path", error))?;
@@ -273,612 +284,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-    use warren_common::ids::WorkerId;
-
-    fn event(sha: &str) -> CommitEvent {
-        CommitEvent {
-            repo: RepoName::parse("api").unwrap(),
-            url: RepoUrl::parse("/srv/api.git").unwrap(),
-            branch: BranchName::parse("main").unwrap(),
-            sha: CommitId::parse(&sha.repeat(40)).unwrap(),
-            parents: vec![],
-            author: "A <a@x>".into(),
-            summary: "change".into(),
-            committed_at: Utc::now(),
-            detected_at: Utc::now(),
-        }
-    }
-
-    fn plan() -> Plan {
-        Plan {
-            command: TestCommand::Shell("make test".into()),
-            timeout: Duration::from_secs(60),
-            env: BTreeMap::new(),
-            suite: None,
-            junit: None,
-            retry_failed: 0,
-            supersede: crate::spec::Globs::none(),
-        }
-    }
-
-    fn try_insert(store: &mut Store, event: &CommitEvent) -> Result<Inserted> {
-        let whole = [ShardPlan {
-            files: Vec::new(),
-            estimated_ms: 0,
-        }];
-        let plan = plan();
-        let planned = Planned {
-            plan: &plan,
-            shards: &whole,
-            selection: None,
-        };
-        store.insert_planned(event, &planned, Utc::now())
-    }
-
-    fn insert(store: &mut Store, event: &CommitEvent) -> Vec<Job> {
-        try_insert(store, event).unwrap().jobs
-    }
-
-    fn result(job: &Job, worker: &str, status: JobStatus) -> JobResult {
-        JobResult {
-            job_id: job.job_id,
-            attempt: job.attempt,
-            run_id: uuid::Uuid::new_v4(),
-            worker: WorkerId::parse(worker).unwrap(),
-            host: "h".into(),
-            repo: job.repo.clone(),
-            sha: job.sha.clone(),
-            status,
-            exit_code: Some(if status == JobStatus::Passed { 0 } else { 1 }),
-            signal: None,
-            message: None,
-            started_at: Utc::now(),
-            finished_at: Utc::now(),
-            checkout_ms: 3,
-            duration_ms: 10,
-            output: format!("output of {worker}"),
-            output_truncated: false,
-            output_bytes: 12,
-            tests: Vec::new(),
-            file_timings: Vec::new(),
-            report_problem: None,
-        }
-    }
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db/warren.db"), SyncMode::Normal).unwrap();
-        (dir, store)
-    }
-
-    #[test]
-    fn commits_are_deduplicated_by_repo_and_sha() {
-        let (_dir, mut store) = store();
-        let e = event("a");
-        assert_eq!(store.see_commit(&e.repo, &e.sha).unwrap(), CommitSeen::New);
-        insert(&mut store, &e);
-        assert!(matches!(
-            store.see_commit(&e.repo, &e.sha).unwrap(),
-            CommitSeen::Duplicate { .. }
-        ));
-        assert!(try_insert(&mut store, &e).is_err(), "unique (repo, sha)");
-    }
-
-    #[test]
-    fn unconfirmed_jobs_are_found_again_after_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("warren.db");
-        let jobs = {
-            let mut store = Store::open(&path, SyncMode::Normal).unwrap();
-            insert(&mut store, &event("b"))
-        };
-        let mut store = Store::open(&path, SyncMode::Normal).unwrap();
-        let again = store.unpublished_jobs(Utc::now()).unwrap();
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].job_id, jobs[0].job_id);
-        store.mark_published(&again).unwrap();
-        assert!(store.unpublished_jobs(Utc::now()).unwrap().is_empty());
-    }
-
-    #[test]
-    fn the_first_result_decides_and_later_ones_are_counted() {
-        let (_dir, mut store) = store();
-        let jobs = insert(&mut store, &event("c"));
-        let job = &jobs[0];
-        let decisive = result(job, "w1", JobStatus::Failed);
-        let first = store.record_result(&decisive, Utc::now()).unwrap();
-        let ResultRecorded::Decided {
-            commit_finished: Some(commit_id),
-            ..
-        } = first
-        else {
-            panic!("expected the commit to finish, got {first:?}");
-        };
-        // The same result again (redelivered after a dispatcher crash) is
-        // neither late nor a second verdict.
-        assert_eq!(
-            store.record_result(&decisive, Utc::now()).unwrap(),
-            ResultRecorded::Redelivered
-        );
-        let late = store
-            .record_result(&result(job, "w2", JobStatus::Passed), Utc::now())
-            .unwrap();
-        assert_eq!(late, ResultRecorded::Late);
-        let report = store.commit_report(commit_id).unwrap().explain();
-        assert_eq!(report.status, Some(JobStatus::Failed));
-        assert_eq!(
-            report.message.as_deref(),
-            Some("the command exited with status 1")
-        );
-        let job = &report.jobs[0];
-        assert_eq!(job.worker.as_deref(), Some("w1"));
-        assert_eq!(job.output, "output of w1");
-        assert_eq!(job.late_results, 1);
-        let states: Vec<_> = job
-            .attempts
-            .iter()
-            .map(|a| (a.worker.as_str(), a.state.as_str()))
-            .collect();
-        assert_eq!(states, [("w1", "finished"), ("w2", "late")]);
-        assert_eq!(store.unwritten_results().unwrap(), [commit_id]);
-        store.mark_written(commit_id).unwrap();
-        assert!(store.unwritten_results().unwrap().is_empty());
-    }
-
-    #[test]
-    fn results_for_unknown_or_mismatched_jobs_are_rejected() {
-        let (_dir, mut store) = store();
-        let jobs = insert(&mut store, &event("d"));
-        let mut stranger = result(&jobs[0], "w", JobStatus::Passed);
-        stranger.job_id = JobId::new();
-        assert!(matches!(
-            store.record_result(&stranger, Utc::now()).unwrap(),
-            ResultRecorded::Rejected(_)
-        ));
-        let mut wrong_sha = result(&jobs[0], "w", JobStatus::Passed);
-        wrong_sha.sha = CommitId::parse(&"e".repeat(40)).unwrap();
-        assert!(matches!(
-            store.record_result(&wrong_sha, Utc::now()).unwrap(),
-            ResultRecorded::Rejected(_)
-        ));
-        let mut future = result(&jobs[0], "w", JobStatus::Passed);
-        future.attempt = 9;
-        assert!(matches!(
-            store.record_result(&future, Utc::now()).unwrap(),
-            ResultRecorded::Rejected(_)
-        ));
-    }
-
-    const BUDGET: RetryBudget = RetryBudget { max_lost_runs: 2 };
-
-    fn started(job: &Job, worker: &str, at: DateTime<Utc>) -> JobEvent {
-        JobEvent {
-            job_id: job.job_id,
-            attempt: job.attempt,
-            run_id: uuid::Uuid::new_v4(),
-            worker: WorkerId::parse(worker).unwrap(),
-            host: "h".into(),
-            event: JobEventKind::Started,
-            at,
-        }
-    }
-
-    #[test]
-    fn a_run_started_after_the_verdict_or_of_a_replaced_attempt_is_unwanted() {
-        let (_dir, mut store) = store();
-        let jobs = insert(&mut store, &event("9"));
-        let job = &jobs[0];
-        let deciding = result(job, "w1", JobStatus::Passed);
-        // Its `started` comes after its result (another queue): still its own run.
-        assert!(matches!(
-            store.record_result(&deciding, Utc::now()).unwrap(),
-            ResultRecorded::Decided { .. }
-        ));
-        let late_start = JobEvent {
-            run_id: deciding.run_id,
-            ..started(job, "w1", Utc::now())
-        };
-        assert!(matches!(
-            store
-                .record_event(&late_start, &BUDGET, Utc::now())
-                .unwrap(),
-            EventRecorded::Recorded { .. }
-        ));
-        // A worker that missed a cancel starts the decided job again.
-        assert_eq!(
-            store
-                .record_event(&started(job, "w2", Utc::now()), &BUDGET, Utc::now())
-                .unwrap(),
-            EventRecorded::Unwanted
-        );
-        assert!(
-            states(&store, 1).contains(&("w2".into(), "cancelled".into())),
-            "{:?}",
-            states(&store, 1)
-        );
-
-        // An older attempt of an undecided job (re-issued) is unwanted too.
-        let retried = store.retry(1, Utc::now()).unwrap().unwrap();
-        assert_eq!(retried[0].attempt, 2);
-        assert_eq!(
-            store
-                .record_event(&started(job, "w3", Utc::now()), &BUDGET, Utc::now())
-                .unwrap(),
-            EventRecorded::Unwanted
-        );
-        assert!(matches!(
-            store
-                .record_event(&started(&retried[0], "w4", Utc::now()), &BUDGET, Utc::now())
-                .unwrap(),
-            EventRecorded::Recorded { lost: 0, .. }
-        ));
-    }
-
-    fn states(store: &Store, commit_id: i64) -> Vec<(String, String)> {
-        store.commit_report(commit_id).unwrap().jobs[0]
-            .attempts
-            .iter()
-            .map(|a| (a.worker.clone(), a.state.clone()))
-            .collect()
-    }
-
-    #[test]
-    fn events_open_runs_and_heartbeats_renew_them() {
-        let (_dir, mut store) = store();
-        let jobs = insert(&mut store, &event("f"));
-        let mut e = started(&jobs[0], "w1", Utc::now());
-        e.event = JobEventKind::Heartbeat;
-        let recorded = store.record_event(&e, &BUDGET, Utc::now()).unwrap();
-        assert_eq!(
-            recorded,
-            EventRecorded::Recorded {
-                commit_finished: None,
-                lost: 0
-            },
-            "a heartbeat before started still counts"
-        );
-        e.event = JobEventKind::Started;
-        store.record_event(&e, &BUDGET, Utc::now()).unwrap();
-        e.job_id = JobId::new();
-        assert_eq!(
-            store.record_event(&e, &BUDGET, Utc::now()).unwrap(),
-            EventRecorded::UnknownJob
-        );
-    }
-
-    #[test]
-    fn a_redelivered_attempt_marks_the_previous_run_lost_and_spends_the_budget() {
-        let (_dir, mut store) = store();
-        let jobs = insert(&mut store, &event("1"));
-        let job = &jobs[0];
-        store
-            .record_event(&started(job, "w1", Utc::now()), &BUDGET, Utc::now())
-            .unwrap();
-        store
-            .record_event(&started(job, "w2", Utc::now()), &BUDGET, Utc::now())
-            .unwrap();
-        let commit_id = 1;
-        assert_eq!(
-            states(&store, commit_id),
-            [
-                ("w1".into(), "lost".into()),
-                ("w2".into(), "running".into())
-            ]
-        );
-        let report = store.commit_report(commit_id).unwrap();
-        assert!(
-            report.jobs[0].attempts[0]
-                .message
-                .as_deref()
-                .unwrap()
-                .contains("again, to w2")
-        );
-        assert_eq!(report.status, None, "one lost run is within the budget");
-
-        // The second loss spends the budget: the job is decided as error.
-        let recorded = store
-            .record_event(&started(job, "w3", Utc::now()), &BUDGET, Utc::now())
-            .unwrap();
-        assert_eq!(
-            recorded,
-            EventRecorded::Recorded {
-                commit_finished: Some(commit_id),
-                lost: 1
-            }
-        );
-        let report = store.commit_report(commit_id).unwrap().explain();
-        assert_eq!(report.status, Some(JobStatus::Error));
-        assert!(
-            report
-                .message
-                .unwrap()
-                .contains("gave up after 2 lost runs")
-        );
-        // The run still going reports late.
-        assert_eq!(
-            store
-                .record_result(&result(job, "w3", JobStatus::Passed), Utc::now())
-                .unwrap(),
-            ResultRecorded::Late
-        );
-    }
-
-    #[test]
-    fn an_expired_lease_loses_the_run_and_plans_the_next_attempt() {
-        let (_dir, mut store) = store();
-        let jobs = insert(&mut store, &event("2"));
-        store.mark_published(&jobs).unwrap();
-        let job = &jobs[0];
-        let long_ago = Utc::now() - chrono::Duration::seconds(60);
-        store
-            .record_event(&started(job, "frozen", long_ago), &BUDGET, Utc::now())
-            .unwrap();
-        let lease = Duration::from_secs(30);
-        let expiry = store.expire_leases(lease, &BUDGET, Utc::now()).unwrap();
-        assert_eq!(expiry.lost.len(), 1);
-        assert_eq!(expiry.reissue.len(), 1);
-        let next = &expiry.reissue[0];
-        assert_eq!((next.job_id, next.attempt), (job.job_id, 2));
-        assert!(
-            store
-                .expire_leases(lease, &BUDGET, Utc::now())
-                .unwrap()
-                .lost
-                .is_empty()
-        );
-        // Until its publish is confirmed, the new attempt is found again.
-        assert_eq!(store.unpublished_jobs(Utc::now()).unwrap().len(), 1);
-        store.mark_published(&expiry.reissue).unwrap();
-
-        // Attempt 2 finishes first; the frozen worker's result comes late.
-        let mut second = result(next, "w2", JobStatus::Passed);
-        second.attempt = 2;
-        assert!(matches!(
-            store.record_result(&second, Utc::now()).unwrap(),
-            ResultRecorded::Decided {
-                commit_finished: Some(_),
-                ..
-            }
-        ));
-        assert_eq!(
-            store
-                .record_result(&result(job, "frozen", JobStatus::Failed), Utc::now())
-                .unwrap(),
-            ResultRecorded::Late
-        );
-        let report = store.commit_report(1).unwrap();
-        assert_eq!(report.status, Some(JobStatus::Passed));
-        assert_eq!(report.jobs[0].attempt, 2);
-        assert_eq!(report.jobs[0].lost_runs, 1);
-        assert_eq!(report.jobs[0].late_results, 1);
-    }
-
-    #[test]
-    fn a_dead_lettered_job_gets_an_error_unless_decided() {
-        let (_dir, mut store) = store();
-        let jobs = insert(&mut store, &event("3"));
-        let finished = store
-            .dead_lettered(&jobs[0].job_id, "delivered too often", Utc::now())
-            .unwrap();
-        assert_eq!(finished, Some(1));
-        let report = store.commit_report(1).unwrap().explain();
-        assert_eq!(report.status, Some(JobStatus::Error));
-        assert_eq!(report.message.as_deref(), Some("delivered too often"));
-        assert_eq!(
-            store
-                .dead_lettered(&jobs[0].job_id, "again", Utc::now())
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            store
-                .dead_lettered(&JobId::new(), "stranger", Utc::now())
-                .unwrap(),
-            None
-        );
-    }
-
-    #[test]
-    fn a_database_of_another_schema_version_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("warren.db");
-        drop(Store::open(&path, SyncMode::Normal).unwrap());
-        let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 99).unwrap();
-        drop(conn);
-        let err = Store::open(&path, SyncMode::Normal)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("schema version 99"), "{err}");
-    }
-
-    #[test]
-    fn errored_commits_are_finished_at_once() {
-        let (_dir, mut store) = store();
-        let id = store
-            .insert_errored(&event("9"), "warren.toml is invalid", Utc::now())
-            .unwrap();
-        let report = store.commit_report(id).unwrap();
-        assert_eq!(report.status, Some(JobStatus::Error));
-        assert_eq!(report.message.as_deref(), Some("warren.toml is invalid"));
-        assert!(report.jobs.is_empty());
-        assert_eq!(store.unwritten_results().unwrap(), [id]);
-    }
-
-    fn suite_file(path: &str) -> SuitePath {
-        SuitePath::parse(path).unwrap()
-    }
-
-    #[test]
-    fn a_split_commit_gets_a_job_per_shard_carrying_its_files() {
-        let (_dir, mut store) = store();
-        let shards = [
-            ShardPlan {
-                files: vec![suite_file("t/a.py"), suite_file("t/b.py")],
-                estimated_ms: 3000,
-            },
-            ShardPlan {
-                files: vec![suite_file("t/c.py")],
-                estimated_ms: 2500,
-            },
-        ];
-        let plan = plan();
-        let inserted = store
-            .insert_planned(
-                &event("4"),
-                &Planned {
-                    plan: &plan,
-                    shards: &shards,
-                    selection: None,
-                },
-                Utc::now(),
-            )
-            .unwrap();
-        assert_eq!(inserted.jobs.len(), 2);
-        assert_eq!(inserted.jobs[1].shard, Shard { index: 1, count: 2 });
-        assert_eq!(inserted.jobs[0].files, shards[0].files);
-        // A re-issue carries the same files.
-        let again = store.unpublished_jobs(Utc::now()).unwrap();
-        assert_eq!(again[0].files, shards[0].files);
-        let report = store.commit_report(inserted.commit_id).unwrap();
-        assert_eq!(report.jobs[1].files, ["t/c.py"]);
-        assert_eq!(report.jobs[1].estimated_ms, Some(2500));
-        // Nothing selected: the commit passes at once.
-        let none = store
-            .insert_planned(
-                &event("5"),
-                &Planned {
-                    plan: &plan,
-                    shards: &[],
-                    selection: None,
-                },
-                Utc::now(),
-            )
-            .unwrap();
-        assert!(none.jobs.is_empty() && none.finished == Some(none.commit_id));
-        assert_eq!(
-            store.commit_report(none.commit_id).unwrap().status,
-            Some(JobStatus::Passed)
-        );
-    }
-
-    #[test]
-    fn a_decided_result_keeps_its_tests_timings_and_flaky_history() {
-        use warren_common::messages::{FileTiming, TestCase};
-        let (_dir, mut store) = store();
-        let mut flaky_runs = 0;
-        for sha in ["6", "7"] {
-            let jobs = insert(&mut store, &event(sha));
-            let mut result = result(&jobs[0], "w1", JobStatus::Failed);
-            result.tests = vec![
-                TestCase {
-                    name: "test_ok".into(),
-                    classname: "m".into(),
-                    file: Some("t/a.py".into()),
-                    duration_ms: 5,
-                    status: TestStatus::Passed,
-                    message: None,
-                    flaky: false,
-                },
-                TestCase {
-                    name: "test_wobbly".into(),
-                    classname: "m".into(),
-                    file: Some("t/a.py".into()),
-                    duration_ms: 7,
-                    status: TestStatus::Passed,
-                    message: None,
-                    flaky: true,
-                },
-                TestCase {
-                    name: "test_bad".into(),
-                    classname: "m".into(),
-                    file: Some("t/b.py".into()),
-                    duration_ms: 9,
-                    status: TestStatus::Failed,
-                    message: Some("assert 1 == 2".into()),
-                    flaky: false,
-                },
-            ];
-            result.file_timings = vec![
-                FileTiming {
-                    path: suite_file("t/a.py"),
-                    duration_ms: if sha == "6" { 1000 } else { 3000 },
-                    estimated: false,
-                },
-                FileTiming {
-                    path: suite_file("t/b.py"),
-                    duration_ms: 500,
-                    estimated: true,
-                },
-            ];
-            store.record_result(&result, Utc::now()).unwrap();
-            flaky_runs += 1;
-            let report = store.commit_report(1 + flaky_runs - 1).unwrap().explain();
-            assert_eq!(
-                (
-                    report.test_counts.total,
-                    report.test_counts.failed,
-                    report.test_counts.flaky
-                ),
-                (3, 1, 1)
-            );
-            assert_eq!(report.tests[0].name, "test_bad", "failed first");
-            assert_eq!(report.flaky_tests[0].times_flaky, flaky_runs as u64);
-            assert_eq!(report.message.as_deref(), Some("1 test failed: test_bad"));
-            assert!(
-                report
-                    .junit_xml()
-                    .contains("<failure message=\"assert 1 == 2\"/>")
-            );
-        }
-        let timings = store
-            .file_timings(&RepoName::parse("api").unwrap())
-            .unwrap();
-        assert_eq!(timings["t/a.py"], 2000, "measured timings are averaged");
-        assert_eq!(timings["t/b.py"], 500, "estimates refine estimates");
-    }
-
-    #[test]
-    fn a_newer_commit_supersedes_the_older_ones_on_its_branch() {
-        let (_dir, mut store) = store();
-        let older = insert(&mut store, &event("8"));
-        let mut other_branch = event("9");
-        other_branch.branch = BranchName::parse("other").unwrap();
-        let untouched = insert(&mut store, &other_branch);
-        let newer = insert(&mut store, &event("a"));
-        let newer_commit = 3;
-        store
-            .record_event(&started(&older[0], "w1", Utc::now()), &BUDGET, Utc::now())
-            .unwrap();
-        let superseded = store
-            .supersede_older(newer_commit, &newer[0].sha, Utc::now())
-            .unwrap();
-        assert_eq!(
-            superseded.jobs,
-            [JobAttempt {
-                job_id: older[0].job_id,
-                attempt: 1
-            }]
-        );
-        assert_eq!(superseded.finished_commits, [1]);
-        let report = store.commit_report(1).unwrap().explain();
-        assert_eq!(report.status, Some(JobStatus::Superseded));
-        assert!(report.message.unwrap().contains("superseded by"));
-        assert_eq!(report.jobs[0].attempts[0].state, "cancelled");
-        assert_eq!(
-            store.commit_report(2).unwrap().status,
-            None,
-            "other branches are left alone"
-        );
-        assert!(store.has_result(&older[0].repo, &older[0].sha).unwrap());
-        assert!(
-            !store
-                .has_result(&untouched[0].repo, &untouched[0].sha)
-                .unwrap()
-        );
-    }
-}
+mod testing;

@@ -7,70 +7,29 @@ use super::*;
 pub(super) const SUMMARY_SELECT: &str =
     "SELECT c.id, c.repo, c.sha, c.branch, c.summary, c.author, c.status,
         c.detected_at, c.received_at, c.finished_at,
-        (SELECT count(*) FROM jobs j WHERE j.commit_id = c.id),
+        (SELECT count(*) FROM jobs j WHERE j.commit_id = c.id) AS jobs,
         (SELECT count(*) FROM jobs j WHERE j.commit_id = c.id AND j.status != 'queued')
+            AS jobs_done
      FROM commits c";
 
-/// A row of [`SUMMARY_SELECT`], as stored.
-pub(super) type SummaryRow = (i64, [String; 8], Option<String>, u64, u64);
-
-pub(super) fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
-    Ok((
-        row.get(0)?,
-        [
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-            row.get(7)?,
-            row.get(8)?,
-        ],
-        row.get(9)?,
-        row.get(10)?,
-        row.get(11)?,
-    ))
-}
-
-pub(super) fn commit_summary_of(
-    (
-        id,
-        [
-            repo,
-            sha,
-            branch,
-            summary,
-            author,
-            status,
-            detected_at,
-            received_at,
-        ],
-        finished_at,
-        jobs,
-        jobs_done,
-    ): SummaryRow,
-) -> Result<CommitSummary> {
-    let received = parse_ts("received_at", &received_at)?;
-    let finished_at = parse_opt_ts("finished_at", finished_at)?;
+/// A row of [`SUMMARY_SELECT`].
+pub(super) fn commit_summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<CommitSummary> {
+    let received = at(row, "received_at")?;
+    let finished_at = opt_at(row, "finished_at")?;
     Ok(CommitSummary {
-        id,
-        repo,
-        sha,
-        branch,
-        summary,
-        author,
-        status: if status == RUNNING {
-            None
-        } else {
-            Some(parse_status("status", &status)?)
-        },
-        detected_at: parse_ts("detected_at", &detected_at)?,
+        id: get(row, "id")?,
+        repo: get(row, "repo")?,
+        sha: get(row, "sha")?,
+        branch: get(row, "branch")?,
+        summary: get(row, "summary")?,
+        author: get(row, "author")?,
+        status: verdict(row, "status")?,
+        detected_at: at(row, "detected_at")?,
         finished_at,
         duration_ms: finished_at
             .map(|end| u64::try_from((end - received).num_milliseconds()).unwrap_or(0)),
-        jobs,
-        jobs_done,
+        jobs: get(row, "jobs")?,
+        jobs_done: get(row, "jobs_done")?,
     })
 }
 
@@ -112,7 +71,7 @@ impl Store {
                AND (?5 IS NULL OR c.id < ?5)
              ORDER BY c.id DESC LIMIT ?6"
         ))?;
-        let rows: Vec<SummaryRow> = statement
+        let mut summaries: Vec<CommitSummary> = statement
             .query_map(
                 params![
                     filter.repo,
@@ -122,15 +81,11 @@ impl Store {
                     filter.before,
                     filter.limit + 1
                 ],
-                summary_row,
+                commit_summary,
             )?
             .collect::<std::result::Result<_, _>>()?;
-        let more = rows.len() > filter.limit;
-        let summaries = rows
-            .into_iter()
-            .take(filter.limit)
-            .map(commit_summary_of)
-            .collect::<Result<Vec<_>>>()?;
+        let more = summaries.len() > filter.limit;
+        summaries.truncate(filter.limit);
         let next = if more {
             summaries.last().map(|s| s.id)
         } else {
@@ -141,12 +96,11 @@ impl Store {
 
     /// One commit, in brief.
     pub fn commit_summary(&self, commit_id: i64) -> Result<CommitSummary> {
-        let row = self.conn.query_row(
+        Ok(self.conn.query_row(
             &format!("{SUMMARY_SELECT} WHERE c.id = ?1"),
             params![commit_id],
-            summary_row,
-        )?;
-        commit_summary_of(row)
+            commit_summary,
+        )?)
     }
 
     /// Workers heard from since `since`, with the jobs they run.
@@ -155,16 +109,17 @@ impl Store {
             "SELECT id, host, slots, busy, jobs_done, last_seen FROM workers
              WHERE last_seen >= ?1 ORDER BY id",
         )?;
-        let rows = statement
+        let mut workers = statement
             .query_map(params![ts(since)], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, u16>(2)?,
-                    row.get::<_, u16>(3)?,
-                    row.get::<_, u64>(4)?,
-                    row.get::<_, String>(5)?,
-                ))
+                Ok(WorkerReport {
+                    id: get(row, "id")?,
+                    host: get(row, "host")?,
+                    slots: get(row, "slots")?,
+                    busy: get(row, "busy")?,
+                    jobs_done: get(row, "jobs_done")?,
+                    last_seen: at(row, "last_seen")?,
+                    current_jobs: Vec::new(),
+                })
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut running = self.conn.prepare_cached(
@@ -172,27 +127,17 @@ impl Store {
              JOIN jobs j ON j.id = a.job_id JOIN commits c ON c.id = j.commit_id
              WHERE a.worker = ?1 AND a.state = 'running' AND j.status = 'queued'",
         )?;
-        let mut workers = Vec::with_capacity(rows.len());
-        for (id, host, slots, busy, jobs_done, last_seen) in rows {
-            let current_jobs = running
-                .query_map(params![id], |row| {
+        for worker in &mut workers {
+            worker.current_jobs = running
+                .query_map(params![worker.id], |row| {
                     Ok(CurrentJob {
-                        repo: row.get(0)?,
-                        sha: row.get(1)?,
-                        job_id: row.get(2)?,
-                        attempt: row.get(3)?,
+                        repo: get(row, "repo")?,
+                        sha: get(row, "sha")?,
+                        job_id: get(row, "job_id")?,
+                        attempt: get(row, "attempt")?,
                     })
                 })?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            workers.push(WorkerReport {
-                id,
-                host,
-                slots,
-                busy,
-                jobs_done,
-                last_seen: parse_ts("workers.last_seen", &last_seen)?,
-                current_jobs,
-            });
         }
         Ok(workers)
     }
@@ -200,86 +145,55 @@ impl Store {
     /// A job's verdict (`None` while undecided), the output of the run that
     /// decided it, and its commit.
     pub fn job_output(&self, job_id: &JobId) -> Result<Option<(Option<JobStatus>, String, i64)>> {
-        let row: Option<(String, Option<String>, i64)> = self
+        Ok(self
             .conn
             .query_row(
                 "SELECT j.status, a.output, j.commit_id FROM jobs j
                  LEFT JOIN attempts a ON a.run_id = j.decided_run WHERE j.id = ?1",
-                params![job_id.to_string()],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                params![job_id],
+                |row| {
+                    Ok((
+                        verdict(row, "status")?,
+                        get::<Option<String>>(row, "output")?.unwrap_or_default(),
+                        get(row, "commit_id")?,
+                    ))
+                },
             )
-            .optional()?;
-        row.map(|(status, output, commit_id)| {
-            let status = if status == QUEUED {
-                None
-            } else {
-                Some(parse_status("jobs.status", &status)?)
-            };
-            Ok((status, output.unwrap_or_default(), commit_id))
-        })
-        .transpose()
+            .optional()?)
     }
 
     /// Everything the result file of `commit_id` says.
     pub fn commit_report(&self, commit_id: i64) -> Result<CommitReport> {
-        let mut report = self
-            .conn
-            .query_row(
-                "SELECT repo, sha, branch, author, summary, committed_at, detected_at, received_at,
+        let mut report = self.conn.query_row(
+            "SELECT repo, sha, branch, author, summary, committed_at, detected_at, received_at,
                     status, message, finished_at, duplicate_events, selection
              FROM commits WHERE id = ?1",
-                params![commit_id],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, String>(5)?,
-                        row.get::<_, String>(6)?,
-                        row.get::<_, String>(7)?,
-                        row.get::<_, String>(8)?,
-                        row.get::<_, Option<String>>(9)?,
-                        row.get::<_, Option<String>>(10)?,
-                        row.get::<_, u64>(11)?,
-                        row.get::<_, Option<String>>(12)?,
-                    ))
-                },
-            )
-            .map_err(StoreError::from)
-            .and_then(|row| {
+            params![commit_id],
+            |row| {
                 Ok(CommitReport {
                     schema: 1,
-                    selection: row
-                        .12
-                        .map(|text| serde_json::from_str(&text))
-                        .transpose()
-                        .map_err(|e| corrupt("selection", e))?,
+                    selection: opt_json(row, "selection")?,
                     test_counts: TestCounts::default(),
                     tests: Vec::new(),
                     flaky_tests: Vec::new(),
-                    repo: RepoName::parse(&row.0).map_err(|e| corrupt("repo", e))?,
-                    sha: CommitId::parse(&row.1).map_err(|e| corrupt("sha", e))?,
-                    branch: BranchName::parse(&row.2).map_err(|e| corrupt("branch", e))?,
-                    author: row.3,
-                    summary: row.4,
-                    committed_at: parse_ts("committed_at", &row.5)?,
-                    detected_at: parse_ts("detected_at", &row.6)?,
-                    received_at: parse_ts("received_at", &row.7)?,
-                    status: if row.8 == RUNNING {
-                        None
-                    } else {
-                        Some(parse_status("status", &row.8)?)
-                    },
-                    message: row.9,
+                    repo: get(row, "repo")?,
+                    sha: get(row, "sha")?,
+                    branch: get(row, "branch")?,
+                    author: get(row, "author")?,
+                    summary: get(row, "summary")?,
+                    committed_at: at(row, "committed_at")?,
+                    detected_at: at(row, "detected_at")?,
+                    received_at: at(row, "received_at")?,
+                    status: verdict(row, "status")?,
+                    message: get(row, "message")?,
                     started_at: None,
-                    finished_at: parse_opt_ts("finished_at", row.10)?,
+                    finished_at: opt_at(row, "finished_at")?,
                     duration_ms: None,
-                    duplicate_events: row.11,
+                    duplicate_events: get(row, "duplicate_events")?,
                     jobs: Vec::new(),
                 })
-            })?;
+            },
+        )?;
         report.jobs = self.job_reports(commit_id)?;
         self.fill_tests(commit_id, &mut report)?;
         report.started_at = report
@@ -308,65 +222,59 @@ impl Store {
         )?;
         let rows = statement
             .query_map(params![commit_id], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, u32>(1)?,
-                    row.get::<_, u32>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, u64>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, u32>(6)?,
-                    row.get::<_, Option<String>>(7)?,
-                    row.get::<_, Option<String>>(8)?,
-                    row.get::<_, u32>(9)?,
-                    row.get::<_, u64>(10)?,
-                    row.get::<_, String>(11)?,
-                    row.get::<_, Option<u64>>(12)?,
-                    row.get::<_, Option<String>>(13)?,
-                ))
+                let files: Vec<String> = json(row, "files")?;
+                let command: TestCommand = json(row, "command")?;
+                let job = JobReport {
+                    id: get(row, "id")?,
+                    shard: Shard {
+                        index: get(row, "shard_index")?,
+                        count: get(row, "shard_count")?,
+                    },
+                    command: command.to_string(),
+                    timeout_ms: get(row, "timeout_ms")?,
+                    status: verdict(row, "status")?,
+                    attempt: get(row, "attempt")?,
+                    message: get(row, "message")?,
+                    lost_runs: get(row, "lost_runs")?,
+                    late_results: get(row, "late_results")?,
+                    estimated_ms: get::<Option<u64>>(row, "estimated_ms")?
+                        .filter(|_| !files.is_empty()),
+                    files,
+                    report_problem: get(row, "report_problem")?,
+                    // From the deciding run, below.
+                    worker: None,
+                    exit_code: None,
+                    signal: None,
+                    checkout_ms: None,
+                    duration_ms: None,
+                    output: String::new(),
+                    output_truncated: false,
+                    output_bytes: 0,
+                    attempts: Vec::new(),
+                };
+                Ok((job, get::<Option<String>>(row, "decided_run")?))
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut jobs = Vec::with_capacity(rows.len());
-        for row in rows {
-            let (id, index, count, command, timeout_ms, status, attempt, decided_run) =
-                (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7);
-            let (job_message, lost_runs, late_results) = (row.8, row.9, row.10);
-            let files: Vec<String> =
-                serde_json::from_str(&row.11).map_err(|e| corrupt("files", e))?;
-            let (estimated_ms, report_problem) = (row.12.filter(|_| !files.is_empty()), row.13);
-            let attempts = self.attempt_reports(&id)?;
-            let decided = attempts
+        for (mut job, decided_run) in rows {
+            job.attempts = self.attempt_reports(&job.id)?;
+            if let Some(decided) = job
+                .attempts
                 .iter()
-                .find(|a| Some(&a.run_id) == decided_run.as_ref());
-            let command: TestCommand =
-                serde_json::from_str(&command).map_err(|e| corrupt("command", e))?;
-            jobs.push(JobReport {
-                id: id.parse().map_err(|e| corrupt("jobs.id", e))?,
-                shard: Shard { index, count },
-                command: command.to_string(),
-                timeout_ms,
-                status: if status == QUEUED {
-                    None
-                } else {
-                    Some(parse_status("jobs.status", &status)?)
-                },
-                attempt: decided.map_or(attempt, |a| a.attempt),
-                worker: decided.map(|a| a.worker.clone()),
-                exit_code: decided.and_then(|a| a.exit_code),
-                signal: decided.and_then(|a| a.signal),
-                message: job_message.or_else(|| decided.and_then(|a| a.message.clone())),
-                checkout_ms: decided.and_then(|a| a.checkout_ms),
-                duration_ms: decided.and_then(|a| a.duration_ms),
-                output: decided.and_then(|a| a.output.clone()).unwrap_or_default(),
-                output_truncated: decided.is_some_and(|a| a.output_truncated),
-                output_bytes: decided.and_then(|a| a.output_bytes).unwrap_or(0),
-                lost_runs,
-                late_results,
-                files,
-                estimated_ms,
-                report_problem,
-                attempts,
-            });
+                .find(|a| Some(&a.run_id) == decided_run.as_ref())
+            {
+                job.attempt = decided.attempt;
+                job.worker = Some(decided.worker.clone());
+                job.exit_code = decided.exit_code;
+                job.signal = decided.signal;
+                job.message = job.message.or_else(|| decided.message.clone());
+                job.checkout_ms = decided.checkout_ms;
+                job.duration_ms = decided.duration_ms;
+                job.output = decided.output.clone().unwrap_or_default();
+                job.output_truncated = decided.output_truncated;
+                job.output_bytes = decided.output_bytes.unwrap_or(0);
+            }
+            jobs.push(job);
         }
         Ok(jobs)
     }
@@ -381,59 +289,48 @@ impl Store {
              ORDER BY CASE t.status WHEN 'failed' THEN 0 WHEN 'error' THEN 1 ELSE 2 END,
                       j.shard_index, t.classname, t.name",
         )?;
-        let rows = statement
+        let tests = statement
             .query_map(params![commit_id], |row| {
-                Ok((
-                    row.get::<_, u32>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, u64>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, Option<String>>(6)?,
-                    row.get::<_, bool>(7)?,
-                ))
+                Ok(TestReport {
+                    shard: get(row, "shard_index")?,
+                    name: get(row, "name")?,
+                    classname: get(row, "classname")?,
+                    file: get(row, "file")?,
+                    duration_ms: get(row, "duration_ms")?,
+                    status: get(row, "status")?,
+                    message: get(row, "message")?,
+                    flaky: get(row, "flaky")?,
+                })
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        for (shard, name, classname, file, duration_ms, status, message, flaky) in rows {
-            let status = TestStatus::parse(&status)
-                .ok_or_else(|| corrupt("tests.status", format!("unknown status {status:?}")))?;
+        for test in tests {
             let counts = &mut report.test_counts;
             counts.total += 1;
-            match status {
+            match test.status {
                 TestStatus::Passed => counts.passed += 1,
                 TestStatus::Failed => counts.failed += 1,
                 TestStatus::Skipped => counts.skipped += 1,
                 TestStatus::Error => counts.errors += 1,
             }
-            if flaky {
+            if test.flaky {
                 counts.flaky += 1;
                 let times_flaky: u64 = self.conn.query_row(
                     "SELECT count(*) FROM flaky WHERE repo = ?1 AND test = ?2",
-                    params![report.repo.as_str(), test_key(&classname, &name)],
+                    params![report.repo, test_key(&test.classname, &test.name)],
                     |row| row.get(0),
                 )?;
                 report.flaky_tests.push(FlakyReport {
-                    name: name.clone(),
-                    classname: classname.clone(),
+                    name: test.name.clone(),
+                    classname: test.classname.clone(),
                     times_flaky,
                 });
             }
-            report.tests.push(TestReport {
-                shard,
-                name,
-                classname,
-                file,
-                duration_ms,
-                status,
-                message,
-                flaky,
-            });
+            report.tests.push(test);
         }
         Ok(())
     }
 
-    pub(super) fn attempt_reports(&self, job_id: &str) -> Result<Vec<AttemptReport>> {
+    pub(super) fn attempt_reports(&self, job_id: &JobId) -> Result<Vec<AttemptReport>> {
         let mut statement = self.conn.prepare(
             "SELECT run_id, attempt, worker, host, state, started_at, last_seen, finished_at,
                     status, exit_code, signal, message, checkout_ms, duration_ms, output,
@@ -441,58 +338,30 @@ impl Store {
              FROM attempts WHERE job_id = ?1
              ORDER BY attempt, COALESCE(started_at, last_seen)",
         )?;
-        let rows = statement
+        let attempts = statement
             .query_map(params![job_id], |row| {
-                Ok((
-                    (
-                        row.get::<_, String>(0)?,
-                        row.get::<_, u32>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, Option<String>>(5)?,
-                        row.get::<_, String>(6)?,
-                        row.get::<_, Option<String>>(7)?,
-                    ),
-                    (
-                        row.get::<_, Option<String>>(8)?,
-                        row.get::<_, Option<i32>>(9)?,
-                        row.get::<_, Option<i32>>(10)?,
-                        row.get::<_, Option<String>>(11)?,
-                        row.get::<_, Option<u64>>(12)?,
-                        row.get::<_, Option<u64>>(13)?,
-                        row.get::<_, Option<String>>(14)?,
-                        row.get::<_, Option<bool>>(15)?,
-                        row.get::<_, Option<u64>>(16)?,
-                    ),
-                ))
+                Ok(AttemptReport {
+                    run_id: get(row, "run_id")?,
+                    attempt: get(row, "attempt")?,
+                    worker: get(row, "worker")?,
+                    host: get(row, "host")?,
+                    state: get(row, "state")?,
+                    started_at: opt_at(row, "started_at")?,
+                    last_seen: at(row, "last_seen")?,
+                    finished_at: opt_at(row, "finished_at")?,
+                    status: get(row, "status")?,
+                    exit_code: get(row, "exit_code")?,
+                    signal: get(row, "signal")?,
+                    message: get(row, "message")?,
+                    checkout_ms: get(row, "checkout_ms")?,
+                    duration_ms: get(row, "duration_ms")?,
+                    output: get(row, "output")?,
+                    output_truncated: get::<Option<bool>>(row, "output_truncated")?
+                        .unwrap_or(false),
+                    output_bytes: get(row, "output_bytes")?,
+                })
             })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(a, b)| {
-                Ok(AttemptReport {
-                    run_id: a.0,
-                    attempt: a.1,
-                    worker: a.2,
-                    host: a.3,
-                    state: a.4,
-                    started_at: parse_opt_ts("attempts.started_at", a.5)?,
-                    last_seen: parse_ts("attempts.last_seen", &a.6)?,
-                    finished_at: parse_opt_ts("attempts.finished_at", a.7)?,
-                    status: b
-                        .0
-                        .map(|s| parse_status("attempts.status", &s))
-                        .transpose()?,
-                    exit_code: b.1,
-                    signal: b.2,
-                    message: b.3,
-                    checkout_ms: b.4,
-                    duration_ms: b.5,
-                    output: b.6,
-                    output_truncated: b.7.unwrap_or(false),
-                    output_bytes: b.8,
-                })
-            })
-            .collect()
+        Ok(attempts)
     }
 }

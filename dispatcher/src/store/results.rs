@@ -12,15 +12,11 @@ pub(super) fn finish_commit_if_done(
 ) -> Result<Option<i64>> {
     let mut statement = tx.prepare("SELECT status FROM jobs WHERE commit_id = ?1")?;
     let statuses = statement
-        .query_map(params![commit_id], |row| row.get::<_, String>(0))?
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    if statuses.iter().any(|status| status == QUEUED) {
+        .query_map(params![commit_id], |row| verdict(row, "status"))?
+        .collect::<std::result::Result<Option<Vec<_>>, _>>()?;
+    let Some(statuses) = statuses else {
         return Ok(None);
-    }
-    let statuses = statuses
-        .iter()
-        .map(|status| parse_status("jobs.status", status))
-        .collect::<Result<Vec<_>>>()?;
+    };
     let status = JobStatus::aggregate(statuses);
     tx.execute(
         "UPDATE commits SET status = ?2, finished_at = ?3 WHERE id = ?1",
@@ -39,7 +35,7 @@ impl Store {
     ) -> Result<ResultRecorded> {
         let tx = self.conn.transaction()?;
         let job_id = result.job_id.to_string();
-        let Some(job) = job_row(&tx, &job_id)? else {
+        let Some(job) = job_row(&tx, &result.job_id)? else {
             return Ok(ResultRecorded::Rejected(format!(
                 "result for job {job_id}, which this dispatcher never planned"
             )));
@@ -126,17 +122,88 @@ impl Store {
         record_tests_and_timings(&tx, &job, result, now)?;
         let commit_finished = finish_commit_if_done(&tx, job.commit_id, now)?;
         tx.commit()?;
-        let queue_wait_ms = job
-            .published_at
-            .as_deref()
-            .and_then(|at| parse_ts("jobs.published_at", at).ok())
-            .and_then(|published| {
-                u64::try_from((result.started_at - published).num_milliseconds()).ok()
-            });
+        let queue_wait_ms = job.published_at.and_then(|published| {
+            u64::try_from((result.started_at - published).num_milliseconds()).ok()
+        });
         Ok(ResultRecorded::Decided {
             commit_finished,
             commit_id: job.commit_id,
             queue_wait_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::*;
+
+    #[test]
+    fn the_first_result_decides_and_later_ones_are_counted() {
+        let (_dir, mut store) = store();
+        let jobs = insert(&mut store, &event("c"));
+        let job = &jobs[0];
+        let decisive = result(job, "w1", JobStatus::Failed);
+        let first = store.record_result(&decisive, Utc::now()).unwrap();
+        let ResultRecorded::Decided {
+            commit_finished: Some(commit_id),
+            ..
+        } = first
+        else {
+            panic!("expected the commit to finish, got {first:?}");
+        };
+        // The same result again (redelivered after a dispatcher crash) is
+        // neither late nor a second verdict.
+        assert_eq!(
+            store.record_result(&decisive, Utc::now()).unwrap(),
+            ResultRecorded::Redelivered
+        );
+        let late = store
+            .record_result(&result(job, "w2", JobStatus::Passed), Utc::now())
+            .unwrap();
+        assert_eq!(late, ResultRecorded::Late);
+        let report = store.commit_report(commit_id).unwrap().explain();
+        assert_eq!(report.status, Some(JobStatus::Failed));
+        assert_eq!(
+            report.message.as_deref(),
+            Some("the command exited with status 1")
+        );
+        let job = &report.jobs[0];
+        assert_eq!(job.worker.as_deref(), Some("w1"));
+        assert_eq!(job.output, "output of w1");
+        assert_eq!(job.late_results, 1);
+        let states: Vec<_> = job
+            .attempts
+            .iter()
+            .map(|a| (a.worker.as_str(), a.state.as_str()))
+            .collect();
+        assert_eq!(states, [("w1", "finished"), ("w2", "late")]);
+        assert_eq!(store.unwritten_results().unwrap(), [commit_id]);
+        store.mark_written(commit_id).unwrap();
+        assert!(store.unwritten_results().unwrap().is_empty());
+    }
+
+    #[test]
+    fn results_for_unknown_or_mismatched_jobs_are_rejected() {
+        let (_dir, mut store) = store();
+        let jobs = insert(&mut store, &event("d"));
+        let mut stranger = result(&jobs[0], "w", JobStatus::Passed);
+        stranger.job_id = JobId::new();
+        assert!(matches!(
+            store.record_result(&stranger, Utc::now()).unwrap(),
+            ResultRecorded::Rejected(_)
+        ));
+        let mut wrong_sha = result(&jobs[0], "w", JobStatus::Passed);
+        wrong_sha.sha = CommitId::parse(&"e".repeat(40)).unwrap();
+        assert!(matches!(
+            store.record_result(&wrong_sha, Utc::now()).unwrap(),
+            ResultRecorded::Rejected(_)
+        ));
+        let mut future = result(&jobs[0], "w", JobStatus::Passed);
+        future.attempt = 9;
+        assert!(matches!(
+            store.record_result(&future, Utc::now()).unwrap(),
+            ResultRecorded::Rejected(_)
+        ));
     }
 }

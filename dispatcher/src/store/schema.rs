@@ -464,4 +464,19 @@ mod tests {
         assert!(err.contains("schema version 1 is older"), "{err}");
         assert_eq!(version(&Connection::open(&old).unwrap()).unwrap(), 1);
     }
+
+    #[test]
+    fn a_database_of_another_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.db");
+        drop(Store::open(&path, SyncMode::Normal).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::open(&path, SyncMode::Normal)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
 }

@@ -5,7 +5,22 @@ set -euo pipefail
 
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 
+# A test that raised the memory alarm (threshold 0) restores it when it
+# ends; if it was killed first, publishing stays blocked: undo that here.
+clear_memory_alarm() {
+    command -v rabbitmqctl >/dev/null 2>&1 || return 0
+    local threshold
+    threshold=$(rabbitmqctl eval 'vm_memory_monitor:get_vm_memory_high_watermark().' 2>/dev/null || true)
+    case "$threshold" in
+        0|0.0|"{absolute,0}")
+            echo "RabbitMQ's memory threshold is 0 (left by a killed test); setting it back to 0.4" >&2
+            rabbitmqctl set_vm_memory_high_watermark 0.4 >/dev/null
+            ;;
+    esac
+}
+
 if port_open; then
+    clear_memory_alarm
     exit 0
 fi
 if ! command -v rabbitmq-server >/dev/null 2>&1; then

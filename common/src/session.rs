@@ -60,6 +60,10 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("broker refused the message (nack)")]
     Nacked,
+    /// No answer within `broker.confirm_timeout`: the connection counts as
+    /// lost (the caller reconnects and publishes again).
+    #[error("no confirm from the broker within {}", humantime::format_duration(*.0))]
+    Timeout(std::time::Duration),
     #[error("no queue is bound for {exchange:?} with routing key {routing_key:?} ({reply})")]
     Unroutable {
         exchange: String,
@@ -137,6 +141,8 @@ pub struct Session {
     live: Channel,
     topology: Topology,
     app_id: &'static str,
+    /// Longest wait for a publisher confirm (`broker.confirm_timeout`).
+    confirm_timeout: std::time::Duration,
 }
 
 impl Session {
@@ -191,6 +197,7 @@ impl Session {
             live,
             topology: broker.topology.clone(),
             app_id,
+            confirm_timeout: broker.confirm_timeout,
         })
     }
 
@@ -251,6 +258,7 @@ impl Session {
             confirm,
             exchange,
             routing_key: outgoing.routing_key.to_owned(),
+            limit: self.confirm_timeout,
         })
     }
 
@@ -278,6 +286,7 @@ impl Session {
             confirm,
             exchange,
             routing_key: String::new(),
+            limit: self.confirm_timeout,
         }
         .wait()
         .await
@@ -408,6 +417,7 @@ impl Session {
             confirm,
             exchange,
             routing_key: from.dead_letter_key().to_owned(),
+            limit: self.confirm_timeout,
         }
         .wait()
         .await?;
@@ -417,11 +427,18 @@ impl Session {
     }
 
     /// Closes the connection politely (the broker requeues unacked deliveries).
+    ///
+    /// Bounded by `broker.confirm_timeout`: a broker that stopped reading
+    /// (a memory alarm blocks publishing connections) never answers.
     pub async fn close(&self) {
-        if self.is_connected()
-            && let Err(error) = self.connection.close(200, ShortString::from("bye")).await
-        {
-            warn!(%error, "closing the broker connection");
+        if !self.is_connected() {
+            return;
+        }
+        let close = self.connection.close(200, ShortString::from("bye"));
+        match tokio::time::timeout(self.confirm_timeout, close).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "closing the broker connection"),
+            Err(_) => warn!("the broker did not answer the close; leaving the connection"),
         }
     }
 
@@ -455,12 +472,18 @@ pub struct PendingConfirm {
     confirm: PublisherConfirm,
     exchange: String,
     routing_key: String,
+    /// Longest wait for the answer.
+    limit: std::time::Duration,
 }
 
 impl PendingConfirm {
-    /// Waits for the broker's answer: `Ok` only for an ack of a routed message.
+    /// Waits for the broker's answer: `Ok` only for an ack of a routed
+    /// message; [`PublishError::Timeout`] when none comes in time.
     pub async fn wait(self) -> Result<(), PublishError> {
-        match self.confirm.await? {
+        let answer = tokio::time::timeout(self.limit, self.confirm)
+            .await
+            .map_err(|_| PublishError::Timeout(self.limit))?;
+        match answer? {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
                 Err(PublishError::Unroutable {

@@ -14,7 +14,7 @@ use crate::select::{self, Selection};
 use crate::spec;
 use crate::split::{self, ShardPlan};
 use crate::state::{
-    ConfirmFuture, Dispatcher, ServeError, reject, start_publishing, stop_on_workers,
+    ConfirmFuture, Dispatcher, ServeError, about_commit, reject, start_publishing, stop_on_workers,
 };
 use crate::store::{CommitSeen, Planned, StoreError};
 use chrono::Utc;
@@ -25,7 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, Span, debug, info, warn};
 use warren_common::backoff::Backoff;
 use warren_common::ids::SuitePath;
 use warren_common::messages::{CommitEvent, Job, decode};
@@ -53,20 +53,27 @@ impl Dispatcher<'_> {
                 return Ok(None);
             }
         };
+        about_commit(&event.repo, &event.sha);
         if self.duplicate(&event, &delivery).await? {
             return Ok(None);
         }
         let mirrors = Arc::clone(&self.mirrors);
         let defaults = self.config.defaults.clone();
         let max_timeout = self.config.max_timeout;
-        Ok(Some(Box::pin(async move {
-            let prepared = prepare(&defaults, max_timeout, &mirrors, &event).await;
-            Prepared {
-                delivery,
-                event,
-                prepared,
+        // The reading and the planning after it stay in this delivery's span.
+        let span = Span::current();
+        Ok(Some(Box::pin(
+            async move {
+                let prepared = prepare(&defaults, max_timeout, &mirrors, &event).await;
+                Prepared {
+                    delivery,
+                    event,
+                    prepared,
+                    span: Span::current(),
+                }
             }
-        })))
+            .instrument(span),
+        )))
     }
 
     /// Whether the event's commit is known (counted and acked if so).
@@ -78,7 +85,7 @@ impl Dispatcher<'_> {
         if let CommitSeen::Duplicate { commit_id } =
             self.store.see_commit(&event.repo, &event.sha)?
         {
-            debug!(repo = %event.repo, sha = %event.sha, commit_id, "duplicate commit event");
+            debug!(commit_id, "duplicate commit event");
             delivery.ack(BasicAckOptions::default()).await?;
             return Ok(true);
         }
@@ -95,6 +102,7 @@ impl Dispatcher<'_> {
             delivery,
             event,
             prepared,
+            span: _,
         }: Prepared,
     ) -> Result<Option<Unconfirmed>, ServeError> {
         // Another event of the same commit (pushed to two branches) may
@@ -110,7 +118,7 @@ impl Dispatcher<'_> {
         let (plan, shards, selection) = match planned {
             Ok(planned) => planned,
             Err(message) => {
-                warn!(repo = %event.repo, sha = %event.sha, %message, "commit cannot be tested");
+                warn!(%message, "commit cannot be tested");
                 let commit_id = self.store.insert_errored(&event, &message, now)?;
                 self.write_result(commit_id)?;
                 delivery.ack(BasicAckOptions::default()).await?;
@@ -136,8 +144,7 @@ impl Dispatcher<'_> {
             return Ok(None);
         }
         let confirmed = start_publishing(session, &inserted.jobs).await?;
-        info!(repo = %event.repo, branch = %event.branch, sha = %event.sha,
-              jobs = inserted.jobs.len(), "commit queued");
+        info!(branch = %event.branch, jobs = inserted.jobs.len(), "commit queued");
         self.updated(inserted.commit_id);
         Ok(Some(Unconfirmed {
             confirmed,
@@ -207,8 +214,8 @@ impl Dispatcher<'_> {
     ) -> Result<(), ServeError> {
         let superseded = self.store.supersede_older(commit_id, &event.sha, now)?;
         if !superseded.jobs.is_empty() {
-            info!(repo = %event.repo, branch = %event.branch, sha = %event.sha,
-                  jobs = superseded.jobs.len(), "older commits' jobs superseded");
+            info!(branch = %event.branch, jobs = superseded.jobs.len(),
+                  "older commits' jobs superseded");
         }
         stop_on_workers(
             session,
@@ -251,7 +258,7 @@ async fn prepare(
         match read {
             Ok(tree) => break tree,
             Err(error) if error.is_retryable() && attempt < FETCH_ATTEMPTS => {
-                warn!(repo = %event.repo, %error, attempt, "fetch failed; retrying");
+                warn!(%error, attempt, "fetch failed; retrying");
                 attempt += 1;
                 tokio::time::sleep(backoff.next_delay() * 5).await;
             }
@@ -281,6 +288,8 @@ pub(crate) struct Prepared {
     delivery: Delivery,
     event: CommitEvent,
     prepared: Result<(spec::Plan, CommitTree), String>,
+    /// The commit delivery's span, for the planning.
+    pub(crate) span: Span,
 }
 
 /// The reading of a commit's tree, beside the loop.

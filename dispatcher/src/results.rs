@@ -5,7 +5,7 @@
 
 use crate::metrics::StatusLabel;
 use crate::notify::Notification;
-use crate::state::{Dispatcher, ServeError, reject, stop_on_workers};
+use crate::state::{Dispatcher, ServeError, about_commit, about_job, reject, stop_on_workers};
 use crate::store::{EventRecorded, ResultRecorded, StoreError};
 use chrono::Utc;
 use lapin::message::Delivery;
@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 use warren_common::messages::{
     DecodeError, Job, JobAttempt, JobEvent, JobResult, WorkerStatus, decode,
 };
-use warren_common::session::{Session, message_id};
+use warren_common::session::Session;
 use warren_common::topology::Queue;
 
 impl Dispatcher<'_> {
@@ -27,15 +27,15 @@ impl Dispatcher<'_> {
             Ok(result) => result,
             Err(error) => return reject(session, &delivery, Queue::Results, error).await,
         };
+        about_commit(&result.repo, &result.sha);
+        about_job(&result.job_id, result.attempt);
         match self.store.record_result(&result, Utc::now())? {
             ResultRecorded::Decided {
                 commit_finished,
                 commit_id,
                 queue_wait_ms,
             } => {
-                info!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
-                      attempt = result.attempt, worker = %result.worker,
-                      status = %result.status, "job finished");
+                info!(worker = %result.worker, status = %result.status, "job finished");
                 self.metrics
                     .job_duration
                     .observe(result.duration_ms as f64 / 1000.0);
@@ -49,13 +49,10 @@ impl Dispatcher<'_> {
                 }
             }
             ResultRecorded::Redelivered => {
-                debug!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
-                       "result delivered again; already recorded");
+                debug!("result delivered again; already recorded");
             }
             ResultRecorded::Late => {
-                info!(repo = %result.repo, sha = %result.sha, job = %result.job_id,
-                      attempt = result.attempt, worker = %result.worker,
-                      "late result ignored: the job was already decided");
+                info!(worker = %result.worker, "late result ignored: the job was already decided");
             }
             ResultRecorded::Rejected(reason) => {
                 return reject(session, &delivery, Queue::Results, reason).await;
@@ -83,6 +80,7 @@ impl Dispatcher<'_> {
             }
             Err(error) => return reject(session, &delivery, Queue::Events, error).await,
         };
+        about_job(&event.job_id, event.attempt);
         let budget = self.budget();
         match self.store.record_event(&event, &budget, Utc::now())? {
             EventRecorded::UnknownJob => {
@@ -102,7 +100,7 @@ impl Dispatcher<'_> {
                 }
             }
             EventRecorded::Unwanted => {
-                info!(job = %event.job_id, attempt = event.attempt, worker = %event.worker,
+                info!(worker = %event.worker,
                       "a run started that is no longer wanted; telling the workers to stop it");
                 let run = JobAttempt {
                     job_id: event.job_id,
@@ -132,8 +130,9 @@ impl Dispatcher<'_> {
                     job.attempt,
                     self.config.broker.topology.queue(Queue::Dead)
                 );
-                warn!(repo = %job.repo, sha = %job.sha, job = %job.job_id, attempt = job.attempt,
-                      %reason, "job dead-lettered");
+                about_commit(&job.repo, &job.sha);
+                about_job(&job.job_id, job.attempt);
+                warn!(%reason, "job dead-lettered");
                 if let Some(commit_id) =
                     self.store
                         .dead_lettered(&job.job_id, &message, Utc::now())?
@@ -142,7 +141,7 @@ impl Dispatcher<'_> {
                 }
             }
             Err(error) => {
-                debug!(%error, message_id = %message_id(&delivery), "undecodable dead job ignored");
+                debug!(%error, "undecodable dead job ignored");
             }
         }
         // The copy in the dead-letter queue stays for people to see.

@@ -22,7 +22,7 @@ use crate::live::{self, LiveLogs};
 use crate::metrics::Metrics;
 use crate::mirror::Mirrors;
 use crate::notify::Notifier;
-use crate::state::{Dispatcher, ServeError, stop_on_workers};
+use crate::state::{Dispatcher, ServeError, delivery_span, stop_on_workers};
 use crate::store::Store;
 use anyhow::Context;
 use chrono::Utc;
@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 use warren_common::backoff::Backoff;
 use warren_common::session::Session;
 use warren_common::shutdown::Shutdown;
@@ -115,9 +115,23 @@ impl Dispatcher<'_> {
                 Ok(session) => {
                     info!(url = session.url(), "connected to the broker");
                     backoff.reset();
-                    let outcome = dispatcher.serve(&session, shutdown).await;
+                    // A second signal abandons what is in hand (a confirm
+                    // the broker does not send, a slow write): jobs not
+                    // confirmed stay unpublished in the database and are
+                    // published at the next start; messages not acked go
+                    // back to their queues. The store's writes are
+                    // synchronous, so none is cut in half.
+                    let outcome = tokio::select! {
+                        outcome = dispatcher.serve(&session, shutdown) => outcome,
+                        () = shutdown.forced.cancelled() => {
+                            warn!("forced stop: unconfirmed jobs are published again at the next start");
+                            Ok(())
+                        }
+                    };
                     dispatcher.ready.send_replace(false);
-                    session.close().await;
+                    if !shutdown.forced.is_cancelled() {
+                        session.close().await;
+                    }
                     match outcome {
                         Ok(()) => break,
                         Err(ServeError::Store(error)) => {
@@ -192,25 +206,30 @@ impl Dispatcher<'_> {
                 }
                 delivery = results.next() => {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("results"))??;
-                    self.on_result(session, delivery).await?;
+                    let span = delivery_span(Queue::Results, &delivery);
+                    self.on_result(session, delivery).instrument(span).await?;
                 }
                 delivery = events.next() => {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("events"))??;
-                    self.on_event(session, delivery).await?;
+                    let span = delivery_span(Queue::Events, &delivery);
+                    self.on_event(session, delivery).instrument(span).await?;
                 }
                 delivery = dead_jobs.next() => {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("dead jobs"))??;
-                    self.on_dead_job(delivery).await?;
+                    let span = delivery_span(Queue::DeadJobs, &delivery);
+                    self.on_dead_job(delivery).instrument(span).await?;
                 }
                 // A commit whose tree has been read: plan, record, publish.
                 Some(prepared) = planning.next(), if !planning.is_empty() => {
-                    if let Some(pending) = self.on_prepared(session, prepared).await? {
+                    let span = prepared.span.clone();
+                    if let Some(pending) = self.on_prepared(session, prepared).instrument(span).await? {
                         unconfirmed.push_back(pending);
                     }
                 }
                 delivery = commits.next() => {
                     let delivery = delivery.ok_or(ServeError::ConsumerGone("commits"))??;
-                    if let Some(prepare) = self.on_commit(session, delivery).await? {
+                    let span = delivery_span(Queue::Commits, &delivery);
+                    if let Some(prepare) = self.on_commit(session, delivery).instrument(span).await? {
                         planning.push_back(prepare);
                     }
                 }

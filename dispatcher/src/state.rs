@@ -1,6 +1,7 @@
 //! The loop's state ([`Dispatcher`]) and what every concern of it uses:
 //! why serving stops ([`ServeError`]), the retry budget, publishing jobs,
-//! telling workers to stop runs, dead-lettering what cannot be processed.
+//! telling workers to stop runs, dead-lettering what cannot be processed,
+//! and the span every delivery is handled in.
 //!
 //! The single-writer rule lives here: one [`Dispatcher`], driven by one
 //! task (the consume loop in `service.rs`), holds the only writable
@@ -18,7 +19,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, watch};
-use tracing::warn;
+use tracing::field::{Empty, display};
+use tracing::{Span, info_span, warn};
+use warren_common::ids::{CommitId, JobId, RepoName};
 use warren_common::messages::{CancelJobs, Job, JobAttempt};
 use warren_common::session::{PublishError, Session, SessionError, message_id};
 use warren_common::topology::Queue;
@@ -98,6 +101,28 @@ pub(crate) async fn stop_on_workers(
     Ok(())
 }
 
+/// The span one delivery is handled in: its queue and message id, and
+/// (recorded by [`about`] once decoded) the commit and job it concerns, so
+/// every log line of its handling carries them without repeating them.
+pub(crate) fn delivery_span(queue: Queue, delivery: &Delivery) -> Span {
+    info_span!("delivery", queue = ?queue, message_id = %message_id(delivery),
+        repo = Empty, sha = Empty, job = Empty, attempt = Empty)
+}
+
+/// Records in the current delivery's span the commit its message is about.
+pub(crate) fn about_commit(repo: &RepoName, sha: &CommitId) {
+    let span = Span::current();
+    span.record("repo", display(repo));
+    span.record("sha", display(sha));
+}
+
+/// Records in the current delivery's span the job attempt it is about.
+pub(crate) fn about_job(job: &JobId, attempt: u32) {
+    let span = Span::current();
+    span.record("job", display(job));
+    span.record("attempt", attempt);
+}
+
 /// Dead-letters a delivery that cannot be processed, logging it once.
 pub(crate) async fn reject(
     session: &Session,
@@ -107,7 +132,7 @@ pub(crate) async fn reject(
 ) -> Result<(), ServeError> {
     let reason = reason.to_string();
     session.dead_letter(delivery, from, &reason).await?;
-    warn!(queue = ?from, message_id = %message_id(delivery), %reason,
+    warn!(%reason,
           rejected_total = warren_common::session::rejected_total(from),
           "message rejected to the dead-letter queue");
     Ok(())

@@ -322,6 +322,13 @@ impl Cluster {
         self.dispatcher = Some(self.start_component("warren-dispatcher", "dispatcher"));
     }
 
+    /// Starts (or restarts) the dispatcher logging to `<name>.log`, with
+    /// extra environment (`WARREN_BROKER__CONFIRM_TIMEOUT`, say).
+    pub fn start_dispatcher_with(&mut self, name: &str, env: &[(&str, &str)]) {
+        self.dispatcher =
+            Some(self.start_component_with("warren-dispatcher", name, "dispatcher", &[], env));
+    }
+
     /// Starts worker number `index` (its config was written at start).
     pub fn start_worker(&mut self, index: usize) {
         let worker = self.start_component("warren-worker", &format!("worker-{index}"));

@@ -135,6 +135,47 @@ impl Drop for ConsumerTimeout {
     }
 }
 
+/// RabbitMQ's memory alarm raised on the machine's broker: every
+/// connection that publishes is blocked (the broker stops reading from it),
+/// so no confirm comes; deliveries to consumers go on. The previous
+/// threshold is restored when dropped.
+pub struct MemoryAlarm {
+    previous: String,
+}
+
+impl MemoryAlarm {
+    /// Sets the memory threshold to 0, which raises the alarm at once.
+    pub fn raise() -> Self {
+        let previous = rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+            .unwrap_or_else(|error| panic!("reading the memory threshold: {error}"))
+            .trim()
+            .to_owned();
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0"])
+            .unwrap_or_else(|error| panic!("raising the memory alarm: {error}"));
+        Self { previous }
+    }
+
+    /// Clears the alarm now (also done when dropped).
+    pub fn clear(self) {}
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        // `0.4`, or `{absolute,1073741824}` for a threshold in bytes.
+        let restored = match self
+            .previous
+            .strip_prefix("{absolute,")
+            .and_then(|rest| rest.strip_suffix('}'))
+        {
+            Some(bytes) => rabbitmqctl(&["set_vm_memory_high_watermark", "absolute", bytes]),
+            None => rabbitmqctl(&["set_vm_memory_high_watermark", &self.previous]),
+        };
+        if let Err(error) = restored {
+            eprintln!("restoring the memory threshold {}: {error}", self.previous);
+        }
+    }
+}
+
 /// RabbitMQ users created for a test (with `docker/rabbitmq-users.sh` or by
 /// hand); deleted when dropped.
 pub struct Users {

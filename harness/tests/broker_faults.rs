@@ -5,10 +5,11 @@
 //! them (for `cargo test`, which runs one test binary at a time anyway).
 //! Every change to the broker is undone by a guard, even when a test fails.
 
+use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 use warren_common::topology::Queue;
 use warren_harness::cluster::{Cluster, ClusterOptions};
-use warren_harness::rabbit::{ConsumerTimeout, Stopped};
+use warren_harness::rabbit::{ConsumerTimeout, MemoryAlarm, Stopped};
 
 /// One broker-disturbing test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -230,4 +231,103 @@ async fn components_talk_tls_and_verify_the_broker_certificate() {
         2,
         "it never consumed"
     );
+}
+
+/// A broker that stops confirming (its memory alarm blocks every connection
+/// that publishes; deliveries go on): a first SIGTERM waits for what is in
+/// hand, a second stops the dispatcher at once; a dispatcher's confirm wait
+/// ends after `broker.confirm_timeout` (it reconnects and tries again
+/// instead of hanging); and once the alarm clears, the commit whose job was
+/// never confirmed is published again and decided once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_confirming_holds_nothing_up_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut options = ClusterOptions::new("b-alarm");
+    options.workers = 1;
+    let mut cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(1, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let spec = "command = \"echo ok\"\ntimeout = \"1m\"\n";
+    let base = cluster
+        .upstream
+        .commit("main", "base", &[("warren.toml", Some(spec))]);
+    results_or_logs(&cluster, std::slice::from_ref(&base));
+
+    // The next commit's event waits in its queue while no dispatcher runs.
+    let mut first = cluster.dispatcher.take().expect("a dispatcher");
+    assert_eq!(first.stop(DEADLINE), Some(0), "{}", first.log());
+    let sha = cluster
+        .upstream
+        .commit("main", "during the alarm", &[("n.txt", Some("1"))]);
+    let queued = warren_harness::process::wait_until(DEADLINE, || commits_waiting(&cluster) >= 1);
+    assert!(queued, "{}", cluster.all_logs());
+
+    let alarm = MemoryAlarm::raise();
+    // Stage one waits for the confirm (up to the default 30 s), stage two
+    // abandons it.
+    cluster.start_dispatcher_with("dispatcher-stages", &[]);
+    let recorded = warren_harness::process::wait_until(DEADLINE, || {
+        cluster.count("SELECT count(*) FROM jobs WHERE published = 0") == 1
+    });
+    assert!(recorded, "{}", cluster.all_logs());
+    let dispatcher = cluster.dispatcher.as_mut().expect("the dispatcher");
+    dispatcher.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        dispatcher.is_running(),
+        "the first signal waits for the confirm in hand: {}",
+        dispatcher.log()
+    );
+    let forced_at = Instant::now();
+    dispatcher.signal(Signal::SIGTERM);
+    let code = dispatcher.wait_exit(Duration::from_secs(10));
+    let stopped_in = forced_at.elapsed();
+    let log = dispatcher.log();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("forced stop"), "{log}");
+    println!("second signal to exit: {stopped_in:?}");
+    assert!(stopped_in < Duration::from_secs(5), "{stopped_in:?}\n{log}");
+
+    // With a short confirm timeout, the wait ends and the dispatcher
+    // reconnects and tries again, still running.
+    cluster.start_dispatcher_with(
+        "dispatcher-timeout",
+        &[("WARREN_BROKER__CONFIRM_TIMEOUT", "2s")],
+    );
+    let timed_out = warren_harness::process::wait_until(DEADLINE, || {
+        cluster
+            .dispatcher
+            .as_ref()
+            .is_some_and(|d| d.log().contains("no confirm from the broker within 2s"))
+    });
+    assert!(timed_out, "{}", cluster.all_logs());
+    assert!(cluster.dispatcher.as_mut().unwrap().is_running());
+    assert_eq!(
+        cluster.count("SELECT count(*) FROM jobs WHERE published = 0"),
+        1,
+        "not marked published without a confirm"
+    );
+
+    alarm.clear();
+    let report = &results_or_logs(&cluster, std::slice::from_ref(&sha))[0];
+    assert_eq!(report["status"], "passed", "{report:#}");
+    assert_eq!(cluster.count("SELECT count(*) FROM commits"), 2);
+    assert_eq!(cluster.count("SELECT count(*) FROM jobs"), 2);
+    assert_eq!(
+        cluster.count("SELECT count(*) FROM attempts WHERE state = 'finished'"),
+        2,
+        "one verdict per job"
+    );
+}
+
+/// Messages ready in the commits queue (a blocking read for `wait_until`).
+fn commits_waiting(cluster: &Cluster) -> u32 {
+    let broker = &cluster.broker;
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(broker.queue_depth(Queue::Commits))
+    })
+    .0
 }

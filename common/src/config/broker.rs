@@ -40,6 +40,12 @@ pub struct BrokerSettings {
     /// Longest wait between two reconnection attempts.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
+    /// Longest wait for the broker to confirm a publish. Past it the
+    /// connection counts as lost: the component reconnects and publishes
+    /// again what was not confirmed (a blocked broker, a queue leader gone
+    /// silent).
+    #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
+    pub confirm_timeout: Duration,
     /// PEM file of a private CA to trust for `amqps://`, besides the
     /// system's trust store. The broker's certificate is always verified.
     #[serde(default)]
@@ -59,6 +65,7 @@ impl Default for BrokerSettings {
             heartbeat: default_heartbeat(),
             delivery_limit: default_delivery_limit(),
             reconnect_max_delay: default_reconnect_max(),
+            confirm_timeout: default_confirm_timeout(),
             tls_ca_file: None,
             declare: default_declare(),
             quorum_group_size: None,
@@ -105,6 +112,10 @@ fn default_reconnect_max() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
 /// Most nodes `broker.url` may list.
 const MAX_BROKER_NODES: usize = 16;
 /// The replicas a quorum queue gets by default on a cluster, at most.
@@ -141,6 +152,8 @@ pub struct BrokerConfig {
     pub topology: Topology,
     /// Longest wait between two reconnection attempts.
     pub reconnect_max_delay: Duration,
+    /// Longest wait for a publisher confirm.
+    pub confirm_timeout: Duration,
     /// PEM certificates of a private CA to trust (from `tls_ca_file`).
     pub tls_ca: Option<String>,
     /// Declare the topology (`true`) or only check it exists (`false`).
@@ -195,6 +208,11 @@ impl BrokerConfig {
                 "must be between 100ms and 10m",
             ));
         }
+        if settings.confirm_timeout < Duration::from_millis(100)
+            || settings.confirm_timeout > Duration::from_secs(600)
+        {
+            return Err(source.invalid("broker.confirm_timeout", "must be between 100ms and 10m"));
+        }
         let tls_ca = settings
             .tls_ca_file
             .as_deref()
@@ -222,6 +240,7 @@ impl BrokerConfig {
             topology: Topology::new(settings.prefix.clone(), settings.delivery_limit)
                 .with_quorum_group_size(group_size),
             reconnect_max_delay: settings.reconnect_max_delay,
+            confirm_timeout: settings.confirm_timeout,
             tls_ca,
             declare: settings.declare,
         })

@@ -15,11 +15,6 @@ use warren_common::messages::JobResult;
 use warren_common::session::{Session, message_id};
 use warren_common::topology::Queue;
 
-/// Longest wait for the broker to confirm a result or a dead letter. A broker
-/// that blocks publishers (memory alarm) must not freeze the loop; after this
-/// the connection is treated as failed and the result kept for the next one.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Moves an undecodable job to the dead-letter queue with `reason`.
 pub(super) async fn dead_letter(
     session: &Session,
@@ -27,20 +22,16 @@ pub(super) async fn dead_letter(
     reason: &str,
 ) -> Result<(), ConnectionLost> {
     let id = message_id(delivery);
-    let dead = tokio::time::timeout(
-        PUBLISH_TIMEOUT,
-        session.dead_letter(delivery, Queue::Jobs, reason),
-    )
-    .await;
-    match dead {
-        Ok(Ok(())) => {
+    // The confirm wait is bounded (`broker.confirm_timeout`): a broker that
+    // blocks publishers (memory alarm) must not freeze the loop.
+    match session.dead_letter(delivery, Queue::Jobs, reason).await {
+        Ok(()) => {
             warn!(message_id = %id, %reason,
                 rejected_total = warren_common::session::rejected_total(Queue::Jobs),
                 "job message dead-lettered");
             Ok(())
         }
-        Ok(Err(error)) => Err(ConnectionLost(format!("dead-lettering {id}: {error}"))),
-        Err(_) => Err(ConnectionLost(format!("dead-lettering {id}: no confirm"))),
+        Err(error) => Err(ConnectionLost(format!("dead-lettering {id}: {error}"))),
     }
 }
 
@@ -53,18 +44,17 @@ fn result_span(result: &JobResult) -> Span {
 
 /// Publishes `result` and waits for the broker's confirm.
 async fn publish_result(session: &Session, result: &JobResult) -> Result<(), String> {
-    match tokio::time::timeout(
-        PUBLISH_TIMEOUT,
-        session.publish(Queue::Results, result, result.envelope()),
-    )
-    .await
+    // Bounded by `broker.confirm_timeout`; past it the connection counts as
+    // failed and the result is kept for the next one.
+    match session
+        .publish(Queue::Results, result, result.envelope())
+        .await
     {
-        Ok(Ok(())) => {
+        Ok(()) => {
             debug!("result published");
             Ok(())
         }
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err(format!("no confirm within {PUBLISH_TIMEOUT:?}")),
+        Err(error) => Err(error.to_string()),
     }
 }
 

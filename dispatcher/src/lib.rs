@@ -7,7 +7,7 @@
 //! - [`spec`]: the commit's own `warren.toml`, with defaults applied.
 //! - [`select`]: which suite files a change affects.
 //! - [`split`]: suite files into shards, balanced by recorded timings.
-//! - [`mirror`]: reading `warren.toml` from the commit's tree via a bare mirror.
+//! - `mirror`: reading `warren.toml` from the commit's tree via a bare mirror.
 //! - [`store`]: commits, jobs and attempts in SQLite; the source of truth.
 //! - [`report`]: the result file, `<results_dir>/<repo>/<sha>.json`.
 //! - `service`: start-up, then connect, consume, reconnect, stop: the loop.
@@ -18,9 +18,14 @@
 //! - `results`: job results, events and dead jobs → store → result files.
 //! - `commands`: the retry/cancel commands HTTP sends to the loop.
 //! - `http`: the JSON API, metrics and health; `app` the handlers' shared
-//!   state and errors; `sse` live events; [`web`] the status pages; `live`
-//!   running jobs' output for followers; [`metrics`] the Prometheus
-//!   registry; [`notify`] webhooks.
+//!   state and errors; `sse` live events; `web` the status pages; `live`
+//!   running jobs' output for followers; `metrics` the Prometheus
+//!   registry; `notify` webhooks.
+//!
+//! Public: [`run`] and [`DispatcherConfig`] for the binary and the tests,
+//! and the store with its vocabulary ([`store`], [`report`], [`spec`],
+//! [`split`], [`select`], [`config`]) for tools that fill or read a
+//! database (the API benchmark). Everything else is private to the crate.
 //!
 //! Where the rules live:
 //!
@@ -44,9 +49,9 @@ mod http;
 mod intake;
 mod leases;
 mod live;
-pub mod metrics;
-pub mod mirror;
-pub mod notify;
+mod metrics;
+mod mirror;
+mod notify;
 pub mod report;
 mod results;
 pub mod select;
@@ -56,7 +61,7 @@ pub mod split;
 mod sse;
 mod state;
 pub mod store;
-pub mod web;
+mod web;
 
 pub use config::DispatcherConfig;
 pub use service::run;

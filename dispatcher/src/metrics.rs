@@ -14,13 +14,13 @@ use std::sync::atomic::AtomicU64;
 
 /// A label with a status or a queue name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
+pub(crate) struct StatusLabel {
     pub status: String,
 }
 
 /// A label with a queue name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueueLabel {
+pub(crate) struct QueueLabel {
     pub queue: String,
 }
 
@@ -32,7 +32,7 @@ const SECONDS_BUCKETS: [f64; 16] = [
 ];
 
 /// Every metric of the dispatcher.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Commits that got their verdict, by status.
     pub commits: Family<StatusLabel, Counter>,
@@ -56,7 +56,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// A fresh registry with every metric at zero.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("warren");
         let commits = Family::<StatusLabel, Counter>::default();
         registry.register(
@@ -127,7 +127,7 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

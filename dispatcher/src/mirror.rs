@@ -14,7 +14,7 @@ use warren_common::ids::{CommitId, RepoName, RepoUrl};
 
 /// Why the commit's `warren.toml` could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum MirrorError {
+pub(crate) enum MirrorError {
     /// The repository could not be fetched (unreachable, refused, not a
     /// repository). May be temporary: retry a few times, then give the
     /// commit an `error` result with this message.
@@ -39,14 +39,14 @@ pub enum MirrorError {
 
 impl MirrorError {
     /// Whether trying again later may succeed.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         matches!(self, Self::Fetch { .. })
     }
 }
 
 /// The bare mirrors under one folder, kept open between commits (opening a
 /// repository costs more than reading a file from it).
-pub struct Mirrors {
+pub(crate) struct Mirrors {
     dir: PathBuf,
     git: GitAuth,
     open: Mutex<HashMap<RepoName, Repository>>,
@@ -55,7 +55,7 @@ pub struct Mirrors {
 impl Mirrors {
     /// Mirrors in `dir` (`<dir>/<repo>.git`), created on first use,
     /// fetched with the credentials of `git`.
-    pub fn new(dir: &Path, git: GitAuth) -> Self {
+    pub(crate) fn new(dir: &Path, git: GitAuth) -> Self {
         Self {
             dir: dir.to_path_buf(),
             git,
@@ -66,7 +66,7 @@ impl Mirrors {
     /// Reads what planning needs from commit `sha` (see [`CommitTree`]),
     /// fetching `url` into the repository's mirror first if the commit is not
     /// there yet. Blocking: call it from a blocking thread.
-    pub fn read_commit(
+    pub(crate) fn read_commit(
         &self,
         repo: &RepoName,
         url: &RepoUrl,
@@ -91,7 +91,7 @@ impl Mirrors {
 
 /// What planning needs from one commit.
 #[derive(Debug, Clone, Default)]
-pub struct CommitTree {
+pub(crate) struct CommitTree {
     /// `warren.toml` at the root, if any.
     pub spec: Option<Vec<u8>>,
     /// Every file (blob) of the tree, by path.

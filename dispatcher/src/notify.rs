@@ -20,7 +20,7 @@ const QUEUE: usize = 1000;
 
 /// What a webhook receives.
 #[derive(Debug, Clone, Serialize)]
-pub struct Notification {
+pub(crate) struct Notification {
     pub event: &'static str,
     pub repo: String,
     pub sha: String,
@@ -36,7 +36,7 @@ pub struct Notification {
 
 impl Notification {
     /// The notification for a finished commit.
-    pub fn of(report: &CommitReport) -> Self {
+    pub(crate) fn of(report: &CommitReport) -> Self {
         Self {
             event: "commit.finished",
             repo: report.repo.to_string(),
@@ -55,14 +55,14 @@ impl Notification {
 
 /// Hands verdicts to the sending task.
 #[derive(Clone)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     queue: Option<mpsc::Sender<Notification>>,
 }
 
 impl Notifier {
     /// Starts the sending task for `urls` (none: a notifier that does
     /// nothing).
-    pub fn start(urls: Vec<String>, timeout: Duration, retries: u32) -> Self {
+    pub(crate) fn start(urls: Vec<String>, timeout: Duration, retries: u32) -> Self {
         if urls.is_empty() {
             return Self { queue: None };
         }
@@ -85,7 +85,7 @@ impl Notifier {
     }
 
     /// Queues `notification`; never waits.
-    pub fn notify(&self, notification: Notification) {
+    pub(crate) fn notify(&self, notification: Notification) {
         if let Some(queue) = &self.queue
             && let Err(error) = queue.try_send(notification)
         {

@@ -101,7 +101,7 @@ struct CommitRow<'a> {
 }
 
 /// The list of recent commits, updated live.
-pub fn index(commits: &[CommitSummary], next_before: Option<i64>) -> String {
+pub(crate) fn index(commits: &[CommitSummary], next_before: Option<i64>) -> String {
     let commits: Vec<CommitRow<'_>> = commits
         .iter()
         .map(|commit| CommitRow {
@@ -160,7 +160,7 @@ struct Output<'a> {
 
 /// One commit: its verdict, shards, failed tests first, outputs; running
 /// jobs' output follows live.
-pub fn commit(report: &CommitReport) -> String {
+pub(crate) fn commit(report: &CommitReport) -> String {
     let time = "%Y-%m-%d %H:%M:%S UTC";
     let failed: Vec<TestLine> = report
         .tests
@@ -288,7 +288,7 @@ struct RunningJob<'a> {
 }
 
 /// The workers heard from recently.
-pub fn workers(workers: &[WorkerReport]) -> String {
+pub(crate) fn workers(workers: &[WorkerReport]) -> String {
     let workers: Vec<WorkerRow<'_>> = workers
         .iter()
         .map(|worker| WorkerRow {

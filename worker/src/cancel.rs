@@ -27,25 +27,25 @@ use warren_common::topology::PrivateQueue;
 
 /// Most cancelled job ids remembered: far more than the deliveries that can
 /// be in flight, and a bound on memory however many the dispatcher cancels.
-pub const REMEMBERED_CANCELS: usize = 10_000;
+pub(crate) const REMEMBERED_CANCELS: usize = 10_000;
 
 /// How long a cancelled job id is remembered. A delivery of a cancelled
 /// job can arrive only while it is in the jobs queue, which the dispatcher
 /// empties of superseded work long before this.
-pub const REMEMBER_CANCELS_FOR: Duration = Duration::from_secs(60 * 60);
+pub(crate) const REMEMBER_CANCELS_FOR: Duration = Duration::from_secs(60 * 60);
 
 /// The way to stop one job: the worker-wide abort (a forced stop) or a
 /// cancellation of this job alone. Both kill the job's processes; only
 /// the first leaves its delivery for the broker to requeue.
 #[derive(Debug, Clone)]
-pub struct JobStop {
+pub(crate) struct JobStop {
     worker: CancellationToken,
     job: CancellationToken,
 }
 
 /// Why a job stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
+pub(crate) enum StopReason {
     /// The worker is stopping (or lost its hold on the command): leave the
     /// delivery unacked.
     Worker,
@@ -55,7 +55,7 @@ pub enum StopReason {
 
 impl JobStop {
     /// A stop for one job under the worker-wide `abort`.
-    pub fn new(abort: &CancellationToken) -> Self {
+    pub(crate) fn new(abort: &CancellationToken) -> Self {
         Self {
             worker: abort.clone(),
             job: abort.child_token(),
@@ -63,19 +63,19 @@ impl JobStop {
     }
 
     /// Stops this job only.
-    pub fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.job.cancel();
     }
 
     /// Cancelled when the job must stop, for either reason.
-    pub fn token(&self) -> &CancellationToken {
+    pub(crate) fn token(&self) -> &CancellationToken {
         &self.job
     }
 
     /// Why the job was stopped. The worker's stop wins: the job goes back
     /// to the queue rather than be lost. A job stopped for neither reason
     /// (the command could not be waited for) counts as the worker's.
-    pub fn reason(&self) -> StopReason {
+    pub(crate) fn reason(&self) -> StopReason {
         if self.job.is_cancelled() && !self.worker.is_cancelled() {
             StopReason::Cancelled
         } else {
@@ -87,7 +87,7 @@ impl JobStop {
 /// The jobs cancelled lately, each with the last attempt cancelled: at
 /// most `capacity`, each for at most `ttl`, the oldest forgotten first.
 #[derive(Debug)]
-pub struct CancelledJobs {
+pub(crate) struct CancelledJobs {
     order: VecDeque<(Instant, JobId)>,
     ids: HashMap<JobId, u32>,
     capacity: usize,
@@ -102,7 +102,7 @@ impl Default for CancelledJobs {
 
 impl CancelledJobs {
     /// An empty memory of `capacity` ids kept for `ttl`.
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             order: VecDeque::new(),
             ids: HashMap::new(),
@@ -113,7 +113,7 @@ impl CancelledJobs {
 
     /// Remembers that attempts up to `attempt` of `id` were cancelled at
     /// `now`.
-    pub fn remember(&mut self, id: JobId, attempt: u32, now: Instant) {
+    pub(crate) fn remember(&mut self, id: JobId, attempt: u32, now: Instant) {
         self.forget_expired(now);
         if self.capacity == 0 {
             return;
@@ -133,18 +133,20 @@ impl CancelledJobs {
 
     /// Whether `attempt` of `id` was cancelled (and not yet forgotten) at
     /// `now`.
-    pub fn contains(&mut self, id: &JobId, attempt: u32, now: Instant) -> bool {
+    pub(crate) fn contains(&mut self, id: &JobId, attempt: u32, now: Instant) -> bool {
         self.forget_expired(now);
         self.ids.get(id).is_some_and(|last| attempt <= *last)
     }
 
     /// How many ids are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.order.len()
     }
 
     /// Whether none is.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
 
@@ -161,7 +163,7 @@ impl CancelledJobs {
 /// This worker's private queue on the control exchange, consumed without
 /// acks (a control message lost with a connection is not worth a
 /// redelivery: the job it names has its verdict either way).
-pub struct ControlQueue {
+pub(crate) struct ControlQueue {
     /// Kept open as long as the consumer is used.
     _channel: Channel,
     consumer: Consumer,
@@ -172,7 +174,7 @@ impl ControlQueue {
     /// of its own (an error here must not close the jobs channel), binds it
     /// to the control exchange and consumes it. Needs configure, write and
     /// read permission on `amq.gen-*` and read on the control exchange.
-    pub async fn open(session: &Session, consumer_tag: &str) -> Result<Self, SessionError> {
+    pub(crate) async fn open(session: &Session, consumer_tag: &str) -> Result<Self, SessionError> {
         let broker = |what| move |cause| SessionError::Broker { what, cause };
         let channel = session.open_channel().await?;
         let queue = session
@@ -203,14 +205,14 @@ impl ControlQueue {
     }
 
     /// The consumer of control messages.
-    pub fn consumer(&mut self) -> &mut Consumer {
+    pub(crate) fn consumer(&mut self) -> &mut Consumer {
         &mut self.consumer
     }
 }
 
 /// Decodes a control message. An undecodable one is logged and ignored by
 /// the caller, never dead-lettered: nothing depends on it.
-pub fn decode_cancel(body: &[u8]) -> Result<CancelJobs, DecodeError> {
+pub(crate) fn decode_cancel(body: &[u8]) -> Result<CancelJobs, DecodeError> {
     decode::<CancelJobs>(body)
 }
 

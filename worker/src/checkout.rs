@@ -32,7 +32,7 @@ const FETCH_REFSPECS: [&str; 2] = [
 /// status `error` and this text as its message; none is retried by the
 /// worker (the clone was already made afresh once).
 #[derive(Debug, thiserror::Error)]
-pub enum CheckoutError {
+pub(crate) enum CheckoutError {
     /// The repository could not be fetched: wrong URL, host down, no access.
     #[error("could not fetch {url}: {message}")]
     Fetch { url: String, message: String },
@@ -49,7 +49,7 @@ pub enum CheckoutError {
 
 /// A request to prepare `<slot_dir>/<repo>` at `sha`.
 #[derive(Debug, Clone)]
-pub struct CheckoutRequest<'a> {
+pub(crate) struct CheckoutRequest<'a> {
     /// The slot's folder.
     pub slot_dir: &'a Path,
     /// The repository (one safe path component).
@@ -64,7 +64,7 @@ pub struct CheckoutRequest<'a> {
 
 /// A clean work tree at the requested commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreparedTree {
+pub(crate) struct PreparedTree {
     /// The folder to run the command in.
     pub path: PathBuf,
     /// Whether the commit had to be fetched (false: it was already there).
@@ -72,7 +72,7 @@ pub struct PreparedTree {
 }
 
 /// Prepares the work tree; `interrupt` set to true aborts a running fetch.
-pub fn prepare(
+pub(crate) fn prepare(
     request: &CheckoutRequest<'_>,
     interrupt: &Arc<AtomicBool>,
 ) -> Result<PreparedTree, CheckoutError> {

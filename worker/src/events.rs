@@ -10,7 +10,6 @@ use crate::live::LiveOutput;
 use chrono::Utc;
 use prometheus_client::metrics::counter::Counter;
 use std::time::Duration;
-use tokio::sync::watch;
 use tracing::debug;
 use warren_common::ids::WorkerId;
 use warren_common::messages::{Job, JobEvent, JobEventKind};
@@ -20,11 +19,11 @@ use warren_common::topology::Queue;
 /// or blocked connection must not hold up the job it reports on.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub use crate::live::CurrentSession;
+pub(crate) use crate::live::CurrentSession;
 
 /// Sends a worker's job events.
 #[derive(Clone)]
-pub struct Events {
+pub(crate) struct Events {
     session: CurrentSession,
     worker: WorkerId,
     host: String,
@@ -34,7 +33,7 @@ pub struct Events {
 
 impl Events {
     /// Events about `worker`'s jobs, sent through the current `session`.
-    pub fn new(session: CurrentSession, worker: WorkerId, host: String) -> Self {
+    pub(crate) fn new(session: CurrentSession, worker: WorkerId, host: String) -> Self {
         Self {
             session,
             worker,
@@ -44,8 +43,9 @@ impl Events {
     }
 
     /// Events that go nowhere (for driving a job without a broker).
-    pub fn disabled(worker: WorkerId) -> Self {
-        let (_, session) = watch::channel(None);
+    #[cfg(test)]
+    pub(crate) fn disabled(worker: WorkerId) -> Self {
+        let (_, session) = tokio::sync::watch::channel(None);
         Self {
             enabled: false,
             ..Self::new(session, worker, warren_common::hostname())
@@ -54,7 +54,12 @@ impl Events {
 
     /// Starts the live output of run `run_id` of `job` through the current
     /// session, counting what it drops in `dropped`.
-    pub fn live_output(&self, job: &Job, run_id: uuid::Uuid, dropped: Counter) -> LiveOutput {
+    pub(crate) fn live_output(
+        &self,
+        job: &Job,
+        run_id: uuid::Uuid,
+        dropped: Counter,
+    ) -> LiveOutput {
         if !self.enabled || std::env::var_os("NOLIVE").is_some() {
             return LiveOutput::disabled();
         }
@@ -62,7 +67,7 @@ impl Events {
     }
 
     /// Reports `kind` for run `run_id` of `job`; failures are logged at debug level only.
-    pub async fn send(&self, job: &Job, run_id: uuid::Uuid, kind: JobEventKind) {
+    pub(crate) async fn send(&self, job: &Job, run_id: uuid::Uuid, kind: JobEventKind) {
         // Clone the session out of the watch: its borrow is a lock, never
         // held across an await.
         let Some(session) = self.session.borrow().clone() else {

@@ -28,7 +28,7 @@ fn key(case: &TestCase) -> Key {
 
 /// The tests of one job.
 #[derive(Debug, Default)]
-pub struct TestBook {
+pub(crate) struct TestBook {
     cases: Vec<TestCase>,
     index: HashMap<Key, usize>,
     /// Most test cases kept.
@@ -39,7 +39,7 @@ pub struct TestBook {
 
 impl TestBook {
     /// An empty book for at most `capacity` test cases.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
             ..Self::default()
@@ -48,7 +48,7 @@ impl TestBook {
 
     /// Records the test cases of a first run (a test seen twice keeps its
     /// first result).
-    pub fn add(&mut self, cases: impl IntoIterator<Item = TestCase>) {
+    pub(crate) fn add(&mut self, cases: impl IntoIterator<Item = TestCase>) {
         for case in cases {
             self.insert(case);
         }
@@ -70,7 +70,7 @@ impl TestBook {
     /// Records the test cases of a rerun: failed tests that passed are now
     /// flaky; tests not seen before (the first report was missing) are
     /// added as they are.
-    pub fn apply_rerun(&mut self, cases: impl IntoIterator<Item = TestCase>) {
+    pub(crate) fn apply_rerun(&mut self, cases: impl IntoIterator<Item = TestCase>) {
         for case in cases {
             match self.index.get(&key(&case)) {
                 Some(&at) => {
@@ -86,24 +86,24 @@ impl TestBook {
     }
 
     /// Whether test cases were left out (more than the capacity).
-    pub fn overflowed(&self) -> bool {
+    pub(crate) fn overflowed(&self) -> bool {
         self.overflowed
     }
 
     /// The tests that failed or errored (and have not passed since).
-    pub fn failing(&self) -> impl Iterator<Item = &TestCase> {
+    pub(crate) fn failing(&self) -> impl Iterator<Item = &TestCase> {
         self.cases.iter().filter(|case| is_failing(case))
     }
 
     /// The tests that failed, then passed on a rerun.
-    pub fn flaky(&self) -> impl Iterator<Item = &TestCase> {
+    pub(crate) fn flaky(&self) -> impl Iterator<Item = &TestCase> {
         self.cases.iter().filter(|case| case.flaky)
     }
 
     /// The files of `among` that hold the failing tests, in `among`'s order.
     /// `None` when that is not known: no failing test, or one whose file
     /// the report does not name (or names a file not in `among`).
-    pub fn failing_files(&self, among: &[SuitePath]) -> Option<Vec<SuitePath>> {
+    pub(crate) fn failing_files(&self, among: &[SuitePath]) -> Option<Vec<SuitePath>> {
         let mut wanted = Vec::new();
         for case in self.failing() {
             let file = case.file.as_deref()?;
@@ -125,12 +125,13 @@ impl TestBook {
     }
 
     /// The test cases, in the order first seen.
-    pub fn cases(&self) -> &[TestCase] {
+    #[cfg(test)]
+    pub(crate) fn cases(&self) -> &[TestCase] {
         &self.cases
     }
 
     /// The test cases, for the result.
-    pub fn into_cases(self) -> Vec<TestCase> {
+    pub(crate) fn into_cases(self) -> Vec<TestCase> {
         self.cases
     }
 }
@@ -141,7 +142,7 @@ fn is_failing(case: &TestCase) -> bool {
 
 /// A file of a `{file}` job without a JUnit report, as a test case: its
 /// name is the file, so a flaky file shows like a flaky test.
-pub fn file_case(
+pub(crate) fn file_case(
     file: &SuitePath,
     status: TestStatus,
     duration: Duration,
@@ -159,7 +160,7 @@ pub fn file_case(
 }
 
 /// How a test is named in messages: `classname.name`, or the name alone.
-pub fn display_name(case: &TestCase) -> String {
+pub(crate) fn display_name(case: &TestCase) -> String {
     if case.classname.is_empty() {
         case.name.clone()
     } else {
@@ -168,7 +169,7 @@ pub fn display_name(case: &TestCase) -> String {
 }
 
 /// `names` joined with commas, the first [`NAMES_IN_MESSAGE`] only.
-pub fn name_list(names: &[String]) -> String {
+pub(crate) fn name_list(names: &[String]) -> String {
     let shown = names
         .iter()
         .take(NAMES_IN_MESSAGE)
@@ -182,7 +183,7 @@ pub fn name_list(names: &[String]) -> String {
 }
 
 /// "1 test", "2 tests".
-pub fn count(n: usize, noun: &str) -> String {
+pub(crate) fn count(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {

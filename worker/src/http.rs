@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// The routes, serving `metrics`.
-pub fn router(metrics: Metrics) -> Router {
+pub(crate) fn router(metrics: Metrics) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(serve_metrics))
@@ -25,7 +25,7 @@ pub fn router(metrics: Metrics) -> Router {
 }
 
 /// Serves [`router`] on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, metrics: Metrics, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, stop: CancellationToken) {
     let served = axum::serve(listener, router(metrics))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await;

@@ -15,7 +15,7 @@ use crate::cancel::{JobStop, StopReason};
 use crate::checkout::{self, CheckoutError, CheckoutRequest};
 use crate::events::Events;
 use crate::output::{self, CapturedOutput};
-pub use crate::runner::{JobRunner, job_environment};
+pub(crate) use crate::runner::JobRunner;
 use crate::substitute::{self, Placeholder, SubstituteError};
 use crate::suite::{self, Ran, SuiteEnd};
 use chrono::{DateTime, Utc};
@@ -34,13 +34,7 @@ use warren_common::messages::{
 
 /// What became of one delivery.
 #[derive(Debug)]
-pub enum Outcome {
-    /// The body is not a valid job: dead-letter it with this reason; it is
-    /// never retried.
-    Poison {
-        /// Why it was refused, for the dead-letter header.
-        reason: String,
-    },
+pub(crate) enum Outcome {
     /// A result to publish, then ack the delivery: the command ran, or it
     /// could not run (status `error`), or the repository is not allowed here.
     Finished(Box<JobResult>),
@@ -54,29 +48,14 @@ pub enum Outcome {
 
 /// The span of every line about `job` outside [`execute_job`]: taking it,
 /// publishing its result, acking, cancelling.
-pub fn job_span(job: &Job) -> Span {
+pub(crate) fn job_span(job: &Job) -> Span {
     info_span!("job", repo = %job.repo, sha = %job.sha, job = %job.job_id, attempt = job.attempt)
 }
 
 /// Decodes a delivery's body as a job; `Err` is the reason to dead-letter
 /// it with (it is never retried).
-pub fn decode_job(body: &[u8]) -> Result<Job, String> {
+pub(crate) fn decode_job(body: &[u8]) -> Result<Job, String> {
     decode::<Job>(body).map_err(|error| error.to_string())
-}
-
-/// Runs the job in `body` in the slot folder `slot_dir`. `abort` (a forced
-/// stop) kills the command and makes the outcome [`Outcome::Abandoned`].
-pub async fn execute(
-    runner: &JobRunner,
-    slot_dir: &Path,
-    body: &[u8],
-    events: &Events,
-    abort: &CancellationToken,
-) -> Outcome {
-    match decode_job(body) {
-        Ok(job) => execute_job(runner, slot_dir, &job, events, &JobStop::new(abort)).await,
-        Err(reason) => Outcome::Poison { reason },
-    }
 }
 
 /// Runs `job` in the slot folder `slot_dir` until it ends or `stop`: the
@@ -85,7 +64,7 @@ pub async fn execute(
 #[instrument(skip_all, fields(
     repo = %job.repo, sha = %job.sha, job = %job.job_id, attempt = job.attempt,
 ))]
-pub async fn execute_job(
+pub(crate) async fn execute_job(
     runner: &JobRunner,
     slot_dir: &Path,
     job: &Job,
@@ -170,7 +149,6 @@ pub async fn execute_job(
         ),
         Outcome::Abandoned => warn!("job abandoned: the worker is stopping"),
         Outcome::Cancelled => info!("job cancelled: its processes are gone; no result"),
-        Outcome::Poison { .. } => {}
     }
     outcome
 }
@@ -382,7 +360,6 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::run;
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
     use warren_common::ids::SuitePath;
     use warren_common::ids::WorkerId;
     use warren_common::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl};
@@ -457,15 +434,8 @@ mod tests {
     async fn finish(runner: &JobRunner, slot: &Path, job: &Job) -> JobResult {
         run::adopt_orphans();
         let events = Events::disabled(runner.worker.clone());
-        match execute(
-            runner,
-            slot,
-            &encode(job),
-            &events,
-            &CancellationToken::new(),
-        )
-        .await
-        {
+        let stop = JobStop::new(&CancellationToken::new());
+        match execute_job(runner, slot, job, &events, &stop).await {
             Outcome::Finished(result) => *result,
             other => panic!("expected a result, got {other:?}"),
         }
@@ -621,19 +591,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_undecodable_body_is_poison() {
-        let events = Events::disabled(WorkerId::parse("w").unwrap());
-        let outcome = execute(
-            &runner(&["*"]),
-            &PathBuf::from("/nonexistent"),
-            b"{\"schema\":1,\"type\":\"job\"}",
-            &events,
-            &CancellationToken::new(),
-        )
-        .await;
-        match outcome {
-            Outcome::Poison { reason } => assert!(reason.contains("missing field"), "{reason}"),
+    #[test]
+    fn an_undecodable_body_is_refused_with_its_reason() {
+        match decode_job(b"{\"schema\":1,\"type\":\"job\"}") {
+            Err(reason) => assert!(reason.contains("missing field"), "{reason}"),
             other => panic!("{other:?}"),
         }
     }
@@ -657,7 +618,7 @@ mod tests {
         });
         let r = runner(&["*"]);
         let events = Events::disabled(r.worker.clone());
-        let outcome = execute(&r, f.slot.path(), &encode(&job), &events, &abort).await;
+        let outcome = execute_job(&r, f.slot.path(), &job, &events, &JobStop::new(&abort)).await;
         assert!(matches!(outcome, Outcome::Abandoned), "{outcome:?}");
     }
 

@@ -28,19 +28,19 @@ use warren_common::messages::{TestCase, TestStatus};
 /// Largest report read, in bytes. Far above any real report (100 000 test
 /// cases with long messages is ~50 MiB), and a bound on the memory a test
 /// can make the worker use.
-pub const MAX_REPORT_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_REPORT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Most test cases kept from one job. The result carries them all and must
 /// stay under the broker's body limit.
-pub const MAX_TEST_CASES: usize = 100_000;
+pub(crate) const MAX_TEST_CASES: usize = 100_000;
 
 /// Longest failure message kept, in characters: the first line of a
 /// message says what failed; the output has the rest.
-pub const MAX_MESSAGE_CHARS: usize = 1000;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 1000;
 
 /// Longest test name, class name or file kept, in characters: real ones
 /// are far shorter; the bound keeps 100 000 of them within a result.
-pub const MAX_NAME_CHARS: usize = 1000;
+pub(crate) const MAX_NAME_CHARS: usize = 1000;
 
 /// How much text of a `<failure>` is collected to find its first line, in
 /// bytes: a failure's text can be a whole log.
@@ -48,7 +48,7 @@ const MESSAGE_SCAN_BYTES: usize = 16 * 1024;
 
 /// What one report gave.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Report {
+pub(crate) struct Report {
     /// Its test cases, in document order (at most [`MAX_TEST_CASES`]).
     pub tests: Vec<TestCase>,
     /// Why the report was not read, or not completely, for the result's
@@ -69,7 +69,7 @@ impl Report {
 /// report from an earlier run (or committed to the repository) is not read
 /// as this run's. Never deletes outside the checkout: a parent folder that
 /// is a link leading out is left alone. Blocking.
-pub fn remove_stale(checkout: &Path, report: &SuitePath) -> io::Result<()> {
+pub(crate) fn remove_stale(checkout: &Path, report: &SuitePath) -> io::Result<()> {
     let Some(name) = Path::new(report.as_str()).file_name() else {
         return Ok(());
     };
@@ -97,7 +97,7 @@ pub fn remove_stale(checkout: &Path, report: &SuitePath) -> io::Result<()> {
 
 /// Reads and parses the report at `report` in `checkout`. Blocking: call
 /// it from `spawn_blocking`.
-pub fn read(checkout: &Path, report: &SuitePath) -> Report {
+pub(crate) fn read(checkout: &Path, report: &SuitePath) -> Report {
     let bytes = match read_bytes(checkout, report) {
         Ok(bytes) => bytes,
         Err(problem) => return Report::problem(problem),
@@ -185,7 +185,7 @@ fn open_regular(path: &Path) -> Result<File, String> {
 
 /// A report that parsed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     /// At most [`MAX_TEST_CASES`] test cases.
     pub tests: Vec<TestCase>,
     /// Whether test cases beyond [`MAX_TEST_CASES`] were left out.
@@ -194,7 +194,7 @@ pub struct Parsed {
 
 /// Why a report could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// Not well-formed XML (cut short, mismatched tags, bad attributes…).
     #[error("not valid XML: {0}")]
     NotXml(String),
@@ -216,7 +216,7 @@ struct Open {
 
 /// Parses a JUnit XML report. Invalid UTF-8 is replaced (a report is for
 /// people; one odd byte in a message must not lose the whole report).
-pub fn parse(xml: &[u8]) -> Result<Parsed, ParseError> {
+pub(crate) fn parse(xml: &[u8]) -> Result<Parsed, ParseError> {
     let text = String::from_utf8_lossy(xml);
     let mut reader = Reader::from_str(&text);
     let mut tests = Vec::new();
@@ -412,7 +412,7 @@ fn collect(open: &mut Option<Open>, text: &str) {
 }
 
 /// The first non-blank line of `text`, trimmed and capped; `None` if blank.
-pub fn first_line(text: &str) -> Option<String> {
+pub(crate) fn first_line(text: &str) -> Option<String> {
     text.lines()
         .map(str::trim)
         .find(|line| !line.is_empty())
@@ -422,7 +422,7 @@ pub fn first_line(text: &str) -> Option<String> {
 /// `time="1.5"` (seconds) in milliseconds. Reporters differ: a decimal
 /// comma (`0,5`), thousands separators (`1,234.5`), nothing or garbage
 /// (0), negative (0).
-pub fn seconds_to_ms(time: &str) -> u64 {
+pub(crate) fn seconds_to_ms(time: &str) -> u64 {
     let time = time.trim();
     let normalised = if time.contains('.') {
         time.replace(',', "")
@@ -438,7 +438,7 @@ pub fn seconds_to_ms(time: &str) -> u64 {
 
 /// A report's `file` attribute as a suite path would write it: without a
 /// leading `./`.
-pub fn normalise_file(file: &str) -> String {
+pub(crate) fn normalise_file(file: &str) -> String {
     let mut file = file.trim();
     while let Some(rest) = file.strip_prefix("./") {
         file = rest;

@@ -2,36 +2,39 @@
 //! runs the job's command and publishes the result.
 //!
 //! - [`config`]: `[worker]` settings, validated once into [`WorkerConfig`].
-//! - [`service`]: [`run`](fn@run), the loop: connect, consume with prefetch = slots,
+//! - `service`: [`run`](fn@run), the loop: connect, consume with prefetch = slots,
 //!   reconnect; its parts `service/stop.rs` (the two stages),
 //!   `service/delivery.rs` (publish, confirm, then ack; the outbox; the
 //!   early ack; dead letters) and `service/control.rs` (cancellations).
-//! - [`job`]: one delivery → one [`Outcome`] ([`job::execute`]): decode,
+//! - `job`: one delivery → one `Outcome` (`job::execute_job`): decode,
 //!   allow-list, checkout, run, result; `started`/`heartbeat` meanwhile.
-//! - [`cancel`]: the control queue's `CancelJobs`, a stop per job, and the
+//! - `cancel`: the control queue's `CancelJobs`, a stop per job, and the
 //!   ids cancelled lately.
-//! - [`runner`]: what every job shares ([`runner::JobRunner`]) and the
+//! - `runner`: what every job shares (`runner::JobRunner`) and the
 //!   command's environment.
-//! - [`checkout`]: a clean work tree at a commit, reusing a clone per slot (git2).
-//! - [`suite`]: the runs of one job: once, once per file (`{file}`), within
+//! - `checkout`: a clean work tree at a commit, reusing a clone per slot (git2).
+//! - `suite`: the runs of one job: once, once per file (`{file}`), within
 //!   the job's timeout; `suite/reruns.rs` the reruns of what failed,
 //!   `suite/verdict.rs` how the runs add up to the job's status.
-//! - [`substitute`]: the shard's files into the command (`{files}`, `{file}`,
+//! - `substitute`: the shard's files into the command (`{files}`, `{file}`,
 //!   `WARREN_FILES`), quoted, never interpolated raw.
-//! - [`junit`]: reading the JUnit XML report safely; [`flaky`]: tests across
-//!   reruns; [`timings`]: time per suite file.
-//! - [`run`](mod@run): a command in its own process group, with a timeout that kills
+//! - `junit`: reading the JUnit XML report safely; `flaky`: tests across
+//!   reruns; `timings`: time per suite file.
+//! - `run`: a command in its own process group, with a timeout that kills
 //!   the whole group, and bounded output.
-//! - [`output`]: head + tail capture of a command's output within a budget.
-//! - [`events`]: transient job events through the current connection.
-//! - [`live`]: a running job's output, live, never slowing the job (bounded,
+//! - `output`: head + tail capture of a command's output within a budget.
+//! - `events`: transient job events through the current connection.
+//! - `live`: a running job's output, live, never slowing the job (bounded,
 //!   dropping and counting); `live/assembler.rs` cuts it into chunks of
 //!   whole lines.
-//! - [`presence`]: the worker's status (slots, busy, jobs done) every
+//! - `presence`: the worker's status (slots, busy, jobs done) every
 //!   heartbeat interval, busy or idle.
-//! - [`metrics`]: Prometheus metrics; [`http`]: `/healthz` and `/metrics` on
+//! - `metrics`: Prometheus metrics; `http`: `/healthz` and `/metrics` on
 //!   `worker.http_listen`.
-//! - [`outbox`]: results kept across a lost connection.
+//! - `outbox`: results kept across a lost connection.
+//!
+//! Public: [`run`](fn@run), [`WorkerConfig`] and [`config`], for the binary
+//! and the tests; every other module is private to the crate.
 //!
 //! Where the rules live:
 //! - Ack order — a job is acked only after its result's publish was
@@ -49,26 +52,25 @@
 //!   and the outbox; jobs report back through a channel, so nothing is
 //!   locked.
 
-pub mod cancel;
-pub mod checkout;
+mod cancel;
+mod checkout;
 pub mod config;
-pub mod events;
-pub mod flaky;
-pub mod http;
-pub mod job;
-pub mod junit;
-pub mod live;
-pub mod metrics;
-pub mod outbox;
-pub mod output;
-pub mod presence;
-pub mod run;
-pub mod runner;
-pub mod service;
-pub mod substitute;
-pub mod suite;
-pub mod timings;
+mod events;
+mod flaky;
+mod http;
+mod job;
+mod junit;
+mod live;
+mod metrics;
+mod outbox;
+mod output;
+mod presence;
+mod run;
+mod runner;
+mod service;
+mod substitute;
+mod suite;
+mod timings;
 
 pub use config::WorkerConfig;
-pub use job::Outcome;
 pub use service::run;

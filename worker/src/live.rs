@@ -29,7 +29,7 @@ use self::assembler::{Assembler, Chunk, Next};
 
 /// The current session, as published by the service loop (events, live
 /// output and presence all send through it).
-pub type CurrentSession =
+pub(crate) type CurrentSession =
     tokio::sync::watch::Receiver<Option<Arc<warren_common::session::Session>>>;
 
 use prometheus_client::metrics::counter::Counter;
@@ -54,17 +54,17 @@ const QUEUE_BYTES: usize = 512 * 1024;
 
 /// Longest time a complete line waits before it is published, while the
 /// output flows.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Bytes per second of a job's output that go out live, on average: some
 /// 3 000 lines a second, more than anyone reads. A test that floods its
 /// output would otherwise spend the worker's CPU and the broker's bandwidth
 /// (measured: a tenth of the time of a 1 GiB flood at 1 MiB/s) on a view of
 /// it. Beyond this the output is dropped (and noted); the result keeps it.
-pub const RATE_BYTES_PER_SECOND: f64 = 256.0 * 1024.0;
+pub(crate) const RATE_BYTES_PER_SECOND: f64 = 256.0 * 1024.0;
 
 /// Bytes that may go out at once above the rate (a burst of compiler output).
-pub const BURST_BYTES: f64 = 512.0 * 1024.0;
+pub(crate) const BURST_BYTES: f64 = 512.0 * 1024.0;
 
 /// Longest wait for one chunk to be handed to the connection.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -139,9 +139,9 @@ impl SendState {
 }
 
 /// Where a command's output goes live: cheap to clone, never waits.
-/// [`LiveSink::disabled`] (the default) goes nowhere.
+/// The default goes nowhere.
 #[derive(Clone, Debug, Default)]
-pub struct LiveSink {
+pub(crate) struct LiveSink {
     inner: Option<SinkInner>,
 }
 
@@ -153,13 +153,14 @@ struct SinkInner {
 
 impl LiveSink {
     /// A sink that drops everything without counting (no broker).
-    pub fn disabled() -> Self {
+    #[cfg(test)]
+    pub(crate) fn disabled() -> Self {
         Self::default()
     }
 
     /// Hands one read of the command's output to the publisher, or drops
     /// it (counted) if the queue is full or the output goes over the rate.
-    pub fn push(&self, bytes: &[u8]) {
+    pub(crate) fn push(&self, bytes: &[u8]) {
         let Some(inner) = &self.inner else {
             return;
         };
@@ -188,7 +189,7 @@ impl LiveSink {
 
     /// A run of the command ended: its last line, if it has no newline, is
     /// complete now.
-    pub fn end_of_run(&self) {
+    pub(crate) fn end_of_run(&self) {
         let Some(inner) = &self.inner else {
             return;
         };
@@ -200,7 +201,7 @@ impl LiveSink {
     }
 
     /// A line of the worker's own (`==> file`), on a line of its own.
-    pub fn header(&self, line: &str) {
+    pub(crate) fn header(&self, line: &str) {
         let Some(inner) = &self.inner else {
             return;
         };
@@ -220,20 +221,25 @@ impl LiveSink {
 /// The live output of one run of a job: its publisher task and a sink to
 /// hand out. [`LiveOutput::finish`] publishes the rest.
 #[derive(Debug, Default)]
-pub struct LiveOutput {
+pub(crate) struct LiveOutput {
     sink: LiveSink,
     task: Option<JoinHandle<()>>,
 }
 
 impl LiveOutput {
     /// Live output that goes nowhere.
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self::default()
     }
 
     /// Starts publishing the output of run `run_id` of `job` through the
     /// current `session`, counting what is dropped in `dropped`.
-    pub fn start(session: CurrentSession, job: &Job, run_id: uuid::Uuid, dropped: Counter) -> Self {
+    pub(crate) fn start(
+        session: CurrentSession,
+        job: &Job,
+        run_id: uuid::Uuid,
+        dropped: Counter,
+    ) -> Self {
         let (sink, shared, rx) = channel(dropped.clone());
         let publisher = Publisher {
             rx,
@@ -256,7 +262,7 @@ impl LiveOutput {
     }
 
     /// A sink for the command's output reader.
-    pub fn sink(&self) -> LiveSink {
+    pub(crate) fn sink(&self) -> LiveSink {
         self.sink.clone()
     }
 
@@ -264,7 +270,7 @@ impl LiveOutput {
     /// dropped output) and stops the publisher; waits at most
     /// [`FINISH_TIMEOUT`], so that the last chunks go before the result
     /// but a stalled broker does not hold the result back.
-    pub async fn finish(self) {
+    pub(crate) async fn finish(self) {
         let (Some(mut task), Some(inner)) = (self.task, self.sink.inner) else {
             return;
         };

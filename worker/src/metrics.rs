@@ -26,7 +26,7 @@ use std::time::Duration;
 
 /// The `Content-Type` of [`Metrics::encode`]'s text: the OpenMetrics text
 /// format, which Prometheus asks for and parses.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds of the job run time buckets, in seconds: from a trivial
 /// test (0.1 s) to the longest job a default dispatcher allows (1 h).
@@ -49,7 +49,7 @@ type StatusLabel = [(&'static str, &'static str); 1];
 
 /// The worker's metrics and the registry that encodes them.
 #[derive(Clone, Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Arc<Registry>,
     jobs: Family<StatusLabel, Counter>,
     busy: Gauge,
@@ -61,7 +61,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// The metrics of a worker with `slots` slots, all at zero.
-    pub fn new(slots: u16) -> Self {
+    pub(crate) fn new(slots: u16) -> Self {
         let mut registry = Registry::with_prefix("warren_worker");
         let jobs = Family::<StatusLabel, Counter>::default();
         for status in JOB_STATUSES {
@@ -115,37 +115,37 @@ impl Metrics {
     }
 
     /// A job finished here with `status` (`passed`, …, `cancelled`).
-    pub fn job_finished(&self, status: &'static str) {
+    pub(crate) fn job_finished(&self, status: &'static str) {
         self.jobs.get_or_create(&[("status", status)]).inc();
     }
 
     /// How many slots run a job now.
-    pub fn set_busy(&self, busy: usize) {
+    pub(crate) fn set_busy(&self, busy: usize) {
         self.busy.set(i64::try_from(busy).unwrap_or(i64::MAX));
     }
 
     /// A checkout took `time`.
-    pub fn observe_checkout(&self, time: Duration) {
+    pub(crate) fn observe_checkout(&self, time: Duration) {
         self.checkout.observe(time.as_secs_f64());
     }
 
     /// A job's command (all its runs) took `time`.
-    pub fn observe_run(&self, time: Duration) {
+    pub(crate) fn observe_run(&self, time: Duration) {
         self.run.observe(time.as_secs_f64());
     }
 
     /// The counter of live output bytes dropped, for [`crate::live`].
-    pub fn live_dropped(&self) -> Counter {
+    pub(crate) fn live_dropped(&self) -> Counter {
         self.live_dropped.clone()
     }
 
     /// Whether the worker is connected to the broker.
-    pub fn set_connected(&self, connected: bool) {
+    pub(crate) fn set_connected(&self, connected: bool) {
         self.connected.set(i64::from(connected));
     }
 
     /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail; the encoder only forwards
         // `fmt::Write` errors.

@@ -12,11 +12,11 @@ use warren_common::messages::JobResult;
 
 /// Publishes one result may fail (on as many connections) before it is
 /// dropped: a result the broker keeps refusing must not block the worker.
-pub const MAX_PUBLISH_TRIES: u32 = 5;
+pub(crate) const MAX_PUBLISH_TRIES: u32 = 5;
 
 /// A bounded queue of results to publish, oldest first.
 #[derive(Debug)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     results: VecDeque<Kept>,
     capacity: usize,
 }
@@ -31,7 +31,7 @@ impl Outbox {
     /// An outbox for at most `capacity` results. The service takes no new
     /// job until the outbox is empty, so it holds at most one result per
     /// slot; the bound is a second line of defence for memory.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             results: VecDeque::with_capacity(capacity),
             capacity,
@@ -40,7 +40,7 @@ impl Outbox {
 
     /// Keeps `result`; when full, the oldest result is dropped (its job is
     /// unacked, so the broker gives it to a worker again).
-    pub fn push(&mut self, result: JobResult) {
+    pub(crate) fn push(&mut self, result: JobResult) {
         if self.results.len() >= self.capacity
             && let Some(dropped) = self.results.pop_front()
         {
@@ -53,18 +53,18 @@ impl Outbox {
     }
 
     /// The oldest result, to publish.
-    pub fn front(&self) -> Option<&JobResult> {
+    pub(crate) fn front(&self) -> Option<&JobResult> {
         self.results.front().map(|kept| &kept.result)
     }
 
     /// The oldest result was published: forget it.
-    pub fn published(&mut self) {
+    pub(crate) fn published(&mut self) {
         self.results.pop_front();
     }
 
     /// Publishing the oldest result failed; drops it (and says so) after
     /// [`MAX_PUBLISH_TRIES`] failures.
-    pub fn failed(&mut self) {
+    pub(crate) fn failed(&mut self) {
         if let Some(kept) = self.results.front_mut() {
             kept.tries += 1;
             if kept.tries >= MAX_PUBLISH_TRIES {
@@ -78,12 +78,12 @@ impl Outbox {
     }
 
     /// How many results wait.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.results.len()
     }
 
     /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.results.is_empty()
     }
 }

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 /// Head and tail of a byte stream, at most `limit` bytes in all.
 #[derive(Debug)]
-pub struct OutputCapture {
+pub(crate) struct OutputCapture {
     limit: usize,
     head: Vec<u8>,
     tail: VecDeque<u8>,
@@ -19,7 +19,7 @@ pub struct OutputCapture {
 
 /// What a command wrote, as it goes into a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CapturedOutput {
+pub(crate) struct CapturedOutput {
     /// Head, marker line and tail, with invalid UTF-8 replaced by U+FFFD.
     pub text: String,
     /// Whether bytes were left out.
@@ -30,7 +30,7 @@ pub struct CapturedOutput {
 
 impl OutputCapture {
     /// An empty capture keeping at most `limit` bytes (half head, half tail).
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             limit,
             head: Vec::new(),
@@ -48,7 +48,7 @@ impl OutputCapture {
     }
 
     /// Records `bytes`, the next part of the stream.
-    pub fn push(&mut self, mut bytes: &[u8]) {
+    pub(crate) fn push(&mut self, mut bytes: &[u8]) {
         self.total += bytes.len() as u64;
         let room = self.head_limit().saturating_sub(self.head.len());
         if room > 0 {
@@ -67,13 +67,8 @@ impl OutputCapture {
         }
     }
 
-    /// Bytes written so far.
-    pub fn total_bytes(&self) -> u64 {
-        self.total
-    }
-
     /// The text for the result.
-    pub fn finish(&self) -> CapturedOutput {
+    pub(crate) fn finish(&self) -> CapturedOutput {
         let kept = (self.head.len() + self.tail.len()) as u64;
         let omitted = self.total - kept;
         let tail: Vec<u8> = self.tail.iter().copied().collect();
@@ -139,7 +134,7 @@ fn trim_continuation_start(bytes: &[u8]) -> &[u8] {
 /// Shortens an already captured `text` to about `max_bytes`, head and tail
 /// kept, for a result that would otherwise be too large to publish (JSON
 /// escaping of control characters can make a body several times its text).
-pub fn shrink(text: &str, max_bytes: usize) -> String {
+pub(crate) fn shrink(text: &str, max_bytes: usize) -> String {
     if text.len() <= max_bytes {
         return text.to_owned();
     }
@@ -171,7 +166,7 @@ pub fn shrink(text: &str, max_bytes: usize) -> String {
 /// single run's. A job of a single run without a header keeps that run's
 /// output exactly as it was captured.
 #[derive(Debug)]
-pub struct Transcript {
+pub(crate) struct Transcript {
     capture: OutputCapture,
     /// The only part so far, kept as it is until a second one arrives.
     single: Option<CapturedOutput>,
@@ -185,7 +180,7 @@ pub struct Transcript {
 
 impl Transcript {
     /// An empty transcript keeping at most `limit` bytes.
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             capture: OutputCapture::new(limit),
             single: None,
@@ -197,14 +192,14 @@ impl Transcript {
     }
 
     /// Adds a line of the worker's own (a note for people), on a line of its own.
-    pub fn note(&mut self, line: &str) {
+    pub(crate) fn note(&mut self, line: &str) {
         self.new_line();
         self.push_text(&format!("{line}\n"));
     }
 
     /// Adds one run's `output`, after `header` (a line, without its newline)
     /// when there is one.
-    pub fn push_run(&mut self, header: Option<&str>, output: &CapturedOutput) {
+    pub(crate) fn push_run(&mut self, header: Option<&str>, output: &CapturedOutput) {
         self.run_bytes += output.total_bytes;
         self.run_truncated |= output.truncated;
         match header {
@@ -243,7 +238,7 @@ impl Transcript {
 
     /// The text for the result: `total_bytes` counts what the runs wrote,
     /// `truncated` says whether anything was left out anywhere.
-    pub fn finish(&self) -> CapturedOutput {
+    pub(crate) fn finish(&self) -> CapturedOutput {
         let mut output = match &self.single {
             Some(single) => single.clone(),
             None => self.capture.finish(),

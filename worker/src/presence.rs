@@ -27,7 +27,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a worker says about itself; the service loop keeps the counts.
 #[derive(Clone, Debug)]
-pub struct Presence {
+pub(crate) struct Presence {
     worker: WorkerId,
     host: String,
     slots: u16,
@@ -42,7 +42,7 @@ struct Counts {
 
 impl Presence {
     /// A worker with `slots` slots, none busy, no job done yet.
-    pub fn new(worker: WorkerId, host: String, slots: u16) -> Self {
+    pub(crate) fn new(worker: WorkerId, host: String, slots: u16) -> Self {
         Self {
             worker,
             host,
@@ -52,18 +52,18 @@ impl Presence {
     }
 
     /// How many slots run a job now.
-    pub fn set_busy(&self, busy: usize) {
+    pub(crate) fn set_busy(&self, busy: usize) {
         let busy = u16::try_from(busy).unwrap_or(u16::MAX);
         self.counts.busy.store(busy, Ordering::Relaxed);
     }
 
     /// A job ended here (finished or cancelled).
-    pub fn job_done(&self) {
+    pub(crate) fn job_done(&self) {
         self.counts.jobs_done.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The status as of now.
-    pub fn status(&self) -> WorkerStatus {
+    pub(crate) fn status(&self) -> WorkerStatus {
         WorkerStatus {
             worker: self.worker.clone(),
             host: self.host.clone(),
@@ -76,7 +76,7 @@ impl Presence {
 
     /// Publishes `status` through `session`; a failure is logged at debug
     /// level only.
-    pub async fn publish(&self, session: &Session, status: &WorkerStatus) {
+    pub(crate) async fn publish(&self, session: &Session, status: &WorkerStatus) {
         let sent = tokio::time::timeout(
             SEND_TIMEOUT,
             session.publish_transient(Queue::Events, status, status.envelope()),
@@ -92,7 +92,7 @@ impl Presence {
 
 /// Sends `presence`'s status through the current `session` at once after
 /// each (re)connection and every `interval`, until `stop`.
-pub async fn announce(
+pub(crate) async fn announce(
     presence: Presence,
     mut session: CurrentSession,
     interval: Duration,

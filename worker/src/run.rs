@@ -54,7 +54,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// What to run, where, and under which limits.
 #[derive(Debug, Clone)]
-pub struct CommandSpec {
+pub(crate) struct CommandSpec {
     /// The program (looked up in the command's `PATH` when it has no `/`).
     pub program: OsString,
     /// Its arguments.
@@ -75,7 +75,7 @@ pub struct CommandSpec {
 
 /// How the command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// It exited with this status.
     Exited(i32),
     /// A signal ended it (not one of ours).
@@ -89,7 +89,7 @@ pub enum Ending {
 
 /// A command that ran.
 #[derive(Debug, Clone)]
-pub struct Finished {
+pub(crate) struct Finished {
     /// How it ended.
     pub ending: Ending,
     /// What it wrote to stdout and stderr.
@@ -101,7 +101,7 @@ pub struct Finished {
 /// The command could not be started; nothing ran. The job's status is
 /// `error`, with this text as its message.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     #[error("command not found: {program}")]
     NotFound { program: String },
     #[error("command not executable: {program} (permission denied)")]
@@ -114,14 +114,17 @@ pub enum RunError {
 /// subreaper"), so a background process that a job's command left behind can
 /// be reaped here instead of staying a zombie in the job's group (inside a
 /// container, PID 1 often does not reap). Process-wide and idempotent.
-pub fn adopt_orphans() {
+pub(crate) fn adopt_orphans() {
     if let Err(error) = nix::sys::prctl::set_child_subreaper(true) {
         warn!(%error, "cannot become a child subreaper; leftovers of jobs may linger as zombies");
     }
 }
 
 /// Runs `spec` to its end, its timeout, or `abort`.
-pub async fn run(spec: &CommandSpec, abort: &CancellationToken) -> Result<Finished, RunError> {
+pub(crate) async fn run(
+    spec: &CommandSpec,
+    abort: &CancellationToken,
+) -> Result<Finished, RunError> {
     let program = spec.program.to_string_lossy().into_owned();
     let spawn_error = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound => RunError::NotFound {

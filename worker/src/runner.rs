@@ -19,7 +19,7 @@ const RESERVED_ENV_PREFIX: &[u8] = b"WARREN_";
 
 /// What every job of a worker needs: its identity and limits.
 #[derive(Debug, Clone)]
-pub struct JobRunner {
+pub(crate) struct JobRunner {
     /// Reported in results.
     pub worker: WorkerId,
     /// Reported in results.
@@ -43,7 +43,7 @@ pub struct JobRunner {
 impl JobRunner {
     /// A runner with `config`'s settings and this process's environment,
     /// counting in `metrics`.
-    pub fn new(config: &WorkerConfig, metrics: Metrics) -> Self {
+    pub(crate) fn new(config: &WorkerConfig, metrics: Metrics) -> Self {
         Self {
             worker: config.id.clone(),
             host: config.host.clone(),
@@ -62,7 +62,7 @@ impl JobRunner {
 /// worker's own settings, which can hold the broker password), the job's
 /// `env`, then `CI=true` and the `WARREN_*` description of the job. Each
 /// run adds `WARREN_FILES`, its files (see [`crate::substitute`]).
-pub fn job_environment(
+pub(crate) fn job_environment(
     base: impl IntoIterator<Item = (OsString, OsString)>,
     job: &Job,
 ) -> Vec<(OsString, OsString)> {

@@ -21,18 +21,18 @@ use warren_common::ids::SuitePath;
 use warren_common::messages::TestCommand;
 
 /// Replaced by all the files of a run.
-pub const FILES: &str = "{files}";
+pub(crate) const FILES: &str = "{files}";
 /// Replaced by one file; the command runs once per file.
-pub const FILE: &str = "{file}";
+pub(crate) const FILE: &str = "{file}";
 
 /// Linux's limit for one argument or one `NAME=value` environment string,
 /// in bytes (`MAX_ARG_STRLEN`, 32 pages): a longer one makes `exec` fail
 /// with E2BIG, whatever the total size.
-pub const MAX_ARG_BYTES: usize = 32 * 4096;
+pub(crate) const MAX_ARG_BYTES: usize = 32 * 4096;
 
 /// How the command uses the job's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placeholder {
+pub(crate) enum Placeholder {
     /// No placeholder: the command runs once as written (the files are in
     /// `WARREN_FILES`).
     None,
@@ -46,7 +46,7 @@ pub enum Placeholder {
 /// with this text as its message, before anything runs; the fix is in the
 /// commit's `warren.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubstituteError {
+pub(crate) enum SubstituteError {
     /// Both placeholders: it is not clear how often to run the command.
     #[error("the command uses both {FILE} and {FILES}; use one of them")]
     Both,
@@ -72,7 +72,7 @@ pub enum SubstituteError {
 }
 
 /// Which placeholder `command` uses; refuses the ones it cannot take.
-pub fn placeholder(command: &TestCommand) -> Result<Placeholder, SubstituteError> {
+pub(crate) fn placeholder(command: &TestCommand) -> Result<Placeholder, SubstituteError> {
     let parts: Vec<&str> = match command {
         TestCommand::Shell(script) => vec![script.as_str()],
         TestCommand::Argv(argv) => argv.iter().map(String::as_str).collect(),
@@ -103,7 +103,7 @@ pub fn placeholder(command: &TestCommand) -> Result<Placeholder, SubstituteError
 /// The program and arguments of one run of `command` over `files` (all of
 /// a `{files}` run, the one of a `{file}` run; ignored without a
 /// placeholder). `command` must have passed [`placeholder`].
-pub fn command_line(
+pub(crate) fn command_line(
     command: &TestCommand,
     files: &[SuitePath],
 ) -> Result<(OsString, Vec<OsString>), SubstituteError> {
@@ -145,7 +145,7 @@ pub fn command_line(
 /// `text` as one word for `sh`: in single quotes, where nothing is special
 /// but the quote itself, which becomes `'\''` (end quote, escaped quote,
 /// quote again).
-pub fn shell_quote(text: &str) -> String {
+pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
@@ -154,7 +154,7 @@ pub fn shell_quote(text: &str) -> String {
 /// sentence for the job's output when the value is too long for one
 /// environment variable (Linux refuses to start any program then); the
 /// command runs without the variable.
-pub fn files_variable(files: &[SuitePath]) -> Result<String, String> {
+pub(crate) fn files_variable(files: &[SuitePath]) -> Result<String, String> {
     let value = files
         .iter()
         .map(SuitePath::as_str)

@@ -44,7 +44,7 @@ const FILES_IN_HEADER: usize = 5;
 
 /// What the runs of a job came to.
 #[derive(Debug, Clone)]
-pub struct Ran {
+pub(crate) struct Ran {
     /// The job's verdict.
     pub status: JobStatus,
     /// Exit status of the first failing run (0 when the job passed).
@@ -67,7 +67,7 @@ pub struct Ran {
 
 /// How the runs ended.
 #[derive(Debug)]
-pub enum SuiteEnd {
+pub(crate) enum SuiteEnd {
     /// To the end (whatever the verdict).
     Ran(Box<Ran>),
     /// Stopped from outside (see [`crate::cancel::JobStop`]); no verdict.
@@ -77,7 +77,7 @@ pub enum SuiteEnd {
 /// Runs `job`'s command in the checkout `cwd`, using `placeholder` (checked
 /// by the caller, `{file}` only with files), until done or `stop`; the
 /// output also goes to `live`.
-pub async fn run(
+pub(crate) async fn run(
     runner: &JobRunner,
     job: &Job,
     cwd: &Path,

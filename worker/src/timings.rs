@@ -13,7 +13,7 @@ use warren_common::ids::SuitePath;
 use warren_common::messages::{FileTiming, TestCase};
 
 /// The measured time of one file's own run.
-pub fn measured(path: &SuitePath, duration: Duration) -> FileTiming {
+pub(crate) fn measured(path: &SuitePath, duration: Duration) -> FileTiming {
     FileTiming {
         path: path.clone(),
         duration_ms: millis(duration),
@@ -23,7 +23,11 @@ pub fn measured(path: &SuitePath, duration: Duration) -> FileTiming {
 
 /// The times of `files`, which ran together for `duration` and reported
 /// `tests`.
-pub fn shared_out(files: &[SuitePath], duration: Duration, tests: &[TestCase]) -> Vec<FileTiming> {
+pub(crate) fn shared_out(
+    files: &[SuitePath],
+    duration: Duration,
+    tests: &[TestCase],
+) -> Vec<FileTiming> {
     let mut sums: HashMap<&str, u64> = HashMap::new();
     for test in tests {
         if let Some(file) = test.file.as_deref()

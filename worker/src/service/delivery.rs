@@ -127,12 +127,6 @@ impl Service {
                     debug!("job acknowledged");
                 }
             }
-            Ok(Outcome::Poison { reason }) if current => {
-                dead_letter(session, &delivery, &reason).await?;
-            }
-            Ok(Outcome::Poison { .. }) => {
-                // From a lost connection: the broker delivers it again.
-            }
             Ok(Outcome::Cancelled) => {
                 // Only a cancellation stops a job this way, and it was
                 // handled above; ack so the broker does not run it again.
@@ -174,7 +168,7 @@ impl Service {
             Ok(Outcome::Finished(result)) => self.outbox.push(*result),
             Ok(Outcome::Abandoned) => self.abandoned += 1,
             // Its delivery returns to the queue with the lost connection.
-            Ok(Outcome::Poison { .. } | Outcome::Cancelled) | Err(_) => {}
+            Ok(Outcome::Cancelled) | Err(_) => {}
         }
     }
 
@@ -218,7 +212,7 @@ impl Service {
             _ if cancelled => "cancelled",
             Ok(Outcome::Cancelled) => "cancelled",
             Ok(Outcome::Finished(result)) => result.status.as_str(),
-            Ok(Outcome::Abandoned | Outcome::Poison { .. }) | Err(_) => return,
+            Ok(Outcome::Abandoned) | Err(_) => return,
         };
         self.metrics.job_finished(status);
         self.presence.job_done();

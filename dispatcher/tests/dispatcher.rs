@@ -9,47 +9,48 @@ use warren_common::messages::{
     CommitEvent, Job, JobEvent, JobEventKind, JobResult, JobStatus, TestCommand, decode,
 };
 use warren_common::session::{Outgoing, Session};
-use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
 use warren_dispatcher::DispatcherConfig;
 use warren_harness::broker::TestBroker;
 use warren_harness::builders;
 use warren_harness::git::Upstream;
 use warren_harness::process::wait_until;
+use warren_harness::spawn::Spawned;
 
-struct Fixture {
+/// A dispatcher running in this process with its own broker prefix and
+/// folder; stopped when dropped.
+struct SpawnedDispatcher {
     broker: TestBroker,
     dir: tempfile::TempDir,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    running: Spawned,
 }
 
-impl Fixture {
-    async fn start(name: &str) -> Self {
-        let broker = TestBroker::new(name);
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("dispatcher.toml");
-        let var = dir.path().display();
-        std::fs::write(
-            &config_path,
-            format!(
-                "{}\n[http]\nlisten = \"127.0.0.1:0\"\n[dispatcher]\ndatabase = \"{var}/db/warren.db\"\nresults_dir = \"{var}/results\"\n\
-                 mirror_dir = \"{var}/mirrors\"\nsync = \"normal\"\n",
-                broker.toml()
-            ),
-        )
-        .unwrap();
-        let config = DispatcherConfig::load(Some(&config_path)).unwrap();
-        let shutdown = Shutdown::manual();
-        let task = tokio::spawn(warren_dispatcher::run(config, shutdown.clone()));
-        Self {
-            broker,
-            dir,
-            shutdown,
-            task,
-        }
+async fn spawn_dispatcher(name: &str) -> SpawnedDispatcher {
+    let broker = TestBroker::new(name);
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("dispatcher.toml");
+    let var = dir.path().display();
+    std::fs::write(
+        &config_path,
+        format!(
+            "{}\n[http]\nlisten = \"127.0.0.1:0\"\n[dispatcher]\ndatabase = \"{var}/db/warren.db\"\nresults_dir = \"{var}/results\"\n\
+             mirror_dir = \"{var}/mirrors\"\nsync = \"normal\"\n",
+            broker.toml()
+        ),
+    )
+    .unwrap();
+    let config = DispatcherConfig::load(Some(&config_path)).unwrap();
+    let running = Spawned::start("dispatcher", |shutdown| {
+        warren_dispatcher::run(config, shutdown)
+    });
+    SpawnedDispatcher {
+        broker,
+        dir,
+        running,
     }
+}
 
+impl SpawnedDispatcher {
     fn result_path(&self, repo: &str, sha: &str) -> PathBuf {
         self.dir
             .path()
@@ -59,8 +60,7 @@ impl Fixture {
     }
 
     async fn stop(self) {
-        self.shutdown.graceful.cancel();
-        self.task.await.unwrap().unwrap();
+        self.running.stop(Duration::from_secs(30)).await.unwrap();
         self.broker.cleanup().await;
     }
 }
@@ -120,7 +120,7 @@ fn outgoing(job: &Job, suffix: &str) -> Outgoing<'static> {
 
 #[tokio::test]
 async fn a_commit_becomes_a_job_and_its_result_a_file_exactly_once() {
-    let fixture = Fixture::start("disp-flow").await;
+    let fixture = spawn_dispatcher("disp-flow").await;
     let upstream = Upstream::new();
     let sha = upstream.commit(
         "main",
@@ -207,7 +207,7 @@ async fn a_commit_becomes_a_job_and_its_result_a_file_exactly_once() {
 
 #[tokio::test]
 async fn commits_that_cannot_be_tested_get_an_error_result() {
-    let fixture = Fixture::start("disp-errors").await;
+    let fixture = spawn_dispatcher("disp-errors").await;
     let upstream = Upstream::new();
     let broken = upstream.commit("main", "broken", &[("warren.toml", Some("command = [\n"))]);
     let no_command = upstream.commit(
@@ -263,7 +263,7 @@ async fn commits_that_cannot_be_tested_get_an_error_result() {
 
 #[tokio::test]
 async fn bad_messages_are_dead_lettered_with_a_reason_and_the_next_one_is_served() {
-    let fixture = Fixture::start("disp-poison").await;
+    let fixture = spawn_dispatcher("disp-poison").await;
     let upstream = Upstream::new();
     let sha = upstream.commit("main", "ok", &[("warren.toml", Some("command = \"true\""))]);
     let session = fixture.broker.session().await;

@@ -10,6 +10,7 @@
 //! - [`rabbit`]: stopping and starting the broker, changing its settings,
 //!   always undone.
 //! - [`sample`]: the sample project and the demo's story of commits.
+//! - [`spawn`]: a component's `run` in a task of the test, stopped on drop.
 //! - [`process`]: start the real binaries with a config file, stop them,
 //!   and wait for files with a deadline instead of sleeping.
 
@@ -22,3 +23,4 @@ pub mod process;
 pub mod proxy;
 pub mod rabbit;
 pub mod sample;
+pub mod spawn;

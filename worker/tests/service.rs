@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Once;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::task::JoinHandle;
+
 use tokio::time::Instant;
 use warren_common::config::{BrokerConfig, BrokerSettings, ConfigSource, LogSettings};
 use warren_common::ids::{JobId, SuitePath};
@@ -26,12 +26,12 @@ use warren_common::messages::{
     TestCommand, TestStatus, WorkerStatus, decode, encode,
 };
 use warren_common::session::{Outgoing, Session};
-use warren_common::shutdown::Shutdown;
 use warren_common::topology::Queue;
 use warren_harness::broker::TestBroker;
 use warren_harness::builders;
 use warren_harness::git::Upstream;
 use warren_harness::process::eventually;
+use warren_harness::spawn::Spawned;
 use warren_worker::config::{WorkerConfig, WorkerSettings};
 
 /// Deadline for anything a healthy worker does in well under a second.
@@ -49,10 +49,9 @@ fn init_logs() {
     }
 }
 
-/// A worker running in this process.
+/// A worker running in this process; stopped when dropped.
 struct SpawnedWorker {
-    shutdown: Shutdown,
-    handle: JoinHandle<anyhow::Result<()>>,
+    running: Spawned,
     id: String,
     _work: tempfile::TempDir,
 }
@@ -60,15 +59,11 @@ struct SpawnedWorker {
 impl SpawnedWorker {
     /// Stops it the polite way and returns what `run` returned.
     async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.graceful.cancel();
-        self.join().await
+        self.running.stop(WAIT).await
     }
 
     async fn join(self) -> anyhow::Result<()> {
-        tokio::time::timeout(WAIT, self.handle)
-            .await
-            .expect("the worker stops in time")
-            .expect("the worker task does not panic")
+        self.running.join(WAIT).await
     }
 }
 
@@ -97,11 +92,8 @@ fn spawn_worker_as(
     let config =
         WorkerConfig::from_settings(config, &settings, &ConfigSource::named("test settings"))
             .unwrap();
-    let shutdown = Shutdown::manual();
-    let handle = tokio::spawn(warren_worker::run(config, shutdown.clone()));
     SpawnedWorker {
-        shutdown,
-        handle,
+        running: Spawned::start("worker", |shutdown| warren_worker::run(config, shutdown)),
         id,
         _work: work,
     }
@@ -495,12 +487,12 @@ async fn a_graceful_stop_finishes_the_job_in_hand() {
     let worker = spawn_worker(&broker, |_| {});
 
     wait_for("the job to start", exists(&started)).await;
-    worker.shutdown.graceful.cancel();
+    worker.running.cancel();
     // The job in hand is unacked (a quorum queue counts only the waiting
     // one, and keeps counting a cancelled consumer until its jobs are acked);
     // the worker waits for it.
     assert_eq!(broker.queue_depth(Queue::Jobs).await.0, 1);
-    assert!(!worker.handle.is_finished());
+    assert!(!worker.running.is_finished());
     std::fs::write(&release, "").unwrap();
     worker.join().await.unwrap();
 
@@ -533,8 +525,7 @@ async fn a_forced_stop_kills_the_job_and_leaves_it_to_the_broker() {
     let worker = spawn_worker(&broker, |_| {});
 
     wait_for("the job to start", exists(&pid_file)).await;
-    worker.shutdown.graceful.cancel();
-    worker.shutdown.forced.cancel();
+    worker.running.force();
     let error = worker.join().await.unwrap_err().to_string();
     assert!(error.contains("1 jobs killed"), "{error}");
     let pid: i32 = std::fs::read_to_string(&pid_file)

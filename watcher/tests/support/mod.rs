@@ -11,6 +11,7 @@ use warren_common::messages::{CommitEvent, decode};
 use warren_common::topology::Queue;
 use warren_harness::broker::TestBroker;
 use warren_harness::git::Upstream;
+use warren_harness::spawn::Spawned;
 use warren_watcher::WatcherConfig;
 use warren_watcher::config::{BranchFilter, RepoConfig};
 use warren_watcher::cursor::CursorStore;
@@ -127,39 +128,31 @@ pub fn init_logs() {
     }
 }
 
-/// A watcher running in a task of the test.
-pub struct Running {
-    shutdown: warren_common::shutdown::Shutdown,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
+/// A watcher running in a task of the test; stopped when dropped.
+pub struct Running(Spawned);
 
 /// Starts `run(config)` in a task.
 pub fn spawn_watcher(config: WatcherConfig) -> Running {
     init_logs();
-    let shutdown = warren_common::shutdown::Shutdown::manual();
-    let handle = tokio::spawn(warren_watcher::run(config, shutdown.clone()));
-    Running { shutdown, handle }
+    Running(Spawned::start("watcher", |shutdown| {
+        warren_watcher::run(config, shutdown)
+    }))
 }
 
 impl Running {
     /// Starts a graceful stop without waiting for it.
     pub fn cancel(&self) {
-        self.shutdown.graceful.cancel();
+        self.0.cancel();
     }
 
     /// Whether the watcher has returned.
     pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
+        self.0.is_finished()
     }
 
     /// A graceful stop; the watcher must return `Ok` promptly.
     pub async fn stop(self) {
-        self.shutdown.graceful.cancel();
-        tokio::time::timeout(ARRIVAL, self.handle)
-            .await
-            .expect("the watcher stops after a graceful stop")
-            .expect("the watcher task did not panic")
-            .expect("the watcher returned Ok");
+        self.0.stop(ARRIVAL).await.expect("the watcher returned Ok");
     }
 }
 

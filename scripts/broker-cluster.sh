@@ -7,6 +7,8 @@
 #   scripts/broker-cluster.sh kill N         kill -9 node N (1..3)
 #   scripts/broker-cluster.sh revive N       start node N again (it rejoins)
 #   scripts/broker-cluster.sh restart N      stop node N cleanly, start it again
+#   scripts/broker-cluster.sh freeze N       SIGSTOP node N: it hangs, sockets open
+#   scripts/broker-cluster.sh thaw N         SIGCONT node N
 #   scripts/broker-cluster.sh status         which nodes run, the cluster view
 #   scripts/broker-cluster.sh leader QUEUE   the node (1..3) leading a quorum queue
 #   scripts/broker-cluster.sh urls           the AMQP URLs, comma-separated
@@ -120,6 +122,11 @@ case "$cmd" in
         ;;
     stop)
         for n in "${nodes[@]}"; do
+            # A frozen node would never answer the stop.
+            pid=$(node_pid "$n")
+            if [ -n "$pid" ]; then kill -CONT "$pid" 2>/dev/null || true; fi
+        done
+        for n in "${nodes[@]}"; do
             ctl "$n" stop >/dev/null 2>&1 || true
         done
         for n in "${nodes[@]}"; do
@@ -149,6 +156,15 @@ case "$cmd" in
         while [ -n "$(node_pid "$2")" ]; do sleep 0.1; done
         start_node "$2"
         await_node "$2"
+        ;;
+    freeze | thaw)
+        check_node "${2:-}"
+        pid=$(node_pid "$2")
+        if [ -z "$pid" ]; then
+            echo "node $(node_name "$2") is not running" >&2
+            exit 1
+        fi
+        if [ "$1" = freeze ]; then kill -STOP "$pid"; else kill -CONT "$pid"; fi
         ;;
     status)
         for n in "${nodes[@]}"; do
@@ -198,7 +214,7 @@ else:
         )
         ;;
     *)
-        echo "usage: $0 start|stop|kill N|revive N|restart N|status|leader QUEUE|urls" >&2
+        echo "usage: $0 start|stop|kill N|revive N|restart N|freeze N|thaw N|status|leader QUEUE|urls" >&2
         exit 2
         ;;
 esac

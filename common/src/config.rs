@@ -419,6 +419,21 @@ mod tests {
                     .port,
                 5681
             );
+            // A node that failed goes last, in round robin order among the
+            // others, until a connection to it succeeds again.
+            broker.failed(2);
+            let order: Vec<usize> = broker.connect_order().map(|(index, _)| index).collect();
+            assert_eq!(order, [0, 1, 2]);
+            broker.failed(0);
+            let order: Vec<usize> = broker.connect_order().map(|(index, _)| index).collect();
+            assert_eq!(order, [1, 2, 0]);
+            broker.connected_to(2);
+            let order: Vec<usize> = broker.connect_order().map(|(index, _)| index).collect();
+            assert_eq!(order, [1, 2, 0], "2 is trusted again, 0 still suspect");
+            // Clones (a process's other connections) share what was seen.
+            broker.clone().connected_to(0);
+            let order: Vec<usize> = broker.connect_order().map(|(index, _)| index).collect();
+            assert_eq!(order, [1, 2, 0]);
         }
     }
 

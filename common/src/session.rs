@@ -90,7 +90,7 @@ pub fn rejected_total(queue: Queue) -> u64 {
 async fn connect_to_a_node(
     broker: &BrokerConfig,
     name: &str,
-) -> Result<(Connection, String), SessionError> {
+) -> Result<(Connection, usize, String), SessionError> {
     let mut last = None;
     for (index, node) in broker.connect_order() {
         let properties =
@@ -112,9 +112,10 @@ async fn connect_to_a_node(
         match attempt.await {
             Ok(connection) => {
                 broker.connected_to(index);
-                return Ok((connection, node.safe_url().to_owned()));
+                return Ok((connection, index, node.safe_url().to_owned()));
             }
             Err(cause) => {
+                broker.failed(index);
                 if broker.nodes().len() > 1 {
                     warn!(url = node.safe_url(), error = %cause, "broker node unreachable; trying the next");
                 }
@@ -143,6 +144,13 @@ pub struct Session {
     app_id: &'static str,
     /// Longest wait for a publisher confirm (`broker.confirm_timeout`).
     confirm_timeout: std::time::Duration,
+    /// The node list and its connect order, told when this node's
+    /// connection is lost (see [`BrokerConfig::failed`]).
+    broker: BrokerConfig,
+    /// This session's node in `broker`.
+    node: usize,
+    /// Set by [`Session::close`]: a connection we closed was not lost.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -154,19 +162,26 @@ impl Session {
         app_id: &'static str,
         name: &str,
     ) -> Result<Self, SessionError> {
-        let (connection, url) = connect_to_a_node(broker, name).await?;
+        let (connection, node, url) = connect_to_a_node(broker, name).await?;
         let broker_error = |what| move |cause| SessionError::Broker { what, cause };
         let confirmed = connection
             .create_channel()
             .await
             .map_err(broker_error("opening a channel"))?;
-        if broker.declare {
+        // A reconnect checks first: declaring changes the cluster's metadata,
+        // which waits for every node, a hung one included (until the
+        // cluster declares it down, a minute by default); reading does not.
+        let in_place = broker.declare
+            && broker.topology_declared()
+            && Self::topology_in_place(&connection, broker).await;
+        if broker.declare && !in_place {
             broker
                 .topology
                 .declare(&confirmed)
                 .await
                 .map_err(broker_error("declaring the topology"))?;
-        } else {
+            broker.note_topology_declared();
+        } else if !broker.declare {
             // A failed passive declare closes the channel: check on one of
             // its own.
             let check = connection
@@ -198,7 +213,21 @@ impl Session {
             topology: broker.topology.clone(),
             app_id,
             confirm_timeout: broker.confirm_timeout,
+            broker: broker.clone(),
+            node,
+            closing: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether every queue exists (on a channel of its own: a failed
+    /// passive declare closes its channel).
+    async fn topology_in_place(connection: &Connection, broker: &BrokerConfig) -> bool {
+        let Ok(check) = connection.create_channel().await else {
+            return false;
+        };
+        let found = broker.topology.verify(&check).await.is_ok();
+        let _ = check.close(200, ShortString::from("checked")).await;
+        found
     }
 
     /// The node this session is connected to (password masked).
@@ -431,7 +460,12 @@ impl Session {
     /// Bounded by `broker.confirm_timeout`: a broker that stopped reading
     /// (a memory alarm blocks publishing connections) never answers.
     pub async fn close(&self) {
+        if self.closing.swap(true, Ordering::Relaxed) {
+            return;
+        }
         if !self.is_connected() {
+            // Lost, not closed: the next connection tries this node last.
+            self.broker.failed(self.node);
             return;
         }
         let close = self.connection.close(200, ShortString::from("bye"));
@@ -463,6 +497,15 @@ impl Session {
             .with_timestamp(timestamp)
             .with_delivery_mode(if outgoing.persistent { 2 } else { 1 })
             .with_headers(headers)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Dropped after losing its connection without a `close`.
+        if !self.closing.load(Ordering::Relaxed) && !self.is_connected() {
+            self.broker.failed(self.node);
+        }
     }
 }
 

@@ -105,14 +105,26 @@ impl TestBroker {
     }
 
     /// A plain connection and channel of the test's own (no topology, no
-    /// confirms), to look at queues directly.
+    /// confirms), to look at queues directly; on a cluster, through the
+    /// first node that answers.
     pub async fn raw_channel(&self) -> (lapin::Connection, lapin::Channel) {
-        let connection = lapin::Connection::connect_uri(
-            self.config.uri().clone(),
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .expect("connect to the broker");
+        let mut last = None;
+        let mut connection = None;
+        for (_, node) in self.config.connect_order() {
+            match lapin::Connection::connect_uri(
+                node.uri().clone(),
+                lapin::ConnectionProperties::default(),
+            )
+            .await
+            {
+                Ok(answered) => {
+                    connection = Some(answered);
+                    break;
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        let connection = connection.unwrap_or_else(|| panic!("connect to the broker: {last:?}"));
         let channel = connection.create_channel().await.expect("open a channel");
         (connection, channel)
     }

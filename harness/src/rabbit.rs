@@ -359,7 +359,41 @@ impl BrokerCluster {
             .to_owned()
     }
 
-    /// The node (1..=3) that leads the quorum queue `queue`.
+    /// The node (1..=3) that leads quorum queue `queue`.
+    pub fn leader(&self, queue: &str) -> Option<u8> {
+        self.control().leader(queue)
+    }
+
+    /// `kill -9` of node `node`; returns once the process is gone.
+    pub fn kill(&self, node: u8) {
+        self.control().kill(node);
+    }
+
+    /// Starts node `node` again; it rejoins the cluster.
+    pub fn revive(&self, node: u8) {
+        self.control().revive(node);
+    }
+
+    /// Stops node `node` cleanly and starts it again.
+    pub fn restart(&self, node: u8) {
+        self.control().restart(node);
+    }
+
+    /// The nodes' controls, to use from another thread while the cluster
+    /// (and its clean-up) stays with the test.
+    pub fn control(&self) -> NodeControl {
+        NodeControl { _private: () }
+    }
+}
+
+/// Kills, revives and restarts the nodes of a [`BrokerCluster`].
+#[derive(Debug, Clone, Copy)]
+pub struct NodeControl {
+    _private: (),
+}
+
+impl NodeControl {
+    /// The node (1..=3) that leads quorum queue `queue`.
     pub fn leader(&self, queue: &str) -> Option<u8> {
         cluster_script(&["leader", queue]).ok()?.trim().parse().ok()
     }
@@ -377,6 +411,18 @@ impl BrokerCluster {
     /// Stops node `node` cleanly and starts it again.
     pub fn restart(&self, node: u8) {
         cluster_script(&["restart", &node.to_string()]).expect("scripts/broker-cluster.sh restart");
+    }
+
+    /// SIGSTOP of node `node`: it hangs with its sockets open, as a machine
+    /// that stopped answering does ([`NodeControl::thaw`] undoes it; so
+    /// does the cluster's clean-up).
+    pub fn freeze(&self, node: u8) {
+        cluster_script(&["freeze", &node.to_string()]).expect("scripts/broker-cluster.sh freeze");
+    }
+
+    /// SIGCONT of a frozen node.
+    pub fn thaw(&self, node: u8) {
+        cluster_script(&["thaw", &node.to_string()]).expect("scripts/broker-cluster.sh thaw");
     }
 }
 

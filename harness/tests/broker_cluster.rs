@@ -1,6 +1,7 @@
 //! Warren on a three-node RabbitMQ cluster (`scripts/broker-cluster.sh`):
-//! the node that leads a queue is killed with `kill -9` while commits
-//! stream through, and every commit still gets exactly one verdict. The
+//! while commits stream through, the node that leads a queue is killed with
+//! `kill -9`, or the node the dispatcher is connected to, or every node is
+//! restarted in turn; every commit still gets exactly one verdict. The
 //! cluster is this binary's own, beside the machine's broker, so
 //! `scripts/test.sh` runs it alone, like `broker_faults`; within it a lock
 //! serialises the tests.
@@ -24,16 +25,60 @@ fn results_in(dir: &Path) -> usize {
     })
 }
 
-/// Streams `COMMITS` commits into `cluster` and kills the node that leads
-/// `queue` once a third of them have verdicts; checks every verdict and
-/// returns the longest pause between two new results after the kill.
-async fn kill_the_leader_of(name: &str, queue_suffix: &str) -> Duration {
+/// What happens to the cluster a third into the stream.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `kill -9` of the node that leads the queue with this suffix.
+    KillLeaderOf(&'static str),
+    /// `kill -9` of the node this component is connected to.
+    KillNodeOf(Of),
+    /// Every node stopped and started again, one after another.
+    RollingRestart,
+    /// SIGSTOP of the node this component is connected to, for
+    /// [`FROZEN_FOR`]: it hangs with its sockets open.
+    FreezeNodeOf(Of),
+}
+
+/// How long a frozen node stays frozen: longer than two AMQP heartbeats
+/// of the components (5 s in that test), shorter than the nodes'
+/// `net_ticktime` (60 s), so the cluster never declares a partition.
+const FROZEN_FOR: Duration = Duration::from_secs(20);
+
+/// A component whose broker node a fault kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Of {
+    Dispatcher,
+    Watcher,
+}
+
+/// The node (1..=3) named by the last "connected to the broker" line of
+/// `log` (its masked URL ends in the node's AMQP port, 5681..5683), and how
+/// many such lines there are.
+fn connected_node(log: &str) -> (Option<u8>, usize) {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("connected to the broker"))
+        .collect();
+    let node = lines.last().and_then(|line| {
+        (1..=3u8).find(|n| line.contains(&format!("127.0.0.1:{}", 5680 + u16::from(*n))))
+    });
+    (node, lines.len())
+}
+
+/// Streams `COMMITS` commits into a fresh cluster, causes `fault` once a
+/// third of them have verdicts, checks every verdict and returns the
+/// longest pause between two new results after the fault began.
+async fn stream_through(name: &str, fault: Fault) -> Duration {
     let _serial = SERIAL.lock().await;
     let nodes = BrokerCluster::start();
     let mut options = ClusterOptions::new(name);
     options.workers = 3;
     options.poll_interval = "100ms".into();
     options.broker_url = Some(nodes.urls());
+    if let Fault::FreezeNodeOf(_) = fault {
+        // A hung peer is noticed after about two heartbeats.
+        options.env = vec![("WARREN_BROKER__HEARTBEAT".into(), "5s".into())];
+    }
     let cluster = Cluster::start(options);
     assert!(
         cluster.wait_for_workers(3, DEADLINE).await,
@@ -47,22 +92,44 @@ async fn kill_the_leader_of(name: &str, queue_suffix: &str) -> Duration {
     cluster
         .wait_for_results(std::slice::from_ref(&base), DEADLINE)
         .unwrap_or_else(|missing| panic!("no result for {missing:?}\n{}", cluster.all_logs()));
-    let queue = format!("{}.{queue_suffix}", cluster.broker.prefix);
-    let leader = nodes
-        .leader(&queue)
-        .unwrap_or_else(|| panic!("no leader for {queue}"));
+    let log_of = |of: Of| {
+        match of {
+            Of::Dispatcher => cluster.dispatcher.as_ref(),
+            Of::Watcher => cluster.watcher.as_ref(),
+        }
+        .map(|component| component.log())
+        .unwrap_or_default()
+    };
 
-    // Commits stream in; the node goes once a third have verdicts, and the
-    // pauses between new results are timed from then on.
+    // Commits stream in; the fault begins once a third have verdicts, and
+    // the pauses between new results are timed from then on.
     let dir = cluster.results_dir().join("sample");
     let mut shas = Vec::new();
-    let mut killed: Option<Instant> = None;
+    let mut faulted: Option<Instant> = None;
+    let mut what = String::new();
+    // Which node led each queue when the fault began.
+    let mut leaders = String::new();
+    let mut restarts: Option<std::thread::JoinHandle<Duration>> = None;
+    let mut reconnected: Option<Duration> = None;
+    let mut connections_before = 0;
     let mut seen = results_in(&dir);
     let mut last_new = Instant::now();
     let mut longest = Duration::ZERO;
     let began = Instant::now();
-    while seen < 1 + COMMITS && began.elapsed() < DEADLINE {
-        if shas.len() < COMMITS {
+    // A rolling restart (or a freeze) takes longer than the stream: commits
+    // keep coming, more slowly, until the last node is back.
+    let restarting = |restarts: &Option<std::thread::JoinHandle<Duration>>| {
+        restarts
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+    };
+    let mut last_push = Instant::now();
+    while (seen < 1 + shas.len().max(COMMITS) || restarting(&restarts))
+        && began.elapsed() < DEADLINE
+    {
+        let slow = shas.len() >= COMMITS && restarting(&restarts);
+        if shas.len() < COMMITS || (slow && last_push.elapsed() >= Duration::from_millis(250)) {
+            last_push = Instant::now();
             let i = shas.len();
             shas.push(cluster.upstream.commit(
                 "main",
@@ -71,29 +138,91 @@ async fn kill_the_leader_of(name: &str, queue_suffix: &str) -> Duration {
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if killed.is_none() && seen > COMMITS / 3 {
-            nodes.kill(leader);
-            killed = Some(Instant::now());
-            last_new = Instant::now();
+        if faulted.is_none() && seen > COMMITS / 3 {
+            leaders = ["commits", "jobs", "results", "events"]
+                .map(|suffix| {
+                    let queue = format!("{}.{suffix}", cluster.broker.prefix);
+                    format!("{suffix}@{}", nodes.leader(&queue).unwrap_or(0))
+                })
+                .join(" ");
+            // Timed from just before the act: finding the target takes a
+            // rabbitmqctl call, not part of the fault, and the kill script
+            // returns only once the process is gone, when a client may be
+            // back already.
+            let mut fault_began = Instant::now();
+            match fault {
+                Fault::KillLeaderOf(suffix) => {
+                    let queue = format!("{}.{suffix}", cluster.broker.prefix);
+                    let leader = nodes
+                        .leader(&queue)
+                        .unwrap_or_else(|| panic!("no leader for {queue}"));
+                    what = format!("node {leader}, the leader of {queue}, killed");
+                    fault_began = Instant::now();
+                    nodes.kill(leader);
+                }
+                Fault::KillNodeOf(of) => {
+                    let (node, connections) = connected_node(&log_of(of));
+                    let node = node
+                        .unwrap_or_else(|| panic!("no node in the {of:?}'s log\n{}", log_of(of)));
+                    what = format!("node {node}, the {of:?}'s, killed");
+                    connections_before = connections;
+                    fault_began = Instant::now();
+                    nodes.kill(node);
+                }
+                Fault::FreezeNodeOf(of) => {
+                    let (node, connections) = connected_node(&log_of(of));
+                    let node = node
+                        .unwrap_or_else(|| panic!("no node in the {of:?}'s log\n{}", log_of(of)));
+                    what = format!("node {node}, the {of:?}'s, frozen for {FROZEN_FOR:?}");
+                    connections_before = connections;
+                    let control = nodes.control();
+                    fault_began = Instant::now();
+                    control.freeze(node);
+                    restarts = Some(std::thread::spawn(move || {
+                        std::thread::sleep(FROZEN_FOR);
+                        control.thaw(node);
+                        FROZEN_FOR
+                    }));
+                }
+                Fault::RollingRestart => {
+                    what = "every node restarted in turn".into();
+                    let script = nodes.control();
+                    restarts = Some(std::thread::spawn(move || {
+                        let started = Instant::now();
+                        for node in 1..=3 {
+                            script.restart(node);
+                        }
+                        started.elapsed()
+                    }));
+                }
+            }
+            faulted = Some(fault_began);
+            last_new = fault_began;
+        }
+        if let (Some(at), Fault::KillNodeOf(of) | Fault::FreezeNodeOf(of), None) =
+            (faulted, fault, reconnected)
+        {
+            let (node, connections) = connected_node(&log_of(of));
+            if connections > connections_before && node.is_some() {
+                reconnected = Some(at.elapsed());
+            }
         }
         let now = results_in(&dir);
         if now > seen {
-            if killed.is_some() {
+            if faulted.is_some() {
                 longest = longest.max(last_new.elapsed());
             }
             last_new = Instant::now();
             seen = now;
         }
     }
-    assert!(
-        killed.is_some(),
-        "the node was never killed: {seen} results"
-    );
+    assert!(faulted.is_some(), "the fault never began: {seen} results");
+    let restarted_in = restarts.map(|thread| thread.join().expect("the restarts"));
     let reports = cluster
         .wait_for_results(&shas, DEADLINE)
         .unwrap_or_else(|missing| {
             panic!(
-                "{} commits without a result after killing node {leader}\n{}",
+                "{} commits without a result after {what}\n{}",
                 missing.len(),
                 cluster.all_logs()
             )
@@ -101,7 +230,7 @@ async fn kill_the_leader_of(name: &str, queue_suffix: &str) -> Duration {
     for report in &reports {
         assert_eq!(report["status"], "passed", "{report:#}");
     }
-    let total = 1 + COMMITS as i64;
+    let total = 1 + shas.len() as i64;
     assert_eq!(
         cluster.count("SELECT count(*) FROM commits"),
         total,
@@ -117,10 +246,27 @@ async fn kill_the_leader_of(name: &str, queue_suffix: &str) -> Duration {
     let late = cluster.count("SELECT coalesce(sum(late_results), 0) FROM jobs");
     let lost = cluster.count("SELECT count(*) FROM attempts WHERE state = 'lost'");
     println!(
-        "{queue} led by node {leader}, killed a third into {COMMITS} commits: longest pause \
-         in results after the kill {longest:?}; duplicate commit events {republished}, late \
-         results {late}, lost runs {lost}; lost=0 duplicated=0"
+        "{what} a third into the stream ({} commits; leaders {leaders}): longest pause in results after it \
+         {longest:?}; connected again after {reconnected:?}; the restarts or the freeze took \
+         {restarted_in:?}; duplicate commit events {republished}, late results {late}, lost \
+         runs {lost}; lost=0 duplicated=0",
+        shas.len()
     );
+    if let Fault::KillNodeOf(of) | Fault::FreezeNodeOf(of) = fault {
+        // What the component said about it, for the record.
+        for line in log_of(of)
+            .lines()
+            .filter(|line| line.contains("broker") && !line.contains("DEBUG"))
+            .skip(connections_before.saturating_sub(1))
+        {
+            println!("  {of:?}: {line}");
+        }
+        assert!(
+            reconnected.is_some(),
+            "the {of:?} never connected again\n{}",
+            log_of(of)
+        );
+    }
     drop(cluster);
     drop(nodes);
     longest
@@ -128,12 +274,36 @@ async fn kill_the_leader_of(name: &str, queue_suffix: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_node_that_leads_the_jobs_queue_loses_nothing() {
-    let pause = kill_the_leader_of("c-jobs", "jobs").await;
+    let pause = stream_through("c-jobs", Fault::KillLeaderOf("jobs")).await;
     assert!(pause < Duration::from_secs(30), "{pause:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_node_that_leads_the_commits_queue_loses_nothing() {
-    let pause = kill_the_leader_of("c-commits", "commits").await;
+    let pause = stream_through("c-commits", Fault::KillLeaderOf("commits")).await;
     assert!(pause < Duration::from_secs(30), "{pause:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_node_the_dispatcher_is_connected_to_loses_nothing() {
+    let pause = stream_through("c-disp", Fault::KillNodeOf(Of::Dispatcher)).await;
+    assert!(pause < Duration::from_secs(30), "{pause:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_node_the_watcher_is_connected_to_loses_nothing() {
+    let pause = stream_through("c-watch", Fault::KillNodeOf(Of::Watcher)).await;
+    assert!(pause < Duration::from_secs(30), "{pause:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_loses_nothing() {
+    let pause = stream_through("c-rolling", Fault::RollingRestart).await;
+    assert!(pause < Duration::from_secs(30), "{pause:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freezing_the_node_the_dispatcher_is_connected_to_loses_nothing() {
+    let pause = stream_through("c-freeze", Fault::FreezeNodeOf(Of::Dispatcher)).await;
+    assert!(pause < Duration::from_secs(40), "{pause:?}");
 }

@@ -11,8 +11,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 /// `[broker]`: how to reach RabbitMQ.
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +150,13 @@ pub struct BrokerConfig {
     /// The node a connection tries first: round robin, see
     /// [`BrokerConfig::connect_order`].
     next: Arc<AtomicUsize>,
+    /// Whether a connection of this process declared the topology already:
+    /// later ones check it exists (passive declares, plain reads) and
+    /// declare again only what is missing.
+    declared: Arc<std::sync::atomic::AtomicBool>,
+    /// Per node, when this process last saw it fail (a refused or timed-out
+    /// connect, a connection lost), in ms since [`clock`]; 0 for never.
+    failed_at: Arc<Vec<AtomicU64>>,
     /// The exchanges and queues.
     pub topology: Topology,
     /// Longest wait between two reconnection attempts.
@@ -235,6 +244,8 @@ impl BrokerConfig {
         // Processes started together spread over the nodes.
         let first = std::process::id() as usize % nodes.len();
         Ok(Self {
+            declared: Arc::default(),
+            failed_at: Arc::new((0..nodes.len()).map(|_| AtomicU64::new(0)).collect()),
             nodes,
             next: Arc::new(AtomicUsize::new(first)),
             topology: Topology::new(settings.prefix.clone(), settings.delivery_limit)
@@ -258,20 +269,50 @@ impl BrokerConfig {
 
     /// The nodes in the order a new connection tries them: round robin,
     /// starting with the node after the one the last connection used, so a
-    /// process whose node died tries another one first. Call
-    /// [`BrokerConfig::connected_to`] with the node that answered.
+    /// process whose node died tries another one first; nodes that failed
+    /// within the last minute go after the others (a node that
+    /// hangs costs a whole connect timeout, and several connections of one
+    /// process share this order). Call [`BrokerConfig::connected_to`] with
+    /// the node that answered and [`BrokerConfig::failed`] with one that
+    /// did not, or whose connection was lost.
     pub fn connect_order(&self) -> impl Iterator<Item = (usize, &BrokerNode)> {
         let start = self.next.load(Ordering::Relaxed) % self.nodes.len();
-        (0..self.nodes.len()).map(move |offset| {
-            let index = (start + offset) % self.nodes.len();
-            (index, &self.nodes[index])
-        })
+        let now = clock_ms();
+        let suspect = |index: usize| {
+            let at = self.failed_at[index].load(Ordering::Relaxed);
+            at != 0 && now.saturating_sub(at) < SUSPECT_FOR.as_millis() as u64
+        };
+        let mut order: Vec<usize> = (0..self.nodes.len())
+            .map(|offset| (start + offset) % self.nodes.len())
+            .collect();
+        // Stable: the round robin order within each group.
+        order.sort_by_key(|&index| suspect(index));
+        order
+            .into_iter()
+            .map(move |index| (index, &self.nodes[index]))
     }
 
     /// Records that a connection to node `index` succeeded: the next
-    /// connection starts with the node after it.
+    /// connection starts with the node after it, and the node is trusted.
     pub fn connected_to(&self, index: usize) {
         self.next.store(index + 1, Ordering::Relaxed);
+        self.failed_at[index].store(0, Ordering::Relaxed);
+    }
+
+    /// Records that node `index` failed: it goes last in
+    /// [`BrokerConfig::connect_order`] for a minute.
+    pub fn failed(&self, index: usize) {
+        self.failed_at[index].store(clock_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a connection of this process has declared the topology.
+    pub(crate) fn topology_declared(&self) -> bool {
+        self.declared.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the topology has been declared.
+    pub(crate) fn note_topology_declared(&self) {
+        self.declared.store(true, Ordering::Relaxed);
     }
 
     /// Whether the connection uses TLS.
@@ -284,6 +325,15 @@ impl BrokerConfig {
         let urls: Vec<&str> = self.nodes.iter().map(BrokerNode::safe_url).collect();
         urls.join(",")
     }
+}
+
+/// How long a node that failed goes last in the connect order.
+const SUSPECT_FOR: Duration = Duration::from_secs(60);
+
+/// Milliseconds since this process first asked (a monotonic clock).
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// The URIs of `broker.url`'s nodes, each checked; one cluster, so one

@@ -3,17 +3,21 @@
 //! once and the dispatcher is killed once; then every result is checked.
 //!
 //! It restarts the local RabbitMQ application, so do not run it beside the
-//! tests or another installation. Prints one summary line such as
+//! tests or another installation. With `--cluster` it runs on a three-node
+//! cluster of its own (`scripts/broker-cluster.sh`, removed at the end)
+//! instead, and the broker's restart becomes a `kill -9` of the node that
+//! leads the jobs queue, revived a few seconds later. Prints one summary
+//! line such as
 //! `commits=240 results=240 lost=0 duplicated=0 retried_attempts=17 max_recovery_s=4.2`.
 //!
-//! `cargo run --release -p warren-harness --bin warren-chaos -- --commits 240`
+//! `cargo run --release -p warren-harness --bin warren-chaos -- --commits 240 [--cluster]`
 
 use chrono::{DateTime, Utc};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use warren_common::topology::Queue;
 use warren_harness::cluster::{Cluster, ClusterOptions};
-use warren_harness::rabbit::Stopped;
+use warren_harness::rabbit::{BrokerCluster, Stopped};
 
 /// Workers kept running (killed ones are replaced at once).
 const WORKERS: usize = 4;
@@ -29,8 +33,13 @@ const DEADLINE: Duration = Duration::from_secs(300);
 fn main() -> ExitCode {
     let mut commits = 240;
     let mut dir = None;
+    let mut on_cluster = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--cluster" {
+            on_cluster = true;
+            continue;
+        }
         match (arg.as_str(), args.next()) {
             ("--commits", Some(n)) => match n.parse::<usize>() {
                 Ok(n) if n >= 10 => commits = n,
@@ -41,7 +50,9 @@ fn main() -> ExitCode {
         }
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let nodes = on_cluster.then(BrokerCluster::start);
     let mut options = ClusterOptions::new("chaos");
+    options.broker_url = nodes.as_ref().map(BrokerCluster::urls);
     options.workers = WORKERS;
     options.dir = dir;
     options.poll_interval = "200ms".into();
@@ -102,11 +113,25 @@ fn main() -> ExitCode {
         if !broker_done && now >= broker_at {
             broker_done = true;
             outage_window.0 = Some(Utc::now());
-            outage = Some(std::thread::spawn(|| {
+            let node = nodes.as_ref().map(|nodes| {
+                let queue = cluster.broker.config.topology.queue(Queue::Jobs);
+                (nodes.control(), nodes.leader(&queue).unwrap_or(1))
+            });
+            outage = Some(std::thread::spawn(move || {
                 let down = Instant::now();
-                let stopped = Stopped::stop_app();
-                std::thread::sleep(BROKER_DOWN);
-                stopped.start();
+                match node {
+                    // One node of three: the others carry on meanwhile.
+                    Some((control, leader)) => {
+                        control.kill(leader);
+                        std::thread::sleep(BROKER_DOWN);
+                        control.revive(leader);
+                    }
+                    None => {
+                        let stopped = Stopped::stop_app();
+                        std::thread::sleep(BROKER_DOWN);
+                        stopped.start();
+                    }
+                }
                 (down.elapsed(), Instant::now())
             }));
         }
@@ -115,11 +140,12 @@ fn main() -> ExitCode {
             outage_window.1 = outage_window
                 .0
                 .map(|down| down + chrono::Duration::from_std(unavailable).unwrap_or_default());
-            recoveries.push((
+            let fault = if nodes.is_some() {
+                "jobs queue's leader node down (kill -9, wait, start until it rejoins)"
+            } else {
                 "broker unavailable (stop_app, wait, start_app until it accepts connections)"
-                    .into(),
-                unavailable.as_secs_f64(),
-            ));
+            };
+            recoveries.push((fault.into(), unavailable.as_secs_f64()));
             // From the broker's return until every worker and the
             // dispatcher consume again.
             runtime.block_on(async {
@@ -127,7 +153,7 @@ fn main() -> ExitCode {
                 wait_consumers(&cluster, Queue::Commits, 1).await;
             });
             recoveries.push((
-                "broker restart: all consuming again".into(),
+                "after the broker or node came back: all consuming again".into(),
                 back.elapsed().as_secs_f64(),
             ));
         }
@@ -227,16 +253,23 @@ fn main() -> ExitCode {
     // The broker's own outage is the fault, not a recovery.
     let max_recovery = recoveries
         .iter()
-        .filter(|(what, _)| !what.starts_with("broker unavailable"))
+        .filter(|(what, _)| {
+            !what.starts_with("broker unavailable") && !what.starts_with("jobs queue's leader")
+        })
         .map(|(_, s)| *s)
         .fold(0.0, f64::max);
 
     println!(
-        "pushed {} commits in {:.1} s; {kills} worker kills (one every {:.1} s), broker stopped at \
+        "pushed {} commits in {:.1} s; {kills} worker kills (one every {:.1} s), {} stopped at \
          t={:.1} s and started {:.0} s later, dispatcher killed at t={:.1} s",
         shas.len(),
         pushed_in.as_secs_f64(),
         KILL_EVERY.as_secs_f64(),
+        if nodes.is_some() {
+            "the jobs queue's leader node"
+        } else {
+            "the broker"
+        },
         broker_at.as_secs_f64(),
         BROKER_DOWN.as_secs_f64(),
         dispatcher_at.as_secs_f64()
@@ -283,7 +316,7 @@ fn parse(text: &str) -> Option<DateTime<Utc>> {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: warren-chaos [--commits N (at least 10, default 240)] [--dir FOLDER (kept, with logs)]"
+        "usage: warren-chaos [--commits N (at least 10, default 240)] [--dir FOLDER (kept, with logs)] [--cluster]"
     );
     ExitCode::from(2)
 }

@@ -307,3 +307,118 @@ async fn freezing_the_node_the_dispatcher_is_connected_to_loses_nothing() {
     let pause = stream_through("c-freeze", Fault::FreezeNodeOf(Of::Dispatcher)).await;
     assert!(pause < Duration::from_secs(40), "{pause:?}");
 }
+
+/// The status code of `POST url` to the dispatcher's API.
+fn post(url: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the dispatcher");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A worker whose node dies mid-job declares its private control queue
+/// again on the node it moves to: a cancel sent after the failover still
+/// reaches it, kills every run of the job, and frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_worker_after_its_node_died() {
+    let _serial = SERIAL.lock().await;
+    let nodes = BrokerCluster::start();
+    let mut options = ClusterOptions::new("c-cancel");
+    options.workers = 1;
+    options.broker_url = Some(nodes.urls());
+    let cluster = Cluster::start(options);
+    assert!(
+        cluster.wait_for_workers(1, DEADLINE).await,
+        "{}",
+        cluster.all_logs()
+    );
+    let marks = cluster.root().join("started");
+    let pids = cluster.root().join("pids");
+    let slow = format!(
+        "command = \"echo $$ >> {}; touch {}; sleep 60\"\ntimeout = \"2m\"\n",
+        pids.display(),
+        marks.display()
+    );
+    let sha = cluster
+        .upstream
+        .commit("main", "slow", &[("warren.toml", Some(&slow))]);
+    assert!(
+        warren_harness::process::wait_until(DEADLINE, || marks.exists()),
+        "{}",
+        cluster.all_logs()
+    );
+
+    let worker_log = || cluster.workers[0].log();
+    let (node, before) = connected_node(&worker_log());
+    let node = node.unwrap_or_else(|| panic!("no node in the worker's log\n{}", worker_log()));
+    nodes.kill(node);
+    assert!(
+        warren_harness::process::wait_until(DEADLINE, || {
+            let (now, connections) = connected_node(&worker_log());
+            connections > before && now.is_some_and(|now| now != node)
+        }),
+        "the worker never connected to another node\n{}",
+        worker_log()
+    );
+
+    // The dispatcher may be reconnecting too: the API answers 202 once the
+    // loop has the command.
+    let url = format!("{}/api/commits/sample/{sha}/cancel", cluster.http_url());
+    let accepted = warren_harness::process::wait_until(DEADLINE, || post(&url) == 202);
+    assert!(accepted, "{}", cluster.all_logs());
+    let report = cluster
+        .wait_for_results(std::slice::from_ref(&sha), DEADLINE)
+        .unwrap_or_else(|missing| panic!("no result for {missing:?}\n{}", cluster.all_logs()))
+        .remove(0);
+    assert_eq!(report["status"], "cancelled", "{report:#}");
+    let runs: Vec<String> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let gone = warren_harness::process::wait_until(Duration::from_secs(15), || {
+        runs.iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    });
+    assert!(
+        gone,
+        "a run of the cancelled job survived: {runs:?}\n{}",
+        worker_log()
+    );
+
+    let quick = cluster.upstream.commit(
+        "main",
+        "quick",
+        &[("warren.toml", Some("command = \"echo quick\"\n"))],
+    );
+    let report = cluster
+        .wait_for_results(std::slice::from_ref(&quick), Duration::from_secs(30))
+        .unwrap_or_else(|missing| {
+            panic!(
+                "the slot was not freed: no result for {missing:?}\n{}",
+                cluster.all_logs()
+            )
+        })
+        .remove(0);
+    assert_eq!(report["status"], "passed", "{report:#}");
+    println!(
+        "node {node} (the worker's) killed mid-job; runs of the job: {}; cancelled after the \
+         failover, every run gone, the next commit passed",
+        runs.len()
+    );
+}

@@ -31,24 +31,14 @@ const DISPATCHER_DOWN: Duration = Duration::from_secs(1);
 const DEADLINE: Duration = Duration::from_secs(300);
 
 fn main() -> ExitCode {
-    let mut commits = 240;
-    let mut dir = None;
-    let mut on_cluster = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--cluster" {
-            on_cluster = true;
-            continue;
-        }
-        match (arg.as_str(), args.next()) {
-            ("--commits", Some(n)) => match n.parse::<usize>() {
-                Ok(n) if n >= 10 => commits = n,
-                _ => return usage(),
-            },
-            ("--dir", Some(path)) => dir = Some(std::path::PathBuf::from(path)),
-            _ => return usage(),
-        }
-    }
+    let Some(Args {
+        commits,
+        dir,
+        on_cluster,
+    }) = parse_args()
+    else {
+        return usage();
+    };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let nodes = on_cluster.then(BrokerCluster::start);
     let mut options = ClusterOptions::new("chaos");
@@ -92,7 +82,9 @@ fn main() -> ExitCode {
     // When the broker went down and when it accepted connections again.
     let mut outage_window: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
     let mut shas = Vec::with_capacity(commits);
-    while shas.len() < commits || outage.is_some() {
+    // Until every commit is pushed and both faults happened (a short stream
+    // waits for them), and the broker is back.
+    while shas.len() < commits || outage.is_some() || !broker_done || !dispatcher_done {
         let now = started.elapsed();
         if shas.len() < commits {
             let i = shas.len();
@@ -192,54 +184,7 @@ fn main() -> ExitCode {
     let reissued = number("SELECT coalesce(sum(attempt - 1), 0) FROM jobs");
     let late = number("SELECT coalesce(sum(late_results), 0) FROM jobs");
     let not_passed = number("SELECT count(*) FROM commits WHERE status != 'passed'");
-    // A lost run whose job was then decided by another run: from the lost
-    // run's last sign of life to the start of the run that decided the job
-    // (waiting behind the backlog for a free worker included). Lost runs
-    // whose own result decided the job (kept by the worker through a broker
-    // outage and published after it) cost nothing and are not counted.
-    let mut gaps: Vec<f64> = Vec::new();
-    {
-        let mut statement = db
-            .prepare(
-                "SELECT l.last_seen, d.started_at FROM attempts l
-                   JOIN jobs j ON j.id = l.job_id
-                   JOIN attempts d ON d.run_id = j.decided_run AND d.started_at > l.last_seen
-                 WHERE l.state = 'lost'",
-            )
-            .expect("query");
-        let rows = statement
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })
-            .expect("query");
-        for (lost_at, next) in rows.flatten() {
-            if let (Some(a), Some(b)) = (parse(&lost_at), parse(&next)) {
-                let at = (a - started_at).num_milliseconds() as f64 / 1000.0;
-                // A run lost to the broker outage can only be replaced once
-                // the broker is back: count from then.
-                let from = match outage_window {
-                    (Some(down), Some(up))
-                        if a >= down - chrono::Duration::seconds(1) && a <= up =>
-                    {
-                        up
-                    }
-                    _ => a,
-                };
-                // `rabbitmqctl` sees the broker back a little after the
-                // workers do: never below zero.
-                let gap = ((b - from).num_milliseconds() as f64 / 1000.0).max(0.0);
-                println!(
-                    "  lost run: last seen at t={at:.1} s, the deciding run started {gap:.1} s after {}",
-                    if from == a {
-                        "that"
-                    } else {
-                        "the broker came back"
-                    }
-                );
-                gaps.push(gap);
-            }
-        }
-    }
+    let mut gaps = replacement_gaps(&db, started_at, outage_window);
     gaps.sort_by(f64::total_cmp);
     let worst_worker = gaps.last().copied().unwrap_or(0.0);
     recoveries.push(("lost run replaced by the deciding run".into(), worst_worker));
@@ -260,7 +205,7 @@ fn main() -> ExitCode {
         .fold(0.0, f64::max);
 
     println!(
-        "pushed {} commits in {:.1} s; {kills} worker kills (one every {:.1} s), {} stopped at \
+        "pushed {} commits in {:.1} s (faults included); {kills} worker kills (one every {:.1} s), {} stopped at \
          t={:.1} s and started {:.0} s later, dispatcher killed at t={:.1} s",
         shas.len(),
         pushed_in.as_secs_f64(),
@@ -296,6 +241,58 @@ fn main() -> ExitCode {
     }
 }
 
+/// For each lost run whose job was then decided by another run: the time
+/// from the lost run's last sign of life to the start of the run that
+/// decided the job
+/// (waiting behind the backlog for a free worker included). Lost runs
+/// whose own result decided the job (kept by the worker through a broker
+/// outage and published after it) cost nothing and are not counted.
+/// Prints each and returns them, in seconds.
+fn replacement_gaps(
+    db: &rusqlite::Connection,
+    started_at: DateTime<Utc>,
+    outage_window: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+) -> Vec<f64> {
+    let mut gaps: Vec<f64> = Vec::new();
+    let mut statement = db
+        .prepare(
+            "SELECT l.last_seen, d.started_at FROM attempts l
+               JOIN jobs j ON j.id = l.job_id
+               JOIN attempts d ON d.run_id = j.decided_run AND d.started_at > l.last_seen
+             WHERE l.state = 'lost'",
+        )
+        .expect("query");
+    let rows = statement
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })
+        .expect("query");
+    for (lost_at, next) in rows.flatten() {
+        if let (Some(a), Some(b)) = (parse(&lost_at), parse(&next)) {
+            let at = (a - started_at).num_milliseconds() as f64 / 1000.0;
+            // A run lost to the broker outage can only be replaced once
+            // the broker is back: count from then.
+            let from = match outage_window {
+                (Some(down), Some(up)) if a >= down - chrono::Duration::seconds(1) && a <= up => up,
+                _ => a,
+            };
+            // `rabbitmqctl` sees the broker back a little after the
+            // workers do: never below zero.
+            let gap = ((b - from).num_milliseconds() as f64 / 1000.0).max(0.0);
+            println!(
+                "  lost run: last seen at t={at:.1} s, the deciding run started {gap:.1} s after {}",
+                if from == a {
+                    "that"
+                } else {
+                    "the broker came back"
+                }
+            );
+            gaps.push(gap);
+        }
+    }
+    gaps
+}
+
 /// Waits (up to two minutes) until `queue` has `n` consumers.
 async fn wait_consumers(cluster: &Cluster, queue: Queue, n: u32) -> Duration {
     let started = Instant::now();
@@ -312,6 +309,38 @@ fn parse(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// The command line.
+struct Args {
+    commits: usize,
+    dir: Option<std::path::PathBuf>,
+    on_cluster: bool,
+}
+
+/// `None` for a command line that is not `[--commits N] [--dir FOLDER] [--cluster]`.
+fn parse_args() -> Option<Args> {
+    let mut parsed = Args {
+        commits: 240,
+        dir: None,
+        on_cluster: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--cluster" {
+            parsed.on_cluster = true;
+            continue;
+        }
+        match (arg.as_str(), args.next()) {
+            ("--commits", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if n >= 10 => parsed.commits = n,
+                _ => return None,
+            },
+            ("--dir", Some(path)) => parsed.dir = Some(std::path::PathBuf::from(path)),
+            _ => return None,
+        }
+    }
+    Some(parsed)
 }
 
 fn usage() -> ExitCode {

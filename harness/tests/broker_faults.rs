@@ -172,12 +172,7 @@ async fn components_talk_tls_and_verify_the_broker_certificate() {
         ("WARREN_BROKER__URL".into(), url.clone()),
         ("WARREN_BROKER__TLS_CA_FILE".into(), ca),
     ];
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(2, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let spec = "command = \"echo over tls\"\ntimeout = \"1m\"\n";
     let sha = cluster
         .upstream
@@ -244,12 +239,7 @@ async fn a_broker_that_stops_confirming_holds_nothing_up_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let mut options = ClusterOptions::new("b-alarm");
     options.workers = 1;
-    let mut cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(1, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let mut cluster = Cluster::start_ready(options).await;
     let spec = "command = \"echo ok\"\ntimeout = \"1m\"\n";
     let base = cluster
         .upstream
@@ -275,9 +265,19 @@ async fn a_broker_that_stops_confirming_holds_nothing_up_and_loses_nothing() {
     assert!(recorded, "{}", cluster.all_logs());
     let dispatcher = cluster.dispatcher.as_mut().expect("the dispatcher");
     dispatcher.signal(Signal::SIGTERM);
-    std::thread::sleep(Duration::from_secs(3));
     assert!(
-        dispatcher.is_running(),
+        warren_harness::process::wait_until(DEADLINE, || dispatcher
+            .log()
+            .contains("stopping: finishing work in hand")),
+        "{}",
+        dispatcher.log()
+    );
+    // The first stage waits for the confirm in hand: no exit for 3 s (the
+    // check fails as soon as it exits).
+    let exited =
+        warren_harness::process::wait_until(Duration::from_secs(3), || !dispatcher.is_running());
+    assert!(
+        !exited,
         "the first signal waits for the confirm in hand: {}",
         dispatcher.log()
     );

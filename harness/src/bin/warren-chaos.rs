@@ -107,23 +107,25 @@ fn main() -> ExitCode {
             outage_window.0 = Some(Utc::now());
             let node = nodes.as_ref().map(|nodes| {
                 let queue = cluster.broker.config.topology.queue(Queue::Jobs);
-                (nodes.control(), nodes.leader(&queue).unwrap_or(1))
+                let control = nodes.control();
+                (control, control.leader(&queue).unwrap_or(1))
             });
             outage = Some(std::thread::spawn(move || {
                 let down = Instant::now();
-                match node {
-                    // One node of three: the others carry on meanwhile.
+                // One node of three (the others carry on meanwhile), or
+                // the whole broker; down for BROKER_DOWN whatever happens.
+                let bring_back: Box<dyn FnOnce()> = match node {
                     Some((control, leader)) => {
                         control.kill(leader);
-                        std::thread::sleep(BROKER_DOWN);
-                        control.revive(leader);
+                        Box::new(move || control.revive(leader))
                     }
                     None => {
                         let stopped = Stopped::stop_app();
-                        std::thread::sleep(BROKER_DOWN);
-                        stopped.start();
+                        Box::new(move || stopped.start())
                     }
-                }
+                };
+                std::thread::sleep(BROKER_DOWN);
+                bring_back();
                 (down.elapsed(), Instant::now())
             }));
         }

@@ -140,12 +140,9 @@ pub struct Session {
     /// (no permission on the logs exchange, the exchange not declared yet)
     /// closes this channel only, never the one of job events and statuses.
     live: Channel,
-    topology: Topology,
     app_id: &'static str,
-    /// Longest wait for a publisher confirm (`broker.confirm_timeout`).
-    confirm_timeout: std::time::Duration,
-    /// The node list and its connect order, told when this node's
-    /// connection is lost (see [`BrokerConfig::failed`]).
+    /// The settings: topology, confirm timeout, and the node list, told
+    /// when this node's connection is lost (see [`BrokerConfig::failed`]).
     broker: BrokerConfig,
     /// This session's node in `broker`.
     node: usize,
@@ -168,28 +165,21 @@ impl Session {
             .create_channel()
             .await
             .map_err(broker_error("opening a channel"))?;
-        // A reconnect checks first: declaring changes the cluster's metadata,
-        // which waits for every node, a hung one included (until the
-        // cluster declares it down, a minute by default); reading does not.
-        let in_place = broker.declare
-            && broker.topology_declared()
-            && Self::topology_in_place(&connection, broker).await;
-        if broker.declare && !in_place {
+        if !broker.declare {
+            Self::verify_topology(&connection, broker).await?;
+        } else if !broker.topology_declared()
+            || Self::verify_topology(&connection, broker).await.is_err()
+        {
+            // A reconnect only checks, unless something is missing:
+            // declaring changes the cluster's metadata, which waits for
+            // every node, a hung one included (until the cluster declares
+            // it down, a minute by default); reading does not.
             broker
                 .topology
                 .declare(&confirmed)
                 .await
                 .map_err(broker_error("declaring the topology"))?;
             broker.note_topology_declared();
-        } else if !broker.declare {
-            // A failed passive declare closes the channel: check on one of
-            // its own.
-            let check = connection
-                .create_channel()
-                .await
-                .map_err(broker_error("opening a channel"))?;
-            broker.topology.verify(&check).await?;
-            let _ = check.close(200, ShortString::from("checked")).await;
         }
         confirmed
             .confirm_select(ConfirmSelectOptions::default())
@@ -210,24 +200,29 @@ impl Session {
             confirmed,
             transient,
             live,
-            topology: broker.topology.clone(),
             app_id,
-            confirm_timeout: broker.confirm_timeout,
             broker: broker.clone(),
             node,
             closing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Whether every queue exists (on a channel of its own: a failed
+    /// Checks that every queue exists, on a channel of its own (a failed
     /// passive declare closes its channel).
-    async fn topology_in_place(connection: &Connection, broker: &BrokerConfig) -> bool {
-        let Ok(check) = connection.create_channel().await else {
-            return false;
-        };
-        let found = broker.topology.verify(&check).await.is_ok();
+    async fn verify_topology(
+        connection: &Connection,
+        broker: &BrokerConfig,
+    ) -> Result<(), SessionError> {
+        let check = connection
+            .create_channel()
+            .await
+            .map_err(|cause| SessionError::Broker {
+                what: "opening a channel",
+                cause,
+            })?;
+        broker.topology.verify(&check).await?;
         let _ = check.close(200, ShortString::from("checked")).await;
-        found
+        Ok(())
     }
 
     /// The node this session is connected to (password masked).
@@ -237,7 +232,7 @@ impl Session {
 
     /// The names of the exchanges and queues.
     pub fn topology(&self) -> &Topology {
-        &self.topology
+        &self.broker.topology
     }
 
     /// Whether the connection is still up.
@@ -268,7 +263,7 @@ impl Session {
         message: &M,
         outgoing: Outgoing<'_>,
     ) -> Result<PendingConfirm, PublishError> {
-        let exchange = self.topology.exchange(queue);
+        let exchange = self.broker.topology.exchange(queue);
         let properties = self.properties(M::TYPE, &outgoing);
         let confirm = self
             .confirmed
@@ -287,7 +282,7 @@ impl Session {
             confirm,
             exchange,
             routing_key: outgoing.routing_key.to_owned(),
-            limit: self.confirm_timeout,
+            limit: self.broker.confirm_timeout,
         })
     }
 
@@ -300,7 +295,7 @@ impl Session {
         message_id: String,
     ) -> Result<(), PublishError> {
         let outgoing = message.envelope(message_id);
-        let exchange = self.topology.control_exchange();
+        let exchange = self.broker.topology.control_exchange();
         let confirm = self
             .confirmed
             .basic_publish(
@@ -315,7 +310,7 @@ impl Session {
             confirm,
             exchange,
             routing_key: String::new(),
-            limit: self.confirm_timeout,
+            limit: self.broker.confirm_timeout,
         }
         .wait()
         .await
@@ -355,7 +350,7 @@ impl Session {
         let properties = self.properties(M::TYPE, &outgoing);
         self.transient
             .basic_publish(
-                ShortString::from(self.topology.exchange(queue)),
+                ShortString::from(self.broker.topology.exchange(queue)),
                 ShortString::from(outgoing.routing_key.to_owned()),
                 BasicPublishOptions::default(),
                 &encode(message),
@@ -385,7 +380,7 @@ impl Session {
             .map_err(broker_error("setting prefetch"))?;
         let consumer = channel
             .basic_consume(
-                ShortString::from(self.topology.queue(queue)),
+                ShortString::from(self.broker.topology.queue(queue)),
                 ShortString::from(consumer_tag.to_owned()),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -425,10 +420,10 @@ impl Session {
         );
         headers.insert(
             ShortString::from(ORIGINAL_QUEUE_HEADER),
-            AMQPValue::LongString(LongString::from(self.topology.queue(from))),
+            AMQPValue::LongString(LongString::from(self.broker.topology.queue(from))),
         );
         let properties = delivery.properties.clone().with_headers(headers);
-        let exchange = self.topology.exchange(Queue::Dead);
+        let exchange = self.broker.topology.exchange(Queue::Dead);
         let confirm = self
             .confirmed
             .basic_publish(
@@ -446,7 +441,7 @@ impl Session {
             confirm,
             exchange,
             routing_key: from.dead_letter_key().to_owned(),
-            limit: self.confirm_timeout,
+            limit: self.broker.confirm_timeout,
         }
         .wait()
         .await?;
@@ -469,7 +464,7 @@ impl Session {
             return;
         }
         let close = self.connection.close(200, ShortString::from("bye"));
-        match tokio::time::timeout(self.confirm_timeout, close).await {
+        match tokio::time::timeout(self.broker.confirm_timeout, close).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => warn!(%error, "closing the broker connection"),
             Err(_) => warn!("the broker did not answer the close; leaving the connection"),

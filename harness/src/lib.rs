@@ -5,6 +5,7 @@
 //!   helpers to read queue depths and dead letters, and clean-up.
 //! - [`git`]: real git repositories to commit to (bare, like a forge).
 //! - [`git_http`]: a local git host over smart HTTP that requires a token.
+//! - [`http`]: a minimal client for the dispatcher's API.
 //! - [`cluster`]: a whole installation from the real binaries.
 //! - [`proxy`]: a TCP proxy that can cut a connection without closing it.
 //! - [`rabbit`]: stopping and starting the broker, changing its settings,
@@ -19,6 +20,7 @@ pub mod builders;
 pub mod cluster;
 pub mod git;
 pub mod git_http;
+pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod rabbit;

@@ -359,28 +359,9 @@ impl BrokerCluster {
             .to_owned()
     }
 
-    /// The node (1..=3) that leads quorum queue `queue`.
-    pub fn leader(&self, queue: &str) -> Option<u8> {
-        self.control().leader(queue)
-    }
-
-    /// `kill -9` of node `node`; returns once the process is gone.
-    pub fn kill(&self, node: u8) {
-        self.control().kill(node);
-    }
-
-    /// Starts node `node` again; it rejoins the cluster.
-    pub fn revive(&self, node: u8) {
-        self.control().revive(node);
-    }
-
-    /// Stops node `node` cleanly and starts it again.
-    pub fn restart(&self, node: u8) {
-        self.control().restart(node);
-    }
-
-    /// The nodes' controls, to use from another thread while the cluster
-    /// (and its clean-up) stays with the test.
+    /// Kills, revives, restarts, freezes the nodes; `Copy`, so it can go
+    /// to another thread while the cluster (and its clean-up) stays with
+    /// the test.
     pub fn control(&self) -> NodeControl {
         NodeControl { _private: () }
     }

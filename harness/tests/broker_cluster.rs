@@ -71,6 +71,7 @@ fn connected_node(log: &str) -> (Option<u8>, usize) {
 async fn stream_through(name: &str, fault: Fault) -> Duration {
     let _serial = SERIAL.lock().await;
     let nodes = BrokerCluster::start();
+    let control = nodes.control();
     let mut options = ClusterOptions::new(name);
     options.workers = 3;
     options.poll_interval = "100ms".into();
@@ -79,12 +80,7 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
         // A hung peer is noticed after about two heartbeats.
         options.env = vec![("WARREN_BROKER__HEARTBEAT".into(), "5s".into())];
     }
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(3, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let spec = "command = \"echo ok\"\ntimeout = \"1m\"\n";
     let base = cluster
         .upstream
@@ -109,7 +105,9 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
     let mut what = String::new();
     // Which node led each queue when the fault began.
     let mut leaders = String::new();
-    let mut restarts: Option<std::thread::JoinHandle<Duration>> = None;
+    // A fault that takes time (restarts, a freeze) runs on a thread of its
+    // own, returning how long it took.
+    let mut background: Option<std::thread::JoinHandle<Duration>> = None;
     let mut reconnected: Option<Duration> = None;
     let mut connections_before = 0;
     let mut seen = results_in(&dir);
@@ -118,16 +116,16 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
     let began = Instant::now();
     // A rolling restart (or a freeze) takes longer than the stream: commits
     // keep coming, more slowly, until the last node is back.
-    let restarting = |restarts: &Option<std::thread::JoinHandle<Duration>>| {
-        restarts
+    let in_progress = |background: &Option<std::thread::JoinHandle<Duration>>| {
+        background
             .as_ref()
             .is_some_and(|thread| !thread.is_finished())
     };
     let mut last_push = Instant::now();
-    while (seen < 1 + shas.len().max(COMMITS) || restarting(&restarts))
+    while (seen < 1 + shas.len().max(COMMITS) || in_progress(&background))
         && began.elapsed() < DEADLINE
     {
-        let slow = shas.len() >= COMMITS && restarting(&restarts);
+        let slow = shas.len() >= COMMITS && in_progress(&background);
         if shas.len() < COMMITS || (slow && last_push.elapsed() >= Duration::from_millis(250)) {
             last_push = Instant::now();
             let i = shas.len();
@@ -142,7 +140,7 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
             leaders = ["commits", "jobs", "results", "events"]
                 .map(|suffix| {
                     let queue = format!("{}.{suffix}", cluster.broker.prefix);
-                    format!("{suffix}@{}", nodes.leader(&queue).unwrap_or(0))
+                    format!("{suffix}@{}", control.leader(&queue).unwrap_or(0))
                 })
                 .join(" ");
             // Timed from just before the act: finding the target takes a
@@ -153,12 +151,12 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
             match fault {
                 Fault::KillLeaderOf(suffix) => {
                     let queue = format!("{}.{suffix}", cluster.broker.prefix);
-                    let leader = nodes
+                    let leader = control
                         .leader(&queue)
                         .unwrap_or_else(|| panic!("no leader for {queue}"));
                     what = format!("node {leader}, the leader of {queue}, killed");
                     fault_began = Instant::now();
-                    nodes.kill(leader);
+                    control.kill(leader);
                 }
                 Fault::KillNodeOf(of) => {
                     let (node, connections) = connected_node(&log_of(of));
@@ -167,7 +165,7 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
                     what = format!("node {node}, the {of:?}'s, killed");
                     connections_before = connections;
                     fault_began = Instant::now();
-                    nodes.kill(node);
+                    control.kill(node);
                 }
                 Fault::FreezeNodeOf(of) => {
                     let (node, connections) = connected_node(&log_of(of));
@@ -175,10 +173,9 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
                         .unwrap_or_else(|| panic!("no node in the {of:?}'s log\n{}", log_of(of)));
                     what = format!("node {node}, the {of:?}'s, frozen for {FROZEN_FOR:?}");
                     connections_before = connections;
-                    let control = nodes.control();
                     fault_began = Instant::now();
                     control.freeze(node);
-                    restarts = Some(std::thread::spawn(move || {
+                    background = Some(std::thread::spawn(move || {
                         std::thread::sleep(FROZEN_FOR);
                         control.thaw(node);
                         FROZEN_FOR
@@ -186,11 +183,10 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
                 }
                 Fault::RollingRestart => {
                     what = "every node restarted in turn".into();
-                    let script = nodes.control();
-                    restarts = Some(std::thread::spawn(move || {
+                    background = Some(std::thread::spawn(move || {
                         let started = Instant::now();
                         for node in 1..=3 {
-                            script.restart(node);
+                            control.restart(node);
                         }
                         started.elapsed()
                     }));
@@ -217,7 +213,7 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
         }
     }
     assert!(faulted.is_some(), "the fault never began: {seen} results");
-    let restarted_in = restarts.map(|thread| thread.join().expect("the restarts"));
+    let fault_took = background.map(|thread| thread.join().expect("the fault's thread"));
     let reports = cluster
         .wait_for_results(&shas, DEADLINE)
         .unwrap_or_else(|missing| {
@@ -248,7 +244,7 @@ async fn stream_through(name: &str, fault: Fault) -> Duration {
     println!(
         "{what} a third into the stream ({} commits; leaders {leaders}): longest pause in results after it \
          {longest:?}; connected again after {reconnected:?}; the restarts or the freeze took \
-         {restarted_in:?}; duplicate commit events {republished}, late results {late}, lost \
+         {fault_took:?}; duplicate commit events {republished}, late results {late}, lost \
          runs {lost}; lost=0 duplicated=0",
         shas.len()
     );
@@ -308,29 +304,6 @@ async fn freezing_the_node_the_dispatcher_is_connected_to_loses_nothing() {
     assert!(pause < Duration::from_secs(40), "{pause:?}");
 }
 
-/// The status code of `POST url` to the dispatcher's API.
-fn post(url: &str) -> u16 {
-    use std::io::{Read as _, Write as _};
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_once('/').expect("a path");
-    let mut stream = std::net::TcpStream::connect(host).expect("connect to the dispatcher");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A worker whose node dies mid-job declares its private control queue
 /// again on the node it moves to: a cancel sent after the failover still
 /// reaches it, kills every run of the job, and frees its slot.
@@ -338,15 +311,11 @@ fn post(url: &str) -> u16 {
 async fn a_cancel_reaches_a_worker_after_its_node_died() {
     let _serial = SERIAL.lock().await;
     let nodes = BrokerCluster::start();
+    let control = nodes.control();
     let mut options = ClusterOptions::new("c-cancel");
     options.workers = 1;
     options.broker_url = Some(nodes.urls());
-    let cluster = Cluster::start(options);
-    assert!(
-        cluster.wait_for_workers(1, DEADLINE).await,
-        "{}",
-        cluster.all_logs()
-    );
+    let cluster = Cluster::start_ready(options).await;
     let marks = cluster.root().join("started");
     let pids = cluster.root().join("pids");
     let slow = format!(
@@ -366,7 +335,7 @@ async fn a_cancel_reaches_a_worker_after_its_node_died() {
     let worker_log = || cluster.workers[0].log();
     let (node, before) = connected_node(&worker_log());
     let node = node.unwrap_or_else(|| panic!("no node in the worker's log\n{}", worker_log()));
-    nodes.kill(node);
+    control.kill(node);
     assert!(
         warren_harness::process::wait_until(DEADLINE, || {
             let (now, connections) = connected_node(&worker_log());
@@ -379,7 +348,9 @@ async fn a_cancel_reaches_a_worker_after_its_node_died() {
     // The dispatcher may be reconnecting too: the API answers 202 once the
     // loop has the command.
     let url = format!("{}/api/commits/sample/{sha}/cancel", cluster.http_url());
-    let accepted = warren_harness::process::wait_until(DEADLINE, || post(&url) == 202);
+    let accepted = warren_harness::process::wait_until(DEADLINE, || {
+        warren_harness::http::request("POST", &url).0 == 202
+    });
     assert!(accepted, "{}", cluster.all_logs());
     let report = cluster
         .wait_for_results(std::slice::from_ref(&sha), DEADLINE)

@@ -3,23 +3,19 @@
 
 use super::*;
 use std::collections::BTreeMap;
-use warren_common::ids::{BranchName, RepoUrl, SuitePath, WorkerId};
+use warren_common::ids::{SuitePath, WorkerId};
+use warren_harness::builders;
 
 /// The retry budget of the tests: two lost runs.
 pub(super) const BUDGET: RetryBudget = RetryBudget { max_lost_runs: 2 };
 
+/// A commit of repository `api`, its sha `sha` repeated to 40 digits.
 pub(super) fn event(sha: &str) -> CommitEvent {
-    CommitEvent {
-        repo: RepoName::parse("api").unwrap(),
-        url: RepoUrl::parse("/srv/api.git").unwrap(),
-        branch: BranchName::parse("main").unwrap(),
-        sha: CommitId::parse(&sha.repeat(40)).unwrap(),
-        parents: vec![],
-        author: "A <a@x>".into(),
-        summary: "change".into(),
-        committed_at: Utc::now(),
-        detected_at: Utc::now(),
-    }
+    builders::commit_event("/srv/api.git", &sha.repeat(40))
+        .repo("api")
+        .author("A <a@x>")
+        .summary("change")
+        .build()
 }
 
 pub(super) fn plan() -> Plan {
@@ -52,30 +48,16 @@ pub(super) fn insert(store: &mut Store, event: &CommitEvent) -> Vec<Job> {
     try_insert(store, event).unwrap().jobs
 }
 
+/// A result of `job` by `worker`: exit code 0 when it passed, 1 otherwise.
 pub(super) fn result(job: &Job, worker: &str, status: JobStatus) -> JobResult {
-    JobResult {
-        job_id: job.job_id,
-        attempt: job.attempt,
-        run_id: uuid::Uuid::new_v4(),
-        worker: WorkerId::parse(worker).unwrap(),
-        host: "h".into(),
-        repo: job.repo.clone(),
-        sha: job.sha.clone(),
-        status,
-        exit_code: Some(if status == JobStatus::Passed { 0 } else { 1 }),
-        signal: None,
-        message: None,
-        started_at: Utc::now(),
-        finished_at: Utc::now(),
-        checkout_ms: 3,
-        duration_ms: 10,
-        output: format!("output of {worker}"),
-        output_truncated: false,
-        output_bytes: 12,
-        tests: Vec::new(),
-        file_timings: Vec::new(),
-        report_problem: None,
-    }
+    builders::result_for(job)
+        .worker(worker)
+        .host("h")
+        .status(status)
+        .exit_code(Some(if status == JobStatus::Passed { 0 } else { 1 }))
+        .times_ms(3, 10)
+        .output(&format!("output of {worker}"))
+        .build()
 }
 
 pub(super) fn store() -> (tempfile::TempDir, Store) {

@@ -7,7 +7,9 @@
 //! missing fields, invalid ids and oversize bodies are all [`DecodeError`]s,
 //! which consumers dead-letter with the error as the reason.
 
-use crate::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath, WorkerId};
+use crate::ids::{
+    BranchName, CommitId, ImageRef, JobId, RepoName, RepoUrl, SuitePath, WorkerId,
+};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -227,6 +229,13 @@ pub struct Job {
     /// ones. 0: no reruns.
     #[serde(default)]
     pub retry_failed: u32,
+    /// The container image the command runs in (`image` in `warren.toml`),
+    /// on a worker with `executor = "container"`. Left out of the body when
+    /// `None`, so a job without one reads the same as before; a worker that
+    /// does not know the field refuses a job that has one (unknown field)
+    /// rather than run it outside the container it asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
     pub published_at: DateTime<Utc>,
 }
 
@@ -599,6 +608,7 @@ mod tests {
             files: vec![SuitePath::parse("tests/a.py").unwrap()],
             junit: None,
             retry_failed: 0,
+            image: None,
             published_at: Utc::now(),
         }
     }
@@ -620,6 +630,23 @@ mod tests {
         assert_eq!(value["schema"], 1);
         assert_eq!(value["type"], "job");
         assert_eq!(decode::<Job>(&body).unwrap(), job);
+    }
+
+    #[test]
+    fn an_image_is_carried_only_when_asked_for_and_checked() {
+        let mut job = sample_job();
+        let without: serde_json::Value = serde_json::from_slice(&encode(&job)).unwrap();
+        assert!(
+            without.get("image").is_none(),
+            "a job without image reads as before"
+        );
+        job.image = Some(ImageRef::parse("debian:bookworm-slim").unwrap());
+        assert_eq!(decode::<Job>(&encode(&job)).unwrap(), job);
+        let hostile = reencode(&job, |m| {
+            m.insert("image".into(), "--privileged".into());
+        });
+        let err = decode::<Job>(&hostile).unwrap_err().to_string();
+        assert!(err.contains("invalid image"), "{err}");
     }
 
     #[test]

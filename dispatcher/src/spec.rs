@@ -15,6 +15,7 @@
 //! junit = "report.xml"                    # a JUnit XML report the command writes
 //! retry_failed = 1                        # rerun failures once: fail-then-pass = flaky
 //! supersede = ["feature/*"]               # branches where a newer commit cancels older ones
+//! image = "debian:bookworm-slim"          # the container the command runs in (container workers)
 //!
 //! [env]
 //! PYTHONDONTWRITEBYTECODE = "1"
@@ -32,7 +33,7 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use warren_common::ids::SuitePath;
+use warren_common::ids::{ImageRef, SuitePath};
 use warren_common::messages::{MAX_RETRY_FAILED, MAX_SHARDS, TestCommand, validate_env_name};
 
 /// The name of the file, at the root of the commit's tree.
@@ -74,6 +75,7 @@ struct SpecFile {
     #[serde(default)]
     supersede: Vec<String>,
     select: Option<SelectFile>,
+    image: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +106,9 @@ pub struct Plan {
     pub retry_failed: u32,
     /// Branches on which a newer commit cancels the older ones' jobs.
     pub supersede: Globs,
+    /// The container image to run in; a container worker uses its
+    /// `worker.default_image` when `None`.
+    pub image: Option<ImageRef>,
 }
 
 /// The files of a suite and how to split them.
@@ -221,6 +226,7 @@ pub fn plan(
         retry_failed: 0,
         supersede: Vec::new(),
         select: None,
+        image: None,
     });
     let command = file
         .command
@@ -266,6 +272,12 @@ pub fn plan(
             SuitePath::parse(&path).map_err(|error| format!("{SPEC_FILE}: `junit`: {error}"))
         })
         .transpose()?;
+    let image = file
+        .image
+        .map(|image| {
+            ImageRef::parse(&image).map_err(|error| format!("{SPEC_FILE}: `image`: {error}"))
+        })
+        .transpose()?;
     let suite = suite(
         file.files,
         file.shards,
@@ -281,6 +293,7 @@ pub fn plan(
         junit,
         retry_failed: file.retry_failed,
         supersede: Globs::new(&file.supersede, "supersede")?,
+        image,
     })
 }
 
@@ -421,6 +434,12 @@ full_branches = ["main"]
         assert_eq!(plan.junit.unwrap().as_str(), "out/report.xml");
         assert_eq!(plan.retry_failed, 2);
         assert!(plan.supersede.matches("feature/x") && !plan.supersede.matches("feature/x/y"));
+        assert_eq!(plan.image, None);
+        let in_container = plan_of("command = \"x\"\nimage = \"debian:bookworm-slim\"\n");
+        assert_eq!(
+            in_container.image.map(|image| image.to_string()).as_deref(),
+            Some("debian:bookworm-slim")
+        );
         let by_time =
             plan_of("command = \"x {file}\"\nfiles = [\"t/*\"]\nshard_duration = \"30s\"\n")
                 .suite
@@ -440,7 +459,7 @@ full_branches = ["main"]
 
     #[test]
     fn broken_files_say_what_is_wrong() {
-        let cases: [(&[u8], &str); 16] = [
+        let cases: [(&[u8], &str); 18] = [
             (b"command = ", "warren.toml is invalid"),
             (b"comand = \"x\"", "unknown field `comand`"),
             (b"timeout = \"1m\"", "has no `command`"),
@@ -464,6 +483,8 @@ full_branches = ["main"]
             (b"command = \"x\"\nfiles = [\"t/[\"]", "pattern \"t/[\""),
             (b"command = \"x\"\njunit = \"../r.xml\"", "`junit`"),
             (b"command = \"x\"\nretry_failed = 9", "`retry_failed`"),
+            (b"command = \"x\"\nimage = \"--privileged\"", "`image`"),
+            (b"command = \"x\"\nimage = 3", "invalid type"),
             (
                 b"command = \"x\"\nfiles = [\"t/*\"]\n[select]\nrules = [{ paths = [\"a\"] }]",
                 "missing field `tests`",

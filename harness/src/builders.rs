@@ -70,6 +70,7 @@ pub fn job(url: &str, sha: &str) -> JobBuilder {
         files: Vec::new(),
         junit: None,
         retry_failed: 0,
+        image: None,
         published_at: Utc::now(),
     })
 }

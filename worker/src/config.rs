@@ -13,6 +13,8 @@
 //! shutdown_grace = "10m"      # WARREN_WORKER__SHUTDOWN_GRACE
 //! ack_deadline = "25m"        # WARREN_WORKER__ACK_DEADLINE
 //! http_listen = "127.0.0.1:9187"  # WARREN_WORKER__HTTP_LISTEN (default: no HTTP server)
+//! allowed_images = ["debian:*"]   # WARREN_WORKER__ALLOWED_IMAGES (container executor)
+//! default_image = "debian:bookworm-slim"  # WARREN_WORKER__DEFAULT_IMAGE
 //! ```
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -25,10 +27,12 @@ use warren_common::config::{
     BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogSettings, validate_dir,
 };
 use warren_common::git::{GitAuth, GitSettings};
-use warren_common::ids::{RepoName, WorkerId};
+use warren_common::ids::{ImageRef, RepoName, WorkerId};
+
+use crate::images::ImagePolicy;
 
 /// Keys whose environment values are comma-separated lists.
-const LIST_KEYS: &[&str] = &["worker.allowed_repos"];
+const LIST_KEYS: &[&str] = &["worker.allowed_repos", "worker.allowed_images"];
 
 /// Most slots (concurrent jobs) one worker may run. Each slot keeps its own
 /// clones and the prefetch is a `u16`; beyond 64, run more workers instead.
@@ -99,6 +103,13 @@ pub struct WorkerSettings {
     /// of its own.
     #[serde(default)]
     pub http_listen: Option<String>,
+    /// Glob patterns on image names a job may ask for (`image` in
+    /// `warren.toml`), with the container executor; none by default.
+    #[serde(default)]
+    pub allowed_images: Vec<String>,
+    /// The image of a job that names none (container executor).
+    #[serde(default)]
+    pub default_image: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -114,6 +125,8 @@ impl Default for WorkerSettings {
             shutdown_grace: default_shutdown_grace(),
             ack_deadline: default_ack_deadline(),
             http_listen: None,
+            allowed_images: Vec::new(),
+            default_image: None,
         }
     }
 }
@@ -174,6 +187,8 @@ pub struct WorkerConfig {
     pub http_listen: Option<SocketAddr>,
     /// Credentials for fetches (`[git]`; set by [`load`]).
     pub git: GitAuth,
+    /// `worker.allowed_images` and `worker.default_image`.
+    pub images: ImagePolicy,
 }
 
 /// Reads `path` (if any) and the environment, and validates everything.
@@ -262,6 +277,15 @@ impl WorkerConfig {
                 })
             })
             .transpose()?;
+        let default_image = settings
+            .default_image
+            .as_deref()
+            .map(|image| {
+                ImageRef::parse(image).map_err(|e| source.invalid("worker.default_image", e))
+            })
+            .transpose()?;
+        let images = ImagePolicy::new(&settings.allowed_images, default_image)
+            .map_err(|message| source.invalid("worker.allowed_images", message))?;
         Ok(Self {
             broker,
             id,
@@ -276,6 +300,7 @@ impl WorkerConfig {
             ack_deadline: settings.ack_deadline,
             http_listen,
             git: GitAuth::default(),
+            images,
         })
     }
 }
@@ -507,6 +532,16 @@ mod tests {
                 "http_listen = \"\"",
                 "worker.http_listen",
                 "WARREN_WORKER__HTTP_LISTEN",
+            ),
+            (
+                "allowed_images = [\"a[\"]",
+                "worker.allowed_images",
+                "WARREN_WORKER__ALLOWED_IMAGES",
+            ),
+            (
+                "default_image = \"--privileged\"",
+                "worker.default_image",
+                "WARREN_WORKER__DEFAULT_IMAGE",
             ),
         ];
         for (line, key, env) in cases {

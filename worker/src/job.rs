@@ -407,6 +407,7 @@ mod tests {
             files: Vec::new(),
             junit: None,
             retry_failed: 0,
+            image: None,
             published_at: Utc::now(),
         }
     }

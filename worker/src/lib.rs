@@ -12,6 +12,8 @@
 //!   ids cancelled lately.
 //! - `runner`: what every job shares (`runner::JobRunner`) and the
 //!   command's environment.
+//! - [`images`]: which container images jobs may run in
+//!   (`worker.allowed_images`, `worker.default_image`).
 //! - `checkout`: a clean work tree at a commit, reusing a clone per slot (git2).
 //! - `suite`: the runs of one job: once, once per file (`{file}`), within
 //!   the job's timeout; `suite/reruns.rs` the reruns of what failed,
@@ -33,8 +35,8 @@
 //!   `worker.http_listen`.
 //! - `outbox`: results kept across a lost connection.
 //!
-//! Public: [`run`](fn@run), [`WorkerConfig`] and [`config`], for the binary
-//! and the tests; every other module is private to the crate.
+//! Public: [`run`](fn@run), [`WorkerConfig`], [`config`] and [`images`]
+//! (a part of the config), for the binary and the tests; every other module is private to the crate.
 //!
 //! Where the rules live:
 //! - Ack order — a job is acked only after its result's publish was
@@ -58,6 +60,7 @@ pub mod config;
 mod events;
 mod flaky;
 mod http;
+pub mod images;
 mod job;
 mod junit;
 mod live;

@@ -480,6 +480,7 @@ mod tests {
             files: files.iter().map(|f| SuitePath::parse(f).unwrap()).collect(),
             junit: None,
             retry_failed: 0,
+            image: None,
             published_at: Utc::now(),
         }
     }

@@ -76,7 +76,7 @@ pub(super) fn unpublished_jobs(
 ) -> Result<Vec<Job>> {
     let mut statement = tx.prepare(
         "SELECT j.id, j.attempt, c.repo, c.url, c.branch, c.sha, j.shard_index, j.shard_count,
-                j.command, j.timeout_ms, j.env, j.files, j.junit, j.retry_failed
+                j.command, j.timeout_ms, j.env, j.files, j.junit, j.retry_failed, j.image
          FROM jobs j JOIN commits c ON c.id = j.commit_id
          WHERE j.published = 0 AND j.status = 'queued' AND (?1 IS NULL OR j.commit_id = ?1)
          ORDER BY j.commit_id, j.shard_index",
@@ -100,6 +100,7 @@ pub(super) fn unpublished_jobs(
                 files: json(row, "files")?,
                 junit: get(row, "junit")?,
                 retry_failed: get(row, "retry_failed")?,
+                image: get(row, "image")?,
                 published_at: now,
             })
         })?

@@ -145,6 +145,13 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 ",
     },
+    Migration {
+        version: 4,
+        what: "isolation: the container image a job runs in",
+        sql: "
+ALTER TABLE jobs ADD COLUMN image TEXT;
+",
+    },
 ];
 
 /// The version this build reads and writes: the last migration's.

@@ -27,6 +27,7 @@ pub(super) fn plan() -> Plan {
         junit: None,
         retry_failed: 0,
         supersede: crate::spec::Globs::none(),
+        image: None,
     }
 }
 

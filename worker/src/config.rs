@@ -13,6 +13,7 @@
 //! shutdown_grace = "10m"      # WARREN_WORKER__SHUTDOWN_GRACE
 //! ack_deadline = "25m"        # WARREN_WORKER__ACK_DEADLINE
 //! http_listen = "127.0.0.1:9187"  # WARREN_WORKER__HTTP_LISTEN (default: no HTTP server)
+//! executor = "process"        # WARREN_WORKER__EXECUTOR: process | sandbox | container
 //! ```
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -26,6 +27,8 @@ use warren_common::config::{
 };
 use warren_common::git::{GitAuth, GitSettings};
 use warren_common::ids::{RepoName, WorkerId};
+
+use crate::executor::{ExecutorConfig, ExecutorKind};
 
 /// Keys whose environment values are comma-separated lists.
 const LIST_KEYS: &[&str] = &["worker.allowed_repos"];
@@ -99,6 +102,9 @@ pub struct WorkerSettings {
     /// of its own.
     #[serde(default)]
     pub http_listen: Option<String>,
+    /// How a job's command is started: `process`, `sandbox` or `container`.
+    #[serde(default = "default_executor")]
+    pub executor: String,
 }
 
 impl Default for WorkerSettings {
@@ -114,8 +120,13 @@ impl Default for WorkerSettings {
             shutdown_grace: default_shutdown_grace(),
             ack_deadline: default_ack_deadline(),
             http_listen: None,
+            executor: default_executor(),
         }
     }
+}
+
+fn default_executor() -> String {
+    ExecutorKind::Process.name().into()
 }
 
 fn default_slots() -> i64 {
@@ -174,6 +185,8 @@ pub struct WorkerConfig {
     pub http_listen: Option<SocketAddr>,
     /// Credentials for fetches (`[git]`; set by [`load`]).
     pub git: GitAuth,
+    /// How jobs' commands are started (`worker.executor`).
+    pub executor: ExecutorConfig,
 }
 
 /// Reads `path` (if any) and the environment, and validates everything.
@@ -262,6 +275,17 @@ impl WorkerConfig {
                 })
             })
             .transpose()?;
+        let kind = ExecutorKind::parse(&settings.executor).ok_or_else(|| {
+            source.invalid(
+                "worker.executor",
+                format!(
+                    "{:?} is not an executor (one of {})",
+                    settings.executor,
+                    ExecutorKind::NAMES.join(", ")
+                ),
+            )
+        })?;
+        let executor = ExecutorConfig { kind };
         Ok(Self {
             broker,
             id,
@@ -276,6 +300,7 @@ impl WorkerConfig {
             ack_deadline: settings.ack_deadline,
             http_listen,
             git: GitAuth::default(),
+            executor,
         })
     }
 }
@@ -401,6 +426,7 @@ mod tests {
         );
         assert!(config.id.as_str().len() > 9, "{}", config.id);
         assert_eq!(config.http_listen, None, "no HTTP server unless asked");
+        assert_eq!(config.executor.kind, ExecutorKind::Process);
     }
 
     #[test]
@@ -507,6 +533,11 @@ mod tests {
                 "http_listen = \"\"",
                 "worker.http_listen",
                 "WARREN_WORKER__HTTP_LISTEN",
+            ),
+            (
+                "executor = \"chroot\"",
+                "worker.executor",
+                "WARREN_WORKER__EXECUTOR",
             ),
         ];
         for (line, key, env) in cases {

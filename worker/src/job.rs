@@ -389,6 +389,9 @@ mod tests {
             ],
             metrics: Metrics::default(),
             git: GitAuth::default(),
+            executor: crate::executor::Executor::process(),
+            network: true,
+            limits: Default::default(),
         }
     }
 

@@ -22,6 +22,9 @@
 //!   reruns; `timings`: time per suite file.
 //! - `run`: a command in its own process group, with a timeout that kills
 //!   the whole group, and bounded output.
+//! - [`executor`]: what `run` spawns for a command (`worker.executor`:
+//!   `process`, `sandbox`, `container`) and the guard that watches the run's
+//!   limits and cleans up after it.
 //! - `output`: head + tail capture of a command's output within a budget.
 //! - `events`: transient job events through the current connection.
 //! - `live`: a running job's output, live, never slowing the job (bounded,
@@ -33,8 +36,8 @@
 //!   `worker.http_listen`.
 //! - `outbox`: results kept across a lost connection.
 //!
-//! Public: [`run`](fn@run), [`WorkerConfig`] and [`config`], for the binary
-//! and the tests; every other module is private to the crate.
+//! Public: [`run`](fn@run), [`WorkerConfig`], [`config`] and [`executor`]
+//! (its start-up check), for the binary and the tests; every other module is private to the crate.
 //!
 //! Where the rules live:
 //! - Ack order — a job is acked only after its result's publish was
@@ -55,6 +58,7 @@
 mod cancel;
 mod checkout;
 pub mod config;
+pub mod executor;
 mod events;
 mod flaky;
 mod http;

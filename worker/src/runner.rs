@@ -4,6 +4,7 @@
 //! for it.
 
 use crate::config::{AllowList, WorkerConfig};
+use crate::executor::{Executor, Limits};
 use crate::metrics::Metrics;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -38,12 +39,18 @@ pub(crate) struct JobRunner {
     pub metrics: Metrics,
     /// Credentials for fetches (`[git]`).
     pub git: GitAuth,
+    /// What starts the commands (`worker.executor`), checked at start.
+    pub executor: Executor,
+    /// Whether jobs may use the network (a job may also turn it off).
+    pub network: bool,
+    /// The most a job may use (a job may ask for less).
+    pub limits: Limits,
 }
 
 impl JobRunner {
-    /// A runner with `config`'s settings and this process's environment,
-    /// counting in `metrics`.
-    pub(crate) fn new(config: &WorkerConfig, metrics: Metrics) -> Self {
+    /// A runner with `config`'s settings, `executor` and this process's
+    /// environment, counting in `metrics`.
+    pub(crate) fn new(config: &WorkerConfig, executor: Executor, metrics: Metrics) -> Self {
         Self {
             worker: config.id.clone(),
             host: config.host.clone(),
@@ -54,6 +61,9 @@ impl JobRunner {
             base_env: std::env::vars_os().collect(),
             metrics,
             git: config.git.clone(),
+            executor,
+            network: true,
+            limits: Limits::default(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! shutdown_grace = "10m"      # WARREN_WORKER__SHUTDOWN_GRACE
 //! ack_deadline = "25m"        # WARREN_WORKER__ACK_DEADLINE
 //! http_listen = "127.0.0.1:9187"  # WARREN_WORKER__HTTP_LISTEN (default: no HTTP server)
+//! executor = "process"        # WARREN_WORKER__EXECUTOR: process | sandbox | container
 //! allowed_images = ["debian:*"]   # WARREN_WORKER__ALLOWED_IMAGES (container executor)
 //! default_image = "debian:bookworm-slim"  # WARREN_WORKER__DEFAULT_IMAGE
 //! ```
@@ -30,6 +31,8 @@ use warren_common::git::{GitAuth, GitSettings};
 use warren_common::ids::{ImageRef, RepoName, WorkerId};
 
 use crate::images::ImagePolicy;
+
+use crate::executor::{ExecutorConfig, ExecutorKind};
 
 /// Keys whose environment values are comma-separated lists.
 const LIST_KEYS: &[&str] = &["worker.allowed_repos", "worker.allowed_images"];
@@ -103,6 +106,9 @@ pub struct WorkerSettings {
     /// of its own.
     #[serde(default)]
     pub http_listen: Option<String>,
+    /// How a job's command is started: `process`, `sandbox` or `container`.
+    #[serde(default = "default_executor")]
+    pub executor: String,
     /// Glob patterns on image names a job may ask for (`image` in
     /// `warren.toml`), with the container executor; none by default.
     #[serde(default)]
@@ -125,10 +131,15 @@ impl Default for WorkerSettings {
             shutdown_grace: default_shutdown_grace(),
             ack_deadline: default_ack_deadline(),
             http_listen: None,
+            executor: default_executor(),
             allowed_images: Vec::new(),
             default_image: None,
         }
     }
+}
+
+fn default_executor() -> String {
+    ExecutorKind::Process.name().into()
 }
 
 fn default_slots() -> i64 {
@@ -187,8 +198,8 @@ pub struct WorkerConfig {
     pub http_listen: Option<SocketAddr>,
     /// Credentials for fetches (`[git]`; set by [`load`]).
     pub git: GitAuth,
-    /// `worker.allowed_images` and `worker.default_image`.
-    pub images: ImagePolicy,
+    /// How jobs' commands are started (`worker.executor`).
+    pub executor: ExecutorConfig,
 }
 
 /// Reads `path` (if any) and the environment, and validates everything.
@@ -277,6 +288,16 @@ impl WorkerConfig {
                 })
             })
             .transpose()?;
+        let kind = ExecutorKind::parse(&settings.executor).ok_or_else(|| {
+            source.invalid(
+                "worker.executor",
+                format!(
+                    "{:?} is not an executor (one of {})",
+                    settings.executor,
+                    ExecutorKind::NAMES.join(", ")
+                ),
+            )
+        })?;
         let default_image = settings
             .default_image
             .as_deref()
@@ -286,6 +307,11 @@ impl WorkerConfig {
             .transpose()?;
         let images = ImagePolicy::new(&settings.allowed_images, default_image)
             .map_err(|message| source.invalid("worker.allowed_images", message))?;
+        let executor = ExecutorConfig {
+            kind,
+            images,
+            work_dir: work_dir.clone(),
+        };
         Ok(Self {
             broker,
             id,
@@ -300,7 +326,7 @@ impl WorkerConfig {
             ack_deadline: settings.ack_deadline,
             http_listen,
             git: GitAuth::default(),
-            images,
+            executor,
         })
     }
 }
@@ -426,6 +452,7 @@ mod tests {
         );
         assert!(config.id.as_str().len() > 9, "{}", config.id);
         assert_eq!(config.http_listen, None, "no HTTP server unless asked");
+        assert_eq!(config.executor.kind, ExecutorKind::Process);
     }
 
     #[test]
@@ -532,6 +559,11 @@ mod tests {
                 "http_listen = \"\"",
                 "worker.http_listen",
                 "WARREN_WORKER__HTTP_LISTEN",
+            ),
+            (
+                "executor = \"chroot\"",
+                "worker.executor",
+                "WARREN_WORKER__EXECUTOR",
             ),
             (
                 "allowed_images = [\"a[\"]",

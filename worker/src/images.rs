@@ -85,6 +85,12 @@ impl ImagePolicy {
     }
 }
 
+impl Default for ImagePolicy {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
 impl fmt::Debug for ImagePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ImagePolicy")

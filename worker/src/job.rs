@@ -81,6 +81,18 @@ pub(crate) async fn execute_job(
         );
         return Outcome::Finished(report.error(message, Duration::ZERO));
     }
+    // The job from here on carries the image it runs in (none outside a
+    // container worker).
+    let job = &match runner.executor.image_for(job.image.as_ref()).await {
+        Ok(image) => Job {
+            image,
+            ..job.clone()
+        },
+        Err(message) => {
+            warn!(%message, "job refused: its image");
+            return Outcome::Finished(report.error(message, Duration::ZERO));
+        }
+    };
     let placeholder = match files_placeholder(job) {
         Ok(placeholder) => placeholder,
         Err(error) => {
@@ -389,6 +401,9 @@ mod tests {
             ],
             metrics: Metrics::default(),
             git: GitAuth::default(),
+            executor: crate::executor::Executor::process(),
+            network: true,
+            limits: Default::default(),
         }
     }
 

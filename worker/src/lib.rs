@@ -24,6 +24,9 @@
 //!   reruns; `timings`: time per suite file.
 //! - `run`: a command in its own process group, with a timeout that kills
 //!   the whole group, and bounded output.
+//! - [`executor`]: what `run` spawns for a command (`worker.executor`:
+//!   `process`, `sandbox`, `container`) and the guard that watches the run's
+//!   limits and cleans up after it.
 //! - `output`: head + tail capture of a command's output within a budget.
 //! - `events`: transient job events through the current connection.
 //! - `live`: a running job's output, live, never slowing the job (bounded,
@@ -35,8 +38,9 @@
 //!   `worker.http_listen`.
 //! - `outbox`: results kept across a lost connection.
 //!
-//! Public: [`run`](fn@run), [`WorkerConfig`], [`config`] and [`images`]
-//! (a part of the config), for the binary and the tests; every other module is private to the crate.
+//! Public: [`run`](fn@run), [`WorkerConfig`], [`config`], [`executor`]
+//! (its start-up check) and [`images`] (a part of the config), for the
+//! binary and the tests; every other module is private to the crate.
 //!
 //! Where the rules live:
 //! - Ack order — a job is acked only after its result's publish was
@@ -57,6 +61,7 @@
 mod cancel;
 mod checkout;
 pub mod config;
+pub mod executor;
 mod events;
 mod flaky;
 mod http;

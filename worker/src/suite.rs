@@ -26,6 +26,7 @@ use crate::flaky::{self, TestBook};
 use crate::junit::{self, MAX_TEST_CASES};
 use crate::live::LiveSink;
 use crate::output::{CapturedOutput, Transcript};
+use crate::executor::Isolation;
 use crate::run::{self, CommandSpec, Ending};
 use crate::runner::{JobRunner, job_environment};
 use crate::substitute::{self, Placeholder};
@@ -141,6 +142,7 @@ impl Suite<'_> {
             return SuiteEnd::Stopped;
         };
         if tally.status == JobStatus::Failed
+            && !tally.killed
             && self.job.retry_failed > 0
             && self.rerun(&mut tally).await.is_none()
         {
@@ -167,6 +169,7 @@ impl Suite<'_> {
             Verdict::Failed { exit_code, signal } => tally.fail(exit_code, signal),
             Verdict::NotRun { exit_code, message } => tally.error(exit_code, message),
             Verdict::TimedOut => tally.timed_out(self.timeout_message()),
+            Verdict::Killed(hit) => tally.killed(hit, None),
             Verdict::Stopped => return None,
         }
         Some(tally)
@@ -194,6 +197,10 @@ impl Suite<'_> {
                 Verdict::Passed | Verdict::Stopped => {}
                 Verdict::Failed { exit_code, signal } => {
                     tally.fail(exit_code, signal);
+                    tally.failed_files.push(file.clone());
+                }
+                Verdict::Killed(hit) => {
+                    tally.killed(hit, Some(file));
                     tally.failed_files.push(file.clone());
                 }
                 Verdict::NotRun { exit_code, message } => {
@@ -243,7 +250,7 @@ impl Suite<'_> {
             (Verdict::TimedOut, empty_output(), Duration::ZERO)
         } else {
             match self.spec(files, remaining) {
-                Ok(spec) => match run::run(&spec, self.stop).await {
+                Ok(spec) => match run::run(&spec, &self.runner.executor, self.stop).await {
                     Ok(finished) => (
                         self.verdict(finished.ending),
                         finished.output,
@@ -316,6 +323,8 @@ impl Suite<'_> {
             kill_grace: self.runner.kill_grace,
             output_limit: self.runner.output_limit,
             live: self.live.clone(),
+            isolation: Isolation::new(self.runner.network, self.runner.limits)
+                .with_image(self.job.image.clone()),
         })
     }
 
@@ -339,6 +348,7 @@ impl Suite<'_> {
             },
             Ending::TimedOut => Verdict::TimedOut,
             Ending::Aborted => Verdict::Stopped,
+            Ending::LimitReached(hit) => Verdict::Killed(hit),
         }
     }
 
@@ -462,6 +472,9 @@ mod tests {
             base_env: vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_default())],
             metrics: crate::metrics::Metrics::default(),
             git: warren_common::git::GitAuth::default(),
+            executor: crate::executor::Executor::process(),
+            network: true,
+            limits: Default::default(),
         }
     }
 

@@ -30,19 +30,18 @@
 //! after every run `docker inspect` (was a process killed at the memory
 //! limit?) and `docker rm -f`, also when the job future is dropped.
 
-use super::{ExecutorError, Isolation, LimitHit, Limits};
+use super::{ExecutorError, LimitHit, Limits};
 use crate::images::ImagePolicy;
 use crate::run::{CommandSpec, RunError};
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use warren_common::ids::{ImageRef, WorkerId};
+use warren_common::ids::ImageRef;
 
 /// The docker CLI, looked up in the worker's `PATH`.
 const DOCKER: &str = "docker";
@@ -51,9 +50,6 @@ const DOCKER: &str = "docker";
 /// worker removes at start. The work_dir, not the worker id, because the
 /// default id is new at every start while the work_dir stays.
 const LABEL_WORK_DIR: &str = "warren.work_dir";
-
-/// Label naming the worker's id, for people listing containers.
-const LABEL_WORKER: &str = "warren.worker";
 
 /// Longest wait for one engine command (inspect, kill, rm, image inspect):
 /// a hung engine must not hold a job for ever.
@@ -75,7 +71,6 @@ const SIGXCPU: i64 = 24;
 /// The engine, checked at the worker's start.
 #[derive(Debug, Clone)]
 pub(crate) struct Docker {
-    worker: WorkerId,
     work_dir: String,
     images: ImagePolicy,
 }
@@ -83,11 +78,7 @@ pub(crate) struct Docker {
 impl Docker {
     /// Checks that the docker CLI is there and the engine answers, and
     /// removes the containers a previous worker with this `work_dir` left.
-    pub(crate) fn start(
-        worker: WorkerId,
-        work_dir: &Path,
-        images: ImagePolicy,
-    ) -> Result<Self, ExecutorError> {
+    pub(crate) fn start(work_dir: &Path, images: ImagePolicy) -> Result<Self, ExecutorError> {
         let unavailable = |message: String| ExecutorError::Unavailable {
             kind: "container",
             message,
@@ -110,7 +101,6 @@ impl Docker {
             .to_string_lossy()
             .into_owned();
         let docker = Self {
-            worker,
             work_dir,
             images,
         };
@@ -168,13 +158,12 @@ impl Docker {
         }
     }
 
-    /// The `docker run` command for `spec` in `isolation` (whose image
+    /// The `docker run` command for `spec` in `image` (which
     /// [`Docker::image_for`] chose), and the guard of the container.
     /// `cli_env` is the environment of the docker CLI itself.
     pub(crate) fn launch(
         &self,
         spec: &CommandSpec,
-        isolation: &Isolation,
         image: &ImageRef,
         cli_env: Vec<(OsString, OsString)>,
     ) -> Result<(Vec<OsString>, Vec<(OsString, OsString)>, ContainerGuard), RunError> {
@@ -183,9 +172,9 @@ impl Docker {
             program: DOCKER.into(),
             source,
         })?;
+        let isolation = &spec.isolation;
         let args = run_args(&RunArgs {
             name: &isolation.name,
-            worker: &self.worker,
             work_dir: &self.work_dir,
             image,
             network: isolation.network,
@@ -265,7 +254,6 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 /// What one `docker run` is made of.
 struct RunArgs<'a> {
     name: &'a str,
-    worker: &'a WorkerId,
     work_dir: &'a str,
     image: &'a ImageRef,
     network: bool,
@@ -295,7 +283,6 @@ fn run_args(run: &RunArgs<'_>) -> Vec<OsString> {
     }
     push(format!("--name={}", run.name));
     push(format!("--label={LABEL_WORK_DIR}={}", run.work_dir));
-    push(format!("--label={LABEL_WORKER}={}", run.worker));
     push(format!(
         "--network={}",
         if run.network { "host" } else { "none" }
@@ -615,14 +602,10 @@ fn cli_result(
     Err(CliError::Failed { command, message })
 }
 
-/// Whether `name` looks like a variable the docker CLI reads itself.
-pub(crate) fn is_cli_variable(name: &std::ffi::OsStr) -> bool {
-    name.as_bytes().starts_with(b"DOCKER_") || matches!(name.as_bytes(), b"PATH" | b"HOME")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::Isolation;
     use crate::live::LiveSink;
 
     fn spec(cwd: &Path) -> CommandSpec {
@@ -655,10 +638,8 @@ mod tests {
             disk: Some(1 << 30),
         };
         let image = ImageRef::parse("debian:bookworm-slim").unwrap();
-        let worker = WorkerId::parse("w-1").unwrap();
         let args = strings(&run_args(&RunArgs {
             name: "warren-abc",
-            worker: &worker,
             work_dir: "/w",
             image: &image,
             network: false,
@@ -698,10 +679,8 @@ mod tests {
     fn network_and_no_limits_are_the_defaults() {
         let spec = spec(Path::new("/w/slot-0/api"));
         let image = ImageRef::parse("debian:bookworm-slim").unwrap();
-        let worker = WorkerId::parse("w-1").unwrap();
         let args = strings(&run_args(&RunArgs {
             name: "warren-abc",
-            worker: &worker,
             work_dir: "/w",
             image: &image,
             network: true,

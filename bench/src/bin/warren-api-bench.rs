@@ -207,7 +207,6 @@ fn fill(database: &Path, args: &Args) -> Vec<String> {
         suite: None,
         junit: None,
         retry_failed: 0,
-        image: None,
         supersede: Globs::none(),
         image: None,
     };

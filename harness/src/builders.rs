@@ -71,6 +71,9 @@ pub fn job(url: &str, sha: &str) -> JobBuilder {
         junit: None,
         retry_failed: 0,
         published_at: Utc::now(),
+        network: None,
+        limits: None,
+        result_key: None,
     })
 }
 
@@ -146,6 +149,7 @@ pub fn result(repo: &str, sha: &str) -> JobResultBuilder {
         tests: Vec::new(),
         file_timings: Vec::new(),
         report_problem: None,
+        proof: None,
     })
 }
 

@@ -19,6 +19,11 @@
 //!    the launch made and says whether a limit was hit after all (a process
 //!    the kernel killed at the memory limit).
 
+mod limits;
+mod sandbox;
+
+use self::limits::{Enforcement, Watch};
+use self::sandbox::Sandbox;
 use crate::run::{CommandSpec, RunError};
 use std::ffi::OsString;
 use std::fmt;
@@ -146,7 +151,7 @@ impl fmt::Display for LimitHit {
     }
 }
 
-/// Bytes for people: `512 MiB`, `2 GiB`, `1536 KiB`, `100 bytes`.
+/// Bytes for people: `512 MiB`, `2 GiB`, `1536 KiB`, `1.4 MiB`, `100 bytes`.
 pub(crate) fn size(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [
         ("TiB", 1 << 40),
@@ -168,10 +173,28 @@ pub(crate) fn size(bytes: u64) -> String {
 }
 
 /// The worker's executor settings, validated (part of `WorkerConfig`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     /// `worker.executor`.
     pub kind: ExecutorKind,
+    /// `worker.sandbox_bwrap`: the bubblewrap program.
+    pub bwrap: PathBuf,
+    /// `worker.sandbox_read_only`: more folders a sandbox shows, read-only.
+    pub read_only: Vec<PathBuf>,
+    /// What a sandbox must never show, absolute: the worker's config file,
+    /// its git credentials, its `work_dir` (all but the run's checkout).
+    pub hidden: Vec<PathBuf>,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            kind: ExecutorKind::Process,
+            bwrap: PathBuf::from("bwrap"),
+            read_only: Vec::new(),
+            hidden: Vec::new(),
+        }
+    }
 }
 
 /// The executor cannot work on this machine: the worker does not start
@@ -186,15 +209,26 @@ pub enum ExecutorError {
 #[derive(Debug, Clone)]
 pub struct Executor {
     kind: ExecutorKind,
+    /// The checked bubblewrap settings (`sandbox` only).
+    sandbox: Option<Sandbox>,
+    /// How limits are enforced here, and that said for people.
+    enforcement: Enforcement,
+    enforcement_note: String,
     // container: the checked docker settings (executor/container.rs).
 }
 
 impl Executor {
     /// Checks that `config`'s executor works here (runs it once where that
-    /// is the only way to know).
+    /// is the only way to know) and how limits can be enforced.
     pub fn start(config: &ExecutorConfig) -> Result<Self, ExecutorError> {
-        match config.kind {
-            ExecutorKind::Process | ExecutorKind::Sandbox => {}
+        let (enforcement, enforcement_note) = Enforcement::detect();
+        let sandbox = match config.kind {
+            ExecutorKind::Process => None,
+            ExecutorKind::Sandbox => Some(Sandbox::start(
+                config.bwrap.clone(),
+                config.read_only.clone(),
+                config.hidden.clone(),
+            )?),
             // container: executor/container.rs checks the engine here.
             ExecutorKind::Container => {
                 return Err(ExecutorError::Unavailable {
@@ -202,15 +236,23 @@ impl Executor {
                     message: "this build has no container executor".into(),
                 });
             }
-        }
-        Ok(Self { kind: config.kind })
+        };
+        Ok(Self {
+            kind: config.kind,
+            sandbox,
+            enforcement,
+            enforcement_note,
+        })
     }
 
-    /// The process executor, with no limits (unit tests).
+    /// The process executor, with no sandbox and rlimits (unit tests).
     #[cfg(test)]
     pub(crate) fn process() -> Self {
         Self {
             kind: ExecutorKind::Process,
+            sandbox: None,
+            enforcement: Enforcement::Rlimits,
+            enforcement_note: String::new(),
         }
     }
 
@@ -221,19 +263,59 @@ impl Executor {
 
     /// For the start-up log: the executor and how limits are enforced.
     pub fn describe(&self) -> String {
-        self.kind.name().to_owned()
+        let how = match &self.sandbox {
+            Some(sandbox) => format!("sandbox: {}", sandbox.describe()),
+            None => self.kind.name().to_owned(),
+        };
+        format!("{how}; limits by {}", self.enforcement_note)
     }
 
     /// What to spawn for `spec`, and its guard.
     pub(crate) fn launch(&self, spec: &CommandSpec) -> Result<Launch, RunError> {
-        match self.kind {
-            ExecutorKind::Process | ExecutorKind::Sandbox => Ok(Launch::direct(spec)),
+        let isolation = &spec.isolation;
+        let (program, args) = match self.kind {
+            ExecutorKind::Process => (spec.program.clone(), spec.args.clone()),
+            ExecutorKind::Sandbox => match &self.sandbox {
+                Some(sandbox) => sandbox.command_line(
+                    &spec.cwd,
+                    isolation.network,
+                    spec.program.clone(),
+                    spec.args.clone(),
+                ),
+                None => unreachable!("a sandbox executor is started with its sandbox"),
+            },
             // container: `docker run` in executor/container.rs.
-            ExecutorKind::Container => Err(RunError::Spawn {
-                program: "docker".into(),
-                source: std::io::Error::other("this build has no container executor"),
-            }),
-        }
+            ExecutorKind::Container => {
+                return Err(RunError::Spawn {
+                    program: "docker".into(),
+                    source: std::io::Error::other("this build has no container executor"),
+                });
+            }
+        };
+        let (program, args, watch) = if isolation.limits.is_none() {
+            (program, args, None)
+        } else {
+            let (program, args, watch) = limits::wrap(
+                self.enforcement,
+                &isolation.name,
+                isolation.limits,
+                &spec.cwd,
+                program,
+                args,
+            )
+            .map_err(|source| RunError::Spawn {
+                program: "the job's limits".into(),
+                source,
+            })?;
+            (program, args, Some(watch))
+        };
+        Ok(Launch {
+            program,
+            args,
+            cwd: spec.cwd.clone(),
+            env: spec.env.clone(),
+            guard: Guard { watch, hit: None },
+        })
     }
 }
 
@@ -247,52 +329,162 @@ pub(crate) struct Launch {
     pub guard: Guard,
 }
 
-impl Launch {
-    /// The command as it is, unwatched.
-    fn direct(spec: &CommandSpec) -> Self {
-        Self {
-            program: spec.program.clone(),
-            args: spec.args.clone(),
-            cwd: spec.cwd.clone(),
-            env: spec.env.clone(),
-            guard: Guard::default(),
-        }
-    }
-}
-
 /// Watches one run's limits and cleans up after it (see the module's doc
 /// for the order run.rs calls it in).
 #[derive(Debug, Default)]
 pub(crate) struct Guard {
+    /// The run's limits (cgroup, disk), if it has any.
+    watch: Option<Watch>,
+    /// The limit [`Guard::breached`] reported.
+    hit: Option<LimitHit>,
     // container: the container's name, for `docker kill` and `docker rm`.
 }
 
 impl Guard {
     /// Resolves when the run hits a limit; never when nothing is watched.
     pub(crate) async fn breached(&mut self) -> LimitHit {
-        std::future::pending().await
+        match &mut self.watch {
+            Some(watch) => {
+                let hit = watch.breached().await;
+                self.hit = Some(hit);
+                hit
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// The run must end (timeout, cancel, limit): stop what the process
-    /// group's signals do not reach.
-    pub(crate) async fn stop(&mut self) {}
+    /// group's signals do not reach. Over a limit, every process of the run
+    /// is killed at once, wherever it is.
+    pub(crate) async fn stop(&mut self) {
+        if self.hit.is_some()
+            && let Some(watch) = &self.watch
+        {
+            watch.kill_all();
+        }
+    }
 
-    /// After the process group is gone: clean up, and the limit that ended
-    /// the run if one did.
+    /// After the process group is gone: clean up (what is left of the run
+    /// is killed), and the limit that ended the run if one did.
     pub(crate) async fn finish(self) -> Option<LimitHit> {
-        None
+        match self.watch {
+            Some(watch) => self.hit.or(watch.finish().await),
+            None => self.hit,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::live::LiveSink;
+    use crate::run::{Ending, Finished, adopt_orphans, run};
+    use std::path::Path;
+    use tokio_util::sync::CancellationToken;
+
+    /// Runs `script` in `checkout` with `executor`, under `limits`.
+    async fn run_script(
+        executor: &Executor,
+        checkout: &Path,
+        script: &str,
+        network: bool,
+        limits: Limits,
+    ) -> Finished {
+        adopt_orphans();
+        let spec = CommandSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: checkout.to_path_buf(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            timeout: Duration::from_secs(60),
+            kill_grace: Duration::from_millis(200),
+            output_limit: 64 * 1024,
+            live: LiveSink::disabled(),
+            isolation: Isolation::new(network, limits),
+        };
+        run(&spec, executor, &CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
+    fn sandbox(work: &Path, secret: &Path) -> Executor {
+        Executor::start(&ExecutorConfig {
+            kind: ExecutorKind::Sandbox,
+            hidden: vec![work.to_path_buf(), secret.to_path_buf()],
+            ..ExecutorConfig::default()
+        })
+        .expect("bwrap works on this machine")
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_shows_the_checkout_and_hides_the_rest() {
+        let work = tempfile::tempdir().unwrap();
+        let checkout = work.path().join("slot-0/repo");
+        let other = work.path().join("slot-1/repo");
+        std::fs::create_dir_all(&checkout).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("theirs"), "other slot").unwrap();
+        let secret = work.path().join("worker.toml");
+        std::fs::write(&secret, "password").unwrap();
+        let executor = sandbox(work.path(), &secret);
+        let script = format!(
+            "echo mine > mine; cat '{}/theirs' || echo no-other; cat '{}' || echo no-secret; \
+             ls /tmp | wc -l; echo $$; (cat /etc/shadow | head -c1 | wc -c); \
+             cat /proc/self/status | grep CapEff",
+            other.display(),
+            secret.display()
+        );
+        let finished = run_script(&executor, &checkout, &script, false, Limits::default()).await;
+        let text = finished.output.text;
+        assert_eq!(finished.ending, Ending::Exited(0), "{text}");
+        assert_eq!(std::fs::read_to_string(checkout.join("mine")).unwrap(), "mine\n");
+        assert!(text.contains("no-other") && !text.contains("other slot"), "{text}");
+        assert!(text.contains("no-secret") && !text.contains("password"), "{text}");
+        assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.contains(&"0"), "an empty /tmp, no /etc/shadow: {text}");
+        assert!(lines.contains(&"2"), "pid 2 in its own namespace: {text}");
+    }
+
+    #[tokio::test]
+    async fn limits_kill_with_a_verdict_that_says_which() {
+        let work = tempfile::tempdir().unwrap();
+        let executor = sandbox(work.path(), &work.path().join("none"));
+        let limits = Limits {
+            memory: Some(128 << 20),
+            processes: Some(32),
+            cpu_time: Some(Duration::from_secs(1)),
+            disk: Some(20 << 20),
+        };
+        let cases = [
+            ("dd if=/dev/zero of=/dev/null bs=1G count=1", LimitHit::Memory(128 << 20)),
+            ("while :; do sleep 100 & done", LimitHit::Processes(32)),
+            ("while :; do :; done", LimitHit::CpuTime(Duration::from_secs(1))),
+            (
+                "dd if=/dev/zero of=big bs=1M count=1000; echo wrote",
+                LimitHit::Disk(20 << 20),
+            ),
+        ];
+        for (script, hit) in cases {
+            let started = std::time::Instant::now();
+            let finished = run_script(&executor, work.path(), script, true, limits).await;
+            assert_eq!(
+                finished.ending,
+                Ending::LimitReached(hit),
+                "{script}: {}",
+                finished.output.text
+            );
+            assert!(started.elapsed() < Duration::from_secs(20), "{script}");
+            let _ = std::fs::remove_file(work.path().join("big"));
+        }
+    }
 
     #[test]
     fn sizes_read_well() {
         assert_eq!(size(512 << 20), "512 MiB");
         assert_eq!(size(2 << 30), "2 GiB");
-        assert_eq!(size(1536 << 10), "1.5 MiB");
+        assert_eq!(size(1536 << 10), "1536 KiB");
+        assert_eq!(size(1_500_000), "1.4 MiB");
         assert_eq!(size(100), "100 bytes");
     }
 

@@ -308,6 +308,7 @@ fn fill(database: &Path, args: &Args) -> Vec<String> {
                 tests,
                 file_timings: Vec::new(),
                 report_problem: None,
+                proof: None,
             };
             let recorded = store
                 .record_result(&result, at + TimeDelta::seconds(30))

@@ -237,6 +237,37 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRef>,
     pub published_at: DateTime<Utc>,
+    /// `false`: the command gets no network (`network = false` in
+    /// `warren.toml`); absent: the worker's policy decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<bool>,
+    /// Limits the commit asks for (`[limits]`); the worker applies the lower
+    /// of these and its own maxima.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<JobLimits>,
+    /// The key the worker proves its result with (hex, see
+    /// [`crate::proof`]); never given to the command. Absent from jobs of a
+    /// dispatcher that does not check results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key: Option<String>,
+}
+
+/// Per-job limits a commit asks for; each absent one is the worker's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobLimits {
+    /// Memory of all the command's processes, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Processes (and threads) at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// CPU time of all the command's processes, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_ms: Option<u64>,
+    /// Bytes the command may add to its checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 /// Most files one job may carry.
@@ -441,6 +472,11 @@ pub struct JobResult {
     /// commit's result. `None` when there is none to read or it was fine.
     #[serde(default)]
     pub report_problem: Option<String>,
+    /// HMAC-SHA256 of this result (without `proof`) under its job's
+    /// `result_key`, hex: the dispatcher accepts a result for a job that has
+    /// a key only with a valid proof (see [`crate::proof`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// How one test ended.
@@ -610,6 +646,9 @@ mod tests {
             retry_failed: 0,
             image: None,
             published_at: Utc::now(),
+            network: None,
+            limits: None,
+            result_key: None,
         }
     }
 

@@ -72,6 +72,9 @@ pub fn job(url: &str, sha: &str) -> JobBuilder {
         retry_failed: 0,
         image: None,
         published_at: Utc::now(),
+        network: None,
+        limits: None,
+        result_key: None,
     })
 }
 
@@ -147,6 +150,7 @@ pub fn result(repo: &str, sha: &str) -> JobResultBuilder {
         tests: Vec::new(),
         file_timings: Vec::new(),
         report_problem: None,
+        proof: None,
     })
 }
 

@@ -308,8 +308,13 @@ impl<'a> Report<'a> {
             tests: ran.tests,
             file_timings: ran.file_timings,
             report_problem: ran.report_problem,
+            proof: None,
         });
         fit_body(&mut result);
+        // Last: the proof covers the result as it is sent.
+        if let Some(key) = &self.job.result_key {
+            warren_common::proof::sign(&mut result, key);
+        }
         result
     }
 }
@@ -424,6 +429,9 @@ mod tests {
             retry_failed: 0,
             image: None,
             published_at: Utc::now(),
+            network: None,
+            limits: None,
+            result_key: None,
         }
     }
 

@@ -68,8 +68,8 @@ impl JobRunner {
             metrics,
             git: config.git.clone(),
             executor,
-            network: true,
-            limits: Limits::default(),
+            network: config.allow_network,
+            limits: config.limits,
         }
     }
 }

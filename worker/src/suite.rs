@@ -26,7 +26,7 @@ use crate::flaky::{self, TestBook};
 use crate::junit::{self, MAX_TEST_CASES};
 use crate::live::LiveSink;
 use crate::output::{CapturedOutput, Transcript};
-use crate::executor::Isolation;
+use crate::executor::{Isolation, Limits};
 use crate::run::{self, CommandSpec, Ending};
 use crate::runner::{JobRunner, job_environment};
 use crate::substitute::{self, Placeholder};
@@ -101,8 +101,21 @@ pub(crate) async fn run(
         problems: Problems::default(),
         files_noted: false,
         live,
+        network: runner.network && job.network != Some(false),
+        limits: runner.limits.min(job_limits(job)),
     };
     suite.run().await
+}
+
+/// The limits `job` asks for (each the worker's maximum when not asked).
+fn job_limits(job: &Job) -> Limits {
+    let asked = job.limits.unwrap_or_default();
+    Limits {
+        memory: asked.memory_bytes,
+        processes: asked.processes,
+        cpu_time: asked.cpu_time_ms.map(Duration::from_millis),
+        disk: asked.disk_bytes,
+    }
 }
 
 /// What a run is, for its header and its report's problems.
@@ -130,6 +143,11 @@ struct Suite<'a> {
     files_noted: bool,
     /// Where the output goes live.
     live: LiveSink,
+    /// Whether the command gets the network (the worker allows it and the
+    /// job does not turn it off).
+    network: bool,
+    /// The lower of the worker's maxima and what the job asks for.
+    limits: Limits,
 }
 
 impl Suite<'_> {
@@ -323,7 +341,7 @@ impl Suite<'_> {
             kill_grace: self.runner.kill_grace,
             output_limit: self.runner.output_limit,
             live: self.live.clone(),
-            isolation: Isolation::new(self.runner.network, self.runner.limits)
+            isolation: Isolation::new(self.network, self.limits)
                 .with_image(self.job.image.clone()),
         })
     }
@@ -495,6 +513,9 @@ mod tests {
             retry_failed: 0,
             image: None,
             published_at: Utc::now(),
+            network: None,
+            limits: None,
+            result_key: None,
         }
     }
 

@@ -40,6 +40,17 @@ impl Store {
                 "result for job {job_id}, which this dispatcher never planned"
             )));
         };
+        if let Some(key) = &job.result_key
+            && !warren_common::proof::verify(result, key)
+        {
+            // Not from the worker the job was given to: a job's command (or
+            // anyone else on the broker) cannot make a valid proof.
+            return Ok(ResultRecorded::Rejected(format!(
+                "result for job {job_id} from \"{}\" has no valid proof under the job's key \
+                 (forged, or edited on the way); not recorded",
+                result.worker
+            )));
+        }
         if job.repo != result.repo.as_str() || job.sha != result.sha.as_str() {
             return Ok(ResultRecorded::Rejected(format!(
                 "result for job {job_id} names {}@{}, but the job belongs to {}@{}",

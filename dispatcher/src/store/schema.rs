@@ -147,6 +147,17 @@ CREATE TABLE IF NOT EXISTS workers (
     },
     Migration {
         version: 4,
+        what: "jobs' network, limits and result keys",
+        // result_key NULL: a job published before this version, whose
+        // results carry no proof (see docs/DESIGN.md).
+        sql: "
+ALTER TABLE jobs ADD COLUMN network INTEGER;
+ALTER TABLE jobs ADD COLUMN limits TEXT;
+ALTER TABLE jobs ADD COLUMN result_key TEXT;
+",
+    },
+    Migration {
+        version: 5,
         what: "isolation: the container image a job runs in",
         sql: "
 ALTER TABLE jobs ADD COLUMN image TEXT;

@@ -27,6 +27,8 @@ pub(super) fn plan() -> Plan {
         junit: None,
         retry_failed: 0,
         supersede: crate::spec::Globs::none(),
+        network: None,
+        limits: None,
         image: None,
     }
 }

@@ -18,18 +18,22 @@
 //!   signals on and reaps), its own PID namespace (nothing outlives it);
 //! - `--network host`, or `--network none` with `network = false`;
 //! - the limits as docker's flags: `--memory` = `--memory-swap` (no swap),
-//!   `--pids-limit`, `--ulimit cpu`; the disk limit is the checkout's size,
-//!   watched like the sandbox's;
+//!   `--pids-limit`, `--ulimit cpu` and `fsize` (per process); the
+//!   container's cgroup is read for a hit (`oom_kill`, `pids.events`) and
+//!   for the CPU time of all its processes together; the disk limit is the
+//!   checkout's growth, watched like the sandbox's;
 //! - no engine log (`--log-driver none`): the output goes to the attached
 //!   client only, so a flood cannot fill the engine's disk;
 //! - the label `warren.work_dir`: a worker that starts removes the
 //!   containers a crashed one with the same `work_dir` left behind.
 //!
-//! A run that must end early (timeout, cancel, limit): SIGTERM through the
-//! engine (`docker kill --signal TERM`), the kill grace, then `docker kill`;
+//! A run that must end early (timeout, cancel): SIGTERM through the engine
+//! (`docker kill --signal TERM`), the kill grace, then `docker kill`; over a
+//! limit, `docker kill` at once;
 //! after every run `docker inspect` (was a process killed at the memory
 //! limit?) and `docker rm -f`, also when the job future is dropped.
 
+use super::limits::counter;
 use super::{ExecutorError, LimitHit, Limits};
 use crate::images::ImagePolicy;
 use crate::run::{CommandSpec, RunError};
@@ -184,6 +188,7 @@ impl Docker {
             spec,
         });
         let guard = ContainerGuard {
+            checkout: checkout.clone(),
             name: isolation.name.clone(),
             limits: isolation.limits,
             kill_grace: spec.kill_grace,
@@ -306,6 +311,10 @@ fn run_args(run: &RunArgs<'_>) -> Vec<OsString> {
         let seconds = cpu.as_secs().max(1);
         push(format!("--ulimit=cpu={seconds}:{}", seconds + 1));
     }
+    if let Some(disk) = run.limits.disk {
+        // No file grows past the disk limit (the watcher counts them all).
+        push(format!("--ulimit=fsize={disk}:{disk}"));
+    }
     let has_home = run.spec.env.iter().any(|(name, _)| name == "HOME");
     if !has_home {
         // The image's root is read-only: the one place a tool can write
@@ -332,11 +341,38 @@ struct Cgroups {
     pids_events: Option<PathBuf>,
     /// `memory.events` (v2) or `memory.oom_control` (v1): `oom_kill N`.
     memory_events: Option<PathBuf>,
+    /// CPU time of all the container's processes.
+    cpu_usage: Option<CpuUsage>,
+}
+
+/// Where a cgroup counts its CPU time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CpuUsage {
+    /// v1 `cpuacct.usage`: nanoseconds.
+    Nanos(PathBuf),
+    /// v2 `cpu.stat`: `usage_usec N`.
+    Stat(PathBuf),
+}
+
+impl CpuUsage {
+    fn read(&self) -> Duration {
+        match self {
+            Self::Nanos(file) => Duration::from_nanos(
+                std::fs::read_to_string(file)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                    .unwrap_or(0),
+            ),
+            Self::Stat(file) => Duration::from_micros(counter(file, "usage_usec")),
+        }
+    }
 }
 
 /// Watches one container and removes it after its run.
 #[derive(Debug)]
 pub(crate) struct ContainerGuard {
+    /// The folder mounted into the container (its disk use is watched).
+    pub(super) checkout: PathBuf,
     name: String,
     limits: Limits,
     kill_grace: Duration,
@@ -348,10 +384,16 @@ pub(crate) struct ContainerGuard {
 }
 
 impl ContainerGuard {
-    /// Resolves when the container hits its process or memory limit (read
-    /// from its cgroup); never when neither is set.
+    /// Resolves when the container hits its process, memory or CPU time
+    /// limit (read from its cgroup); never when none is set.
     pub(crate) async fn breached(&mut self) -> LimitHit {
-        if self.limits.processes.is_none() && self.limits.memory.is_none() {
+        let Limits {
+            memory,
+            processes,
+            cpu_time,
+            ..
+        } = self.limits;
+        if processes.is_none() && memory.is_none() && cpu_time.is_none() {
             return std::future::pending().await;
         }
         let mut ticker = tokio::time::interval(LIMIT_POLL);
@@ -363,22 +405,34 @@ impl ContainerGuard {
             let Some(cgroups) = &self.cgroups else {
                 continue;
             };
-            if let (Some(limit), Some(file)) = (self.limits.processes, &cgroups.pids_events)
+            if let (Some(limit), Some(file)) = (processes, &cgroups.pids_events)
                 && counter(file, "max") > 0
             {
                 return LimitHit::Processes(limit);
             }
-            if let (Some(limit), Some(file)) = (self.limits.memory, &cgroups.memory_events)
+            if let (Some(limit), Some(file)) = (memory, &cgroups.memory_events)
                 && counter(file, "oom_kill") > 0
             {
                 return LimitHit::Memory(limit);
+            }
+            if let (Some(limit), Some(usage)) = (cpu_time, &cgroups.cpu_usage)
+                && usage.read() >= limit
+            {
+                return LimitHit::CpuTime(limit);
             }
         }
     }
 
     /// Ends the container: SIGTERM through the engine (docker's init passes
-    /// it on), up to the kill grace for it to stop, then SIGKILL.
-    pub(crate) async fn stop(&mut self) {
+    /// it on), up to the kill grace for it to stop, then SIGKILL; SIGKILL
+    /// `at_once` (a limit was hit: the job gets no time to go on).
+    pub(crate) async fn stop(&mut self, at_once: bool) {
+        if at_once {
+            if let Err(error) = docker(&["kill", &self.name]).await {
+                debug!(container = %self.name, %error, "docker kill");
+            }
+            return;
+        }
         let _ = docker(&["kill", "--signal=TERM", &self.name]).await;
         let stopped = tokio::time::timeout(self.kill_grace, docker(&["wait", &self.name])).await;
         if stopped.is_err() {
@@ -465,6 +519,7 @@ fn cgroups_of(table: &str, root: &Path) -> Cgroups {
     let mut found = Cgroups {
         pids_events: None,
         memory_events: None,
+        cpu_usage: None,
     };
     for line in table.lines() {
         let mut parts = line.splitn(3, ':');
@@ -478,6 +533,7 @@ fn cgroups_of(table: &str, root: &Path) -> Cgroups {
             let dir = root.join(relative);
             found.pids_events = Some(dir.join("pids.events"));
             found.memory_events = Some(dir.join("memory.events"));
+            found.cpu_usage = Some(CpuUsage::Stat(dir.join("cpu.stat")));
             break;
         }
         for controller in controllers.split(',') {
@@ -492,25 +548,17 @@ fn cgroups_of(table: &str, root: &Path) -> Cgroups {
                             .join("memory.oom_control"),
                     );
                 }
+                "cpuacct" => {
+                    // `cpuacct` is also where systems that mount it with
+                    // `cpu` link it.
+                    let dir = root.join("cpuacct").join(relative);
+                    found.cpu_usage = Some(CpuUsage::Nanos(dir.join("cpuacct.usage")));
+                }
                 _ => {}
             }
         }
     }
     found
-}
-
-/// The number after `key` in a cgroup's `key value` lines; 0 when the file
-/// or the key is missing.
-fn counter(file: &Path, key: &str) -> u64 {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|line| {
-                let (name, value) = line.split_once(' ')?;
-                (name == key).then(|| value.trim().parse().ok()).flatten()
-            })
-        })
-        .unwrap_or(0)
 }
 
 /// Why a docker CLI command did not do its work.
@@ -705,22 +753,16 @@ mod tests {
             found.memory_events.unwrap(),
             Path::new("/sys/fs/cgroup/memory/docker/abc/memory.oom_control")
         );
+        assert_eq!(
+            found.cpu_usage.unwrap(),
+            CpuUsage::Nanos("/sys/fs/cgroup/cpuacct/docker/abc/cpuacct.usage".into())
+        );
         let v2 = "0::/system.slice/docker-abc.scope\n";
         let found = cgroups_of(v2, Path::new("/sys/fs/cgroup"));
         assert_eq!(
             found.pids_events.unwrap(),
             Path::new("/sys/fs/cgroup/system.slice/docker-abc.scope/pids.events")
         );
-    }
-
-    #[test]
-    fn counters_are_read_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("memory.oom_control");
-        std::fs::write(&file, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
-        assert_eq!(counter(&file, "oom_kill"), 2);
-        assert_eq!(counter(&file, "max"), 0);
-        assert_eq!(counter(&dir.path().join("none"), "max"), 0);
     }
 
     #[test]

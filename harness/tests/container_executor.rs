@@ -389,3 +389,159 @@ fn without_docker_or_its_engine_the_worker_does_not_start() {
         );
     }
 }
+
+/// A worker's `[git]` token and the limits the hostile jobs trip.
+const HOSTILE_LIMITS: &str = "max_memory = \"64 MiB\"\nmax_processes = 64\n\
+                              max_cpu_time = \"2s\"\nmax_disk = \"50 MiB\"\n";
+
+/// The hostile jobs of issue 11, one after the other on a two-slot
+/// container worker with small limits: each contained, with a verdict that
+/// says which limit, no container left, and the next job passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_jobs_are_contained_and_the_next_job_passes() {
+    let image = TestImage::build("hostile");
+    let secret = format!("token-{}", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("git-token");
+    std::fs::write(&token_file, format!("{secret}\n")).unwrap();
+    let mut options = ClusterOptions::new("ctr-hostile");
+    options.workers = 1;
+    options.slots = 2;
+    options.worker_extra = container_worker(
+        &image,
+        &format!(
+            "{HOSTILE_LIMITS}\n[git]\nhttps_token_file = \"{}\"\n",
+            token_file.display()
+        ),
+    );
+    let cluster = Cluster::start_ready(options).await;
+    let worker_config = cluster.root().join("config/worker-0.toml");
+    for slot in 0..2 {
+        let slot_dir = work_dir(&cluster, 0).join(format!("slot-{slot}"));
+        std::fs::create_dir_all(&slot_dir).unwrap();
+        std::fs::write(slot_dir.join("neighbour-secret"), &secret).unwrap();
+    }
+    let contained = |label: &str, report: &serde_json::Value| {
+        let text = report.to_string();
+        assert!(!text.contains(&secret), "{label}: a secret leaked: {report:#}");
+        assert!(
+            no_container_left(&cluster),
+            "{label}: containers left: {:?}",
+            containers_of(&cluster, 0)
+        );
+    };
+
+    // (a) the worker's config and git token, (b) what a forger would need:
+    // the broker credentials, the job's result key, the worker's memory.
+    let script = format!(
+        "cat {} {}; env; cat /proc/*/environ /proc/*/cmdline | tr '\\\\0' '\\\\n'; ls /proc; \
+         grep -rs guest / --include=*.toml; exit 0",
+        worker_config.display(),
+        token_file.display()
+    );
+    let sha = cluster.upstream.commit(
+        "main",
+        "reads secrets",
+        &[(
+            "warren.toml",
+            Some(&format!("command = \"{script}\"\ntimeout = \"1m\"\n")),
+        )],
+    );
+    let report = result_of(&cluster, &sha);
+    contained("secrets", &report);
+    let output = report["jobs"][0]["output"].as_str().unwrap();
+    assert!(output.contains("No such file"), "{output}");
+    assert!(!output.contains("amqp://"), "the broker URL leaked: {output}");
+    let key: String = cluster
+        .database()
+        .query_row(
+            "SELECT j.result_key FROM jobs j JOIN commits c ON c.id = j.commit_id \
+             WHERE c.sha = ?1",
+            [&sha],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(
+        !output.contains(&key),
+        "the job could read its own result key"
+    );
+    let worker_pid = cluster.workers[0].pid().to_string();
+    assert!(
+        !output.lines().any(|line| line == worker_pid),
+        "the worker's process is visible: {output}"
+    );
+
+    // (c) a fork bomb, (d) 10 GiB of memory, (e) 5 GiB into the checkout,
+    // and a busy loop past the CPU time.
+    for (label, command, verdict) in [
+        (
+            "fork bomb",
+            "bomb() { bomb | bomb & }; bomb; sleep 60",
+            "killed: process limit 64 reached",
+        ),
+        (
+            "10 GiB",
+            "perl -e '$x = chr(0) x (10 * 1024 ** 3); print length $x'",
+            "killed: memory limit 64 MiB reached",
+        ),
+        (
+            "5 GiB on disk",
+            "head -c 5G /dev/zero > big; ls -l big",
+            "killed: disk limit 50 MiB reached",
+        ),
+        (
+            "CPU",
+            "while :; do :; done",
+            "killed: CPU time limit 2s reached",
+        ),
+    ] {
+        let started = Instant::now();
+        let report = run_commit(
+            &cluster,
+            label,
+            &format!("command = \"{command}\"\ntimeout = \"2m\"\n"),
+        );
+        assert_eq!(report["status"], "failed", "{label}: {report:#}");
+        assert_eq!(report["jobs"][0]["message"], verdict, "{label}: {report:#}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{label}: took {:?}",
+            started.elapsed()
+        );
+        contained(label, &report);
+    }
+
+    // (f) a daemon left running goes with its container.
+    let report = run_commit(
+        &cluster,
+        "daemon",
+        "command = \"setsid sleep 987654 > /dev/null 2>&1 & echo left a daemon\"\n",
+    );
+    assert_eq!(report["status"], "passed", "{report:#}");
+    contained("daemon", &report);
+    let daemon_alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("987654"))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || !daemon_alive()),
+        "the daemon outlived its job"
+    );
+
+    // (g) another slot's checkout (and the slot folders) are not there.
+    let report = run_commit(
+        &cluster,
+        "neighbours",
+        "command = \"ls -a ..; cat ../neighbour-secret ../../slot-*/neighbour-secret; exit 0\"\n",
+    );
+    contained("neighbours", &report);
+    let output = report["jobs"][0]["output"].as_str().unwrap();
+    assert!(output.contains("No such file"), "{output}");
+
+    let report = run_commit(&cluster, "fine", "command = \"echo fine\"\n");
+    assert_eq!(report["status"], "passed", "{report:#}");
+    assert_eq!(report["jobs"][0]["output"], "fine\n");
+    contained("fine", &report);
+}

@@ -514,13 +514,16 @@ async fn find_cgroups(name: &str) -> Option<Cgroups> {
     Some(cgroups_of(&table, Path::new("/sys/fs/cgroup")))
 }
 
-/// The limit files of the cgroups in a `/proc/<pid>/cgroup` table.
+/// The limit files of the cgroups in a `/proc/<pid>/cgroup` table: the v1
+/// hierarchies' when there are any (a hybrid system lists an empty v2 line
+/// too), else the one v2 hierarchy's.
 fn cgroups_of(table: &str, root: &Path) -> Cgroups {
     let mut found = Cgroups {
         pids_events: None,
         memory_events: None,
         cpu_usage: None,
     };
+    let mut unified = None;
     for line in table.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -529,34 +532,25 @@ fn cgroups_of(table: &str, root: &Path) -> Cgroups {
         };
         let relative = path.trim_start_matches('/');
         if controllers.is_empty() {
-            // cgroup v2: one hierarchy for every controller.
-            let dir = root.join(relative);
-            found.pids_events = Some(dir.join("pids.events"));
-            found.memory_events = Some(dir.join("memory.events"));
-            found.cpu_usage = Some(CpuUsage::Stat(dir.join("cpu.stat")));
-            break;
+            unified = Some(root.join(relative));
+            continue;
         }
         for controller in controllers.split(',') {
+            let dir = || root.join(controller).join(relative);
             match controller {
-                "pids" => {
-                    found.pids_events = Some(root.join("pids").join(relative).join("pids.events"));
-                }
-                "memory" => {
-                    found.memory_events = Some(
-                        root.join("memory")
-                            .join(relative)
-                            .join("memory.oom_control"),
-                    );
-                }
-                "cpuacct" => {
-                    // `cpuacct` is also where systems that mount it with
-                    // `cpu` link it.
-                    let dir = root.join("cpuacct").join(relative);
-                    found.cpu_usage = Some(CpuUsage::Nanos(dir.join("cpuacct.usage")));
-                }
+                "pids" => found.pids_events = Some(dir().join("pids.events")),
+                "memory" => found.memory_events = Some(dir().join("memory.oom_control")),
+                // Where systems that mount it with `cpu` link it, too.
+                "cpuacct" => found.cpu_usage = Some(CpuUsage::Nanos(dir().join("cpuacct.usage"))),
                 _ => {}
             }
         }
+    }
+    let v1 = found.pids_events.is_some() || found.memory_events.is_some();
+    if let (false, Some(dir)) = (v1, unified) {
+        found.pids_events = Some(dir.join("pids.events"));
+        found.memory_events = Some(dir.join("memory.events"));
+        found.cpu_usage = Some(CpuUsage::Stat(dir.join("cpu.stat")));
     }
     found
 }
@@ -743,7 +737,8 @@ mod tests {
 
     #[test]
     fn the_limit_files_are_found_for_both_cgroup_versions() {
-        let v1 = "8:pids:/docker/abc\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n";
+        // A hybrid system: v1 hierarchies and an empty v2 one.
+        let v1 = "8:pids:/docker/abc\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n0::/\n";
         let found = cgroups_of(v1, Path::new("/sys/fs/cgroup"));
         assert_eq!(
             found.pids_events.unwrap(),

@@ -9,6 +9,7 @@
 //!   streaming while it runs;
 //! - a timeout and a cancel kill the container, and it is removed;
 //! - an image the worker does not allow, or does not have, is an `error`;
+//!   `network = false` leaves the container only its own loopback;
 //! - without a docker CLI or an engine that answers, the worker does not
 //!   start (exit 2, naming `worker.executor`);
 //! - the hostile jobs of issue 11 (secrets, fork bomb, 10 GiB, 5 GiB of
@@ -306,7 +307,7 @@ async fn a_timeout_and_a_cancel_kill_and_remove_the_container() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_image_not_allowed_or_not_present_is_an_error() {
+async fn an_image_not_allowed_or_not_present_is_an_error_and_network_false_is_none() {
     let image = TestImage::build("images");
     let cluster = one_container_worker("ctr-images", &image, "").await;
     let report = run_commit(
@@ -347,6 +348,21 @@ async fn an_image_not_allowed_or_not_present_is_an_error() {
     );
     assert_eq!(report["status"], "passed", "{report:#}");
     assert_eq!(report["jobs"][0]["output"], format!("{}\n", image.marker));
+
+    // The host's network by default; only its own loopback without.
+    let host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let report = run_commit(&cluster, "network", "command = \"ls /sys/class/net\"\n");
+    let seen = report["jobs"][0]["output"].as_str().unwrap().to_owned();
+    assert_eq!(seen.lines().count(), host.len(), "{seen} vs {host:?}");
+    let report = run_commit(
+        &cluster,
+        "no network",
+        "command = \"ls /sys/class/net\"\nnetwork = false\n",
+    );
+    assert_eq!(report["jobs"][0]["output"], "lo\n", "{report:#}");
 }
 
 #[test]

@@ -503,13 +503,13 @@ full_branches = ["main"]
     fn network_and_limits_are_read() {
         let plain = plan_of("command = \"x\"\n");
         assert_eq!((plain.network, plain.limits), (None, None));
-        let plan = plan_of(
+        let limited = plan_of(
             "command = \"x\"\nnetwork = false\n[limits]\nmemory = \"256 MiB\"\nprocesses = 64\n\
              cpu_time = \"10s\"\ndisk = 1024\n",
         );
-        assert_eq!(plan.network, Some(false));
+        assert_eq!(limited.network, Some(false));
         assert_eq!(
-            plan.limits,
+            limited.limits,
             Some(JobLimits {
                 memory_bytes: Some(256 << 20),
                 processes: Some(64),

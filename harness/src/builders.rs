@@ -112,15 +112,17 @@ impl JobBuilder {
 }
 
 /// A passed result (exit code 0, no output) of a run by worker
-/// `test-worker` on host `test-host`.
-pub struct JobResultBuilder(JobResult);
+/// `test-worker` on host `test-host`; proven with the job's key when it
+/// has one (as its worker would).
+pub struct JobResultBuilder(JobResult, Option<String>);
 
-/// Starts a [`JobResultBuilder`] for `job` (its id, attempt, repo and sha)
-/// with a new run id.
+/// Starts a [`JobResultBuilder`] for `job` (its id, attempt, repo and sha,
+/// and its result key) with a new run id.
 pub fn result_for(job: &Job) -> JobResultBuilder {
     let mut builder = result(job.repo.as_str(), job.sha.as_str());
     builder.0.job_id = job.job_id;
     builder.0.attempt = job.attempt;
+    builder.1 = job.result_key.clone();
     builder
 }
 
@@ -150,7 +152,7 @@ pub fn result(repo: &str, sha: &str) -> JobResultBuilder {
         file_timings: Vec::new(),
         report_problem: None,
         proof: None,
-    })
+    }, None)
 }
 
 impl JobResultBuilder {
@@ -185,7 +187,16 @@ impl JobResultBuilder {
         self.0.duration_ms = duration_ms;
         self
     }
+    /// Without a proof, whatever the job's key (a forger's result).
+    pub fn unproven(mut self) -> Self {
+        self.1 = None;
+        self
+    }
     pub fn build(self) -> JobResult {
-        self.0
+        let mut result = self.0;
+        if let Some(key) = &self.1 {
+            warren_common::proof::sign(&mut result, key);
+        }
+        result
     }
 }

@@ -129,30 +129,33 @@ pub fn result_for(job: &Job) -> JobResultBuilder {
 /// Starts a [`JobResultBuilder`] of a job no one published (a new job id,
 /// attempt 1) for `sha` of `repo`.
 pub fn result(repo: &str, sha: &str) -> JobResultBuilder {
-    JobResultBuilder(JobResult {
-        job_id: JobId::new(),
-        attempt: 1,
-        run_id: uuid::Uuid::new_v4(),
-        worker: WorkerId::parse("test-worker").unwrap(),
-        host: "test-host".into(),
-        repo: RepoName::parse(repo).unwrap(),
-        sha: CommitId::parse(sha).unwrap(),
-        status: JobStatus::Passed,
-        exit_code: Some(0),
-        signal: None,
-        message: None,
-        started_at: Utc::now(),
-        finished_at: Utc::now(),
-        checkout_ms: 0,
-        duration_ms: 0,
-        output: String::new(),
-        output_truncated: false,
-        output_bytes: 0,
-        tests: Vec::new(),
-        file_timings: Vec::new(),
-        report_problem: None,
-        proof: None,
-    }, None)
+    JobResultBuilder(
+        JobResult {
+            job_id: JobId::new(),
+            attempt: 1,
+            run_id: uuid::Uuid::new_v4(),
+            worker: WorkerId::parse("test-worker").unwrap(),
+            host: "test-host".into(),
+            repo: RepoName::parse(repo).unwrap(),
+            sha: CommitId::parse(sha).unwrap(),
+            status: JobStatus::Passed,
+            exit_code: Some(0),
+            signal: None,
+            message: None,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            checkout_ms: 0,
+            duration_ms: 0,
+            output: String::new(),
+            output_truncated: false,
+            output_bytes: 0,
+            tests: Vec::new(),
+            file_timings: Vec::new(),
+            report_problem: None,
+            proof: None,
+        },
+        None,
+    )
 }
 
 impl JobResultBuilder {

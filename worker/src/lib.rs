@@ -58,8 +58,8 @@
 mod cancel;
 mod checkout;
 pub mod config;
-pub mod executor;
 mod events;
+pub mod executor;
 mod flaky;
 mod http;
 mod job;

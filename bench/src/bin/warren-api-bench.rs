@@ -208,6 +208,8 @@ fn fill(database: &Path, args: &Args) -> Vec<String> {
         junit: None,
         retry_failed: 0,
         supersede: Globs::none(),
+        network: None,
+        limits: None,
     };
     let shards: Vec<ShardPlan> = (0..args.shards)
         .map(|shard| ShardPlan {

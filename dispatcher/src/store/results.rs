@@ -224,7 +224,10 @@ mod tests {
         let jobs = insert(&mut store, &event("f"));
         let job = &jobs[0];
         assert_eq!(job.result_key.as_ref().map(String::len), Some(64));
-        let unproven = builders::result_for(job).worker("mallory").unproven().build();
+        let unproven = builders::result_for(job)
+            .worker("mallory")
+            .unproven()
+            .build();
         let mut other_key = unproven.clone();
         warren_common::proof::sign(&mut other_key, &warren_common::proof::new_key());
         let mut edited = result(job, "w1", JobStatus::Failed);
@@ -248,7 +251,10 @@ mod tests {
         let old = insert(&mut store, &event("0"));
         store
             .conn
-            .execute("UPDATE jobs SET result_key = NULL WHERE id = ?1", params![old[0].job_id])
+            .execute(
+                "UPDATE jobs SET result_key = NULL WHERE id = ?1",
+                params![old[0].job_id],
+            )
             .unwrap();
         let unproven = builders::result_for(&old[0]).unproven().build();
         assert!(matches!(

@@ -45,7 +45,9 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| format!("{text:?} is not a size (a whole number, then the unit: \"512 MiB\")"))
+        .ok_or_else(|| {
+            format!("{text:?} is not a size (a whole number, then the unit: \"512 MiB\")")
+        })
 }
 
 #[cfg(test)]

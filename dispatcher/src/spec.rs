@@ -341,11 +341,15 @@ fn job_limits(file: LimitsFile) -> Result<JobLimits, String> {
             .transpose()
     };
     if file.processes == Some(0) {
-        return Err(format!("{SPEC_FILE}: `limits.processes` must be more than 0"));
+        return Err(format!(
+            "{SPEC_FILE}: `limits.processes` must be more than 0"
+        ));
     }
     let cpu_time_ms = match file.cpu_time {
         Some(time) if time.as_millis() == 0 => {
-            return Err(format!("{SPEC_FILE}: `limits.cpu_time` must be more than 0"));
+            return Err(format!(
+                "{SPEC_FILE}: `limits.cpu_time` must be more than 0"
+            ));
         }
         Some(time) => Some(u64::try_from(time.as_millis()).unwrap_or(u64::MAX)),
         None => None,

@@ -370,7 +370,11 @@ impl WorkerConfig {
         let executor = ExecutorConfig {
             kind,
             bwrap: settings.sandbox_bwrap.clone(),
-            read_only: settings.sandbox_read_only.iter().map(|p| absolute(p)).collect(),
+            read_only: settings
+                .sandbox_read_only
+                .iter()
+                .map(|p| absolute(p))
+                .collect(),
             hidden: vec![absolute(&work_dir)],
             images,
             work_dir: absolute(&work_dir),
@@ -412,10 +416,12 @@ fn limits(settings: &WorkerSettings, source: &ConfigSource) -> Result<Limits, Co
     let processes = settings
         .max_processes
         .map(|n| {
-            u64::try_from(n)
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| source.invalid("worker.max_processes", format!("must be 1 or more, got {n}")))
+            u64::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                source.invalid(
+                    "worker.max_processes",
+                    format!("must be 1 or more, got {n}"),
+                )
+            })
         })
         .transpose()?;
     if let Some(cpu) = settings.max_cpu_time {
@@ -710,11 +716,7 @@ mod tests {
                 "worker.max_memory",
                 "WARREN_WORKER__MAX_MEMORY",
             ),
-            (
-                "max_disk = 0",
-                "worker.max_disk",
-                "WARREN_WORKER__MAX_DISK",
-            ),
+            ("max_disk = 0", "worker.max_disk", "WARREN_WORKER__MAX_DISK"),
             (
                 "max_processes = 0",
                 "worker.max_processes",

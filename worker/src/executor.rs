@@ -547,12 +547,24 @@ mod tests {
         let finished = run_script(&executor, &checkout, &script, false, Limits::default()).await;
         let text = finished.output.text;
         assert_eq!(finished.ending, Ending::Exited(0), "{text}");
-        assert_eq!(std::fs::read_to_string(checkout.join("mine")).unwrap(), "mine\n");
-        assert!(text.contains("no-other") && !text.contains("other slot"), "{text}");
-        assert!(text.contains("no-secret") && !text.contains("password"), "{text}");
+        assert_eq!(
+            std::fs::read_to_string(checkout.join("mine")).unwrap(),
+            "mine\n"
+        );
+        assert!(
+            text.contains("no-other") && !text.contains("other slot"),
+            "{text}"
+        );
+        assert!(
+            text.contains("no-secret") && !text.contains("password"),
+            "{text}"
+        );
         assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines.contains(&"0"), "an empty /tmp, no /etc/shadow: {text}");
+        assert!(
+            lines.contains(&"0"),
+            "an empty /tmp, no /etc/shadow: {text}"
+        );
         assert!(lines.contains(&"2"), "pid 2 in its own namespace: {text}");
     }
 
@@ -567,9 +579,15 @@ mod tests {
             disk: Some(20 << 20),
         };
         let cases = [
-            ("dd if=/dev/zero of=/dev/null bs=1G count=1", LimitHit::Memory(128 << 20)),
+            (
+                "dd if=/dev/zero of=/dev/null bs=1G count=1",
+                LimitHit::Memory(128 << 20),
+            ),
             ("while :; do sleep 100 & done", LimitHit::Processes(32)),
-            ("while :; do :; done", LimitHit::CpuTime(Duration::from_secs(1))),
+            (
+                "while :; do :; done",
+                LimitHit::CpuTime(Duration::from_secs(1)),
+            ),
             (
                 "dd if=/dev/zero of=big bs=1M count=1000; echo wrote",
                 LimitHit::Disk(20 << 20),

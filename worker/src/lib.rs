@@ -61,8 +61,8 @@
 mod cancel;
 mod checkout;
 pub mod config;
-pub mod executor;
 mod events;
+pub mod executor;
 mod flaky;
 mod http;
 pub mod images;

@@ -18,7 +18,7 @@
 //! watcher of the checkout's allocated size, growth over its size at the
 //! run's start counted against the limit.
 
-use super::{Limits, LimitHit};
+use super::{LimitHit, Limits};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::ffi::OsString;
@@ -252,9 +252,8 @@ impl Cgroup {
             std::fs::create_dir_all(dir)?;
         }
         let write = |dir: &Path, file: &str, value: String| {
-            std::fs::write(dir.join(file), value).map_err(|e| {
-                io::Error::other(format!("writing {}: {e}", dir.join(file).display()))
-            })
+            std::fs::write(dir.join(file), value)
+                .map_err(|e| io::Error::other(format!("writing {}: {e}", dir.join(file).display())))
         };
         if let Some(memory) = limits.memory {
             write(&cgroup.dirs[0], "memory.limit_in_bytes", memory.to_string())?;

@@ -88,12 +88,12 @@ impl Sandbox {
             .output();
         let _ = std::fs::remove_dir(&probe_dir);
         let output = output.map_err(|error| {
-                unavailable(format!(
-                    "cannot run bubblewrap ({}): {error}; install it (Debian: apt-get install \
+            unavailable(format!(
+                "cannot run bubblewrap ({}): {error}; install it (Debian: apt-get install \
                      bubblewrap) or set worker.sandbox_bwrap",
-                    sandbox.bwrap.display()
-                ))
-            })?;
+                sandbox.bwrap.display()
+            ))
+        })?;
         if !output.status.success() {
             return Err(unavailable(format!(
                 "bubblewrap ({}) cannot make a sandbox here ({}): {}; user namespaces may be \

@@ -7,9 +7,7 @@
 //! missing fields, invalid ids and oversize bodies are all [`DecodeError`]s,
 //! which consumers dead-letter with the error as the reason.
 
-use crate::ids::{
-    BranchName, CommitId, ImageRef, JobId, RepoName, RepoUrl, SuitePath, WorkerId,
-};
+use crate::ids::{BranchName, CommitId, ImageRef, JobId, RepoName, RepoUrl, SuitePath, WorkerId};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

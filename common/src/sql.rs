@@ -5,9 +5,7 @@
 //! Each type is stored as the text it has in messages: the id's string, the
 //! status's [`as_str`](crate::messages::JobStatus::as_str) name.
 
-use crate::ids::{
-    BranchName, CommitId, ImageRef, JobId, RepoName, RepoUrl, SuitePath, WorkerId,
-};
+use crate::ids::{BranchName, CommitId, ImageRef, JobId, RepoName, RepoUrl, SuitePath, WorkerId};
 use crate::messages::{JobStatus, TestStatus};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 

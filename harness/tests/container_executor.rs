@@ -137,7 +137,9 @@ fn work_dir(cluster: &Cluster, index: usize) -> PathBuf {
 
 /// The checkout of slot `slot` of worker 0.
 fn checkout(cluster: &Cluster, slot: usize) -> PathBuf {
-    work_dir(cluster, 0).join(format!("slot-{slot}")).join("sample")
+    work_dir(cluster, 0)
+        .join(format!("slot-{slot}"))
+        .join("sample")
 }
 
 fn result_of(cluster: &Cluster, sha: &str) -> serde_json::Value {
@@ -158,7 +160,9 @@ fn run_commit(cluster: &Cluster, label: &str, spec: &str) -> serde_json::Value {
 /// Whether none of the cluster's worker-0 containers is left, waiting a
 /// little: `docker rm` runs after the result is published.
 fn no_container_left(cluster: &Cluster) -> bool {
-    wait_until(Duration::from_secs(15), || containers_of(cluster, 0).is_empty())
+    wait_until(Duration::from_secs(15), || {
+        containers_of(cluster, 0).is_empty()
+    })
 }
 
 async fn one_container_worker(name: &str, image: &TestImage, extra: &str) -> Cluster {
@@ -263,7 +267,11 @@ async fn a_job_runs_in_its_container_with_its_checkout_and_its_output_streams() 
         std::fs::metadata(checkout(&cluster, 0)).unwrap().uid(),
         "the checkout is taken back from the container's user"
     );
-    assert!(no_container_left(&cluster), "{:?}", containers_of(&cluster, 0));
+    assert!(
+        no_container_left(&cluster),
+        "{:?}",
+        containers_of(&cluster, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +287,11 @@ async fn a_timeout_and_a_cancel_kill_and_remove_the_container() {
     assert_eq!(report["status"], "timed_out", "{report:#}");
     assert_eq!(report["jobs"][0]["output"], "started\n", "{report:#}");
     assert!(started.elapsed() < Duration::from_secs(60));
-    assert!(no_container_left(&cluster), "{:?}", containers_of(&cluster, 0));
+    assert!(
+        no_container_left(&cluster),
+        "{:?}",
+        containers_of(&cluster, 0)
+    );
 
     let sha = cluster.upstream.commit(
         "main",
@@ -290,7 +302,11 @@ async fn a_timeout_and_a_cancel_kill_and_remove_the_container() {
         )],
     );
     let marker = checkout(&cluster, 0).join("started");
-    assert!(wait_until(DEADLINE, || marker.exists()), "{}", cluster.all_logs());
+    assert!(
+        wait_until(DEADLINE, || marker.exists()),
+        "{}",
+        cluster.all_logs()
+    );
     assert_eq!(containers_of(&cluster, 0).len(), 1);
     let url = format!("{}/api/commits/sample/{sha}/cancel", cluster.http_url());
     assert_eq!(warren_harness::http::request("POST", &url).0, 202);
@@ -439,7 +455,10 @@ async fn hostile_jobs_are_contained_and_the_next_job_passes() {
     }
     let contained = |label: &str, report: &serde_json::Value| {
         let text = report.to_string();
-        assert!(!text.contains(&secret), "{label}: a secret leaked: {report:#}");
+        assert!(
+            !text.contains(&secret),
+            "{label}: a secret leaked: {report:#}"
+        );
         assert!(
             no_container_left(&cluster),
             "{label}: containers left: {:?}",
@@ -467,7 +486,10 @@ async fn hostile_jobs_are_contained_and_the_next_job_passes() {
     contained("secrets", &report);
     let output = report["jobs"][0]["output"].as_str().unwrap();
     assert!(output.contains("No such file"), "{output}");
-    assert!(!output.contains("amqp://"), "the broker URL leaked: {output}");
+    assert!(
+        !output.contains("amqp://"),
+        "the broker URL leaked: {output}"
+    );
     let key: String = cluster
         .database()
         .query_row(

@@ -174,7 +174,7 @@ pub(crate) fn size(bytes: u64) -> String {
         ("KiB", 1 << 10),
     ];
     for (unit, factor) in UNITS {
-        if bytes >= factor && bytes % factor == 0 {
+        if bytes >= factor && bytes.is_multiple_of(factor) {
             return format!("{} {unit}", bytes / factor);
         }
     }
@@ -334,10 +334,10 @@ impl Executor {
         // The docker CLI's own environment: the worker's, without its
         // settings (they may hold the broker password); none of it reaches
         // the container, which gets `spec.env` as `--env`.
-        let cli_env = std::env::vars_os()
+        let env = std::env::vars_os()
             .filter(|(name, _)| !name.as_bytes().starts_with(b"WARREN_"))
             .collect();
-        let (args, env, container) = docker.launch(spec, image, cli_env)?;
+        let (args, container) = docker.launch(spec, image)?;
         let watch = spec
             .isolation
             .limits

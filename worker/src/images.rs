@@ -69,9 +69,10 @@ impl ImagePolicy {
     }
 
     fn default_text(&self) -> String {
-        self.default
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), |image| format!("{:?}", image.as_str()))
+        self.default.as_ref().map_or_else(
+            || "none".to_owned(),
+            |image| format!("{:?}", image.as_str()),
+        )
     }
 
     /// The patterns as configured.
@@ -120,7 +121,10 @@ mod tests {
             "registry:5000/team/py:3.12",
             "ci:base",
         ] {
-            assert_eq!(policy.choose(Some(&image(allowed))).unwrap(), image(allowed));
+            assert_eq!(
+                policy.choose(Some(&image(allowed))).unwrap(),
+                image(allowed)
+            );
         }
         assert_eq!(policy.choose(None).unwrap(), image("ci:base"));
         for refused in ["ubuntu:24.04", "registry:5000/team/x/y", "ci:other"] {

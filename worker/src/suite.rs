@@ -341,8 +341,7 @@ impl Suite<'_> {
             kill_grace: self.runner.kill_grace,
             output_limit: self.runner.output_limit,
             live: self.live.clone(),
-            isolation: Isolation::new(self.network, self.limits)
-                .with_image(self.job.image.clone()),
+            isolation: Isolation::new(self.network, self.limits).with_image(self.job.image.clone()),
         })
     }
 

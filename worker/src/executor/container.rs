@@ -92,9 +92,9 @@ impl Docker {
             START_TIMEOUT,
         )
         .map_err(|error| match error {
-            CliError::Missing => unavailable(
-                "the docker command is not installed (Debian package docker.io)".into(),
-            ),
+            CliError::Missing => {
+                unavailable("the docker command is not installed (Debian package docker.io)".into())
+            }
             other => unavailable(format!(
                 "the Docker engine does not answer: {other} (start dockerd, e.g. \
                  scripts/ensure-docker.sh)"
@@ -104,10 +104,7 @@ impl Docker {
             .unwrap_or_else(|_| work_dir.to_path_buf())
             .to_string_lossy()
             .into_owned();
-        let docker = Self {
-            work_dir,
-            images,
-        };
+        let docker = Self { work_dir, images };
         debug!(version = version.trim(), "Docker engine answers");
         docker.remove_leftovers().map_err(unavailable)?;
         Ok(docker)
@@ -128,8 +125,11 @@ impl Docker {
     /// a worker that crashed (or was killed) mid-job left.
     fn remove_leftovers(&self) -> Result<(), String> {
         let filter = format!("label={LABEL_WORK_DIR}={}", self.work_dir);
-        let listed = blocking_docker(&["ps", "--all", "--quiet", "--filter", &filter], ENGINE_TIMEOUT)
-            .map_err(|error| format!("listing leftover containers: {error}"))?;
+        let listed = blocking_docker(
+            &["ps", "--all", "--quiet", "--filter", &filter],
+            ENGINE_TIMEOUT,
+        )
+        .map_err(|error| format!("listing leftover containers: {error}"))?;
         let ids: Vec<&str> = listed.split_whitespace().collect();
         if ids.is_empty() {
             return Ok(());
@@ -164,13 +164,11 @@ impl Docker {
 
     /// The `docker run` command for `spec` in `image` (which
     /// [`Docker::image_for`] chose), and the guard of the container.
-    /// `cli_env` is the environment of the docker CLI itself.
     pub(crate) fn launch(
         &self,
         spec: &CommandSpec,
         image: &ImageRef,
-        cli_env: Vec<(OsString, OsString)>,
-    ) -> Result<(Vec<OsString>, Vec<(OsString, OsString)>, ContainerGuard), RunError> {
+    ) -> Result<(Vec<OsString>, ContainerGuard), RunError> {
         let checkout = checkout_root(&spec.cwd);
         let user = user_for(&checkout).map_err(|source| RunError::Spawn {
             program: DOCKER.into(),
@@ -196,7 +194,7 @@ impl Docker {
             removed: false,
             take_back: user.handed_over.map(|owner| (checkout, owner)),
         };
-        Ok((args, cli_env, guard))
+        Ok((args, guard))
     }
 }
 
@@ -585,7 +583,12 @@ async fn docker(args: &[&str]) -> Result<String, CliError> {
             timeout: ENGINE_TIMEOUT,
         })?
         .map_err(|error| spawn_error(&command, &error))?;
-    cli_result(command, output.status.success(), &output.stdout, &output.stderr)
+    cli_result(
+        command,
+        output.status.success(),
+        &output.stdout,
+        &output.stderr,
+    )
 }
 
 /// [`docker`] for the worker's start, before the async runtime.
@@ -707,12 +710,20 @@ mod tests {
             "--env=X=a b",
             "--env=HOME=/tmp",
         ] {
-            assert!(args.contains(&expected.to_owned()), "{expected} in {args:?}");
+            assert!(
+                args.contains(&expected.to_owned()),
+                "{expected} in {args:?}"
+            );
         }
-        let image_at = args.iter().position(|a| a == "debian:bookworm-slim").unwrap();
+        let image_at = args
+            .iter()
+            .position(|a| a == "debian:bookworm-slim")
+            .unwrap();
         assert_eq!(args[image_at + 1..], ["sh", "-c", "echo $X"]);
         assert!(
-            args[..image_at].iter().all(|a| a.starts_with("--") || a == "run"),
+            args[..image_at]
+                .iter()
+                .all(|a| a.starts_with("--") || a == "run"),
             "{args:?}"
         );
     }
@@ -732,7 +743,11 @@ mod tests {
             spec: &spec,
         }));
         assert!(args.contains(&"--network=host".to_owned()));
-        assert!(!args.iter().any(|a| a.starts_with("--memory") || a.starts_with("--pids")));
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--memory") || a.starts_with("--pids"))
+        );
     }
 
     #[test]

@@ -500,22 +500,26 @@ impl Drop for ContainerGuard {
 }
 
 /// Where the container's limits show in its cgroup: from its init process's
-/// `/proc/<pid>/cgroup` (cgroup v1 or v2). `None` until it runs.
+/// `/proc/<pid>/cgroup` (cgroup v1 or v2). `None` until it runs, and when
+/// the table does not name the container (a process that has exited shows
+/// the root cgroup, whose counters are the whole host's).
 async fn find_cgroups(name: &str) -> Option<Cgroups> {
-    let pid = docker(&["inspect", "--format", "{{.State.Pid}}", name])
+    let state = docker(&["inspect", "--format", "{{.State.Pid}} {{.Id}}", name])
         .await
         .ok()?;
-    let pid: u32 = pid.trim().parse().ok().filter(|pid| *pid > 0)?;
+    let (pid, id) = state.trim().split_once(' ')?;
+    let pid: u32 = pid.parse().ok().filter(|pid| *pid > 0)?;
     let table = tokio::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .await
         .ok()?;
-    Some(cgroups_of(&table, Path::new("/sys/fs/cgroup")))
+    cgroups_of(&table, id, Path::new("/sys/fs/cgroup"))
 }
 
 /// The limit files of the cgroups in a `/proc/<pid>/cgroup` table: the v1
 /// hierarchies' when there are any (a hybrid system lists an empty v2 line
-/// too), else the one v2 hierarchy's.
-fn cgroups_of(table: &str, root: &Path) -> Cgroups {
+/// too), else the one v2 hierarchy's; only cgroups whose path names the
+/// container `id`.
+fn cgroups_of(table: &str, id: &str, root: &Path) -> Option<Cgroups> {
     let mut found = Cgroups {
         pids_events: None,
         memory_events: None,
@@ -528,6 +532,9 @@ fn cgroups_of(table: &str, root: &Path) -> Cgroups {
         else {
             continue;
         };
+        if id.is_empty() || !path.contains(id) {
+            continue;
+        }
         let relative = path.trim_start_matches('/');
         if controllers.is_empty() {
             unified = Some(root.join(relative));
@@ -550,7 +557,8 @@ fn cgroups_of(table: &str, root: &Path) -> Cgroups {
         found.memory_events = Some(dir.join("memory.events"));
         found.cpu_usage = Some(CpuUsage::Stat(dir.join("cpu.stat")));
     }
-    found
+    let any = found.pids_events.is_some() || found.memory_events.is_some();
+    any.then_some(found)
 }
 
 /// Why a docker CLI command did not do its work.
@@ -754,7 +762,7 @@ mod tests {
     fn the_limit_files_are_found_for_both_cgroup_versions() {
         // A hybrid system: v1 hierarchies and an empty v2 one.
         let v1 = "8:pids:/docker/abc\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n0::/\n";
-        let found = cgroups_of(v1, Path::new("/sys/fs/cgroup"));
+        let found = cgroups_of(v1, "abc", Path::new("/sys/fs/cgroup")).unwrap();
         assert_eq!(
             found.pids_events.unwrap(),
             Path::new("/sys/fs/cgroup/pids/docker/abc/pids.events")
@@ -768,11 +776,14 @@ mod tests {
             CpuUsage::Nanos("/sys/fs/cgroup/cpuacct/docker/abc/cpuacct.usage".into())
         );
         let v2 = "0::/system.slice/docker-abc.scope\n";
-        let found = cgroups_of(v2, Path::new("/sys/fs/cgroup"));
+        let found = cgroups_of(v2, "abc", Path::new("/sys/fs/cgroup")).unwrap();
         assert_eq!(
             found.pids_events.unwrap(),
             Path::new("/sys/fs/cgroup/system.slice/docker-abc.scope/pids.events")
         );
+        // An exited process shows the root cgroup: the host's counters.
+        let exited = "8:pids:/\n4:memory:/\n2:cpuacct:/\n0::/\n";
+        assert!(cgroups_of(exited, "abc", Path::new("/sys/fs/cgroup")).is_none());
     }
 
     #[test]

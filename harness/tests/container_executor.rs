@@ -7,7 +7,8 @@
 //! - a job runs in its container: the checkout mounted, the job's
 //!   environment (not the worker's), a user that is not root, its output
 //!   streaming while it runs;
-//! - a timeout and a cancel kill the container, and it is removed;
+//! - a timeout and a cancel kill the container, and it is removed; the
+//!   container of a worker killed mid-job is removed when it starts again;
 //! - an image the worker does not allow, or does not have, is an `error`;
 //!   `network = false` leaves the container only its own loopback;
 //! - without a docker CLI or an engine that answers, the worker does not
@@ -582,4 +583,52 @@ async fn hostile_jobs_are_contained_and_the_next_job_passes() {
     assert_eq!(report["status"], "passed", "{report:#}");
     assert_eq!(report["jobs"][0]["output"], "fine\n");
     contained("fine", &report);
+}
+
+/// A worker killed mid-job (SIGKILL: no clean-up) leaves its container
+/// running; the next worker with the same `work_dir` removes it at start.
+/// (The job, given back by the broker, then runs again; it is cancelled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_workers_container_is_removed_when_it_starts_again() {
+    let image = TestImage::build("crash");
+    let mut cluster = one_container_worker("ctr-crash", &image, "").await;
+    let sha = cluster.upstream.commit(
+        "main",
+        "interrupted",
+        &[(
+            "warren.toml",
+            Some("command = \"touch started; sleep 1000\"\ntimeout = \"5m\"\n"),
+        )],
+    );
+    let marker = checkout(&cluster, 0).join("started");
+    assert!(
+        wait_until(DEADLINE, || marker.exists()),
+        "{}",
+        cluster.all_logs()
+    );
+    let left = containers_of(&cluster, 0);
+    assert_eq!(left.len(), 1);
+    cluster.workers[0].kill();
+    assert_eq!(
+        containers_of(&cluster, 0),
+        left,
+        "a killed worker cannot remove its container"
+    );
+
+    cluster.workers.clear();
+    cluster.start_worker(0);
+    assert!(
+        wait_until(DEADLINE, || !containers_of(&cluster, 0).contains(&left[0])),
+        "the restarted worker did not remove the leftover container\n{}",
+        cluster.all_logs()
+    );
+    let url = format!("{}/api/commits/sample/{sha}/cancel", cluster.http_url());
+    assert_eq!(warren_harness::http::request("POST", &url).0, 202);
+    let report = result_of(&cluster, &sha);
+    assert_eq!(report["status"], "cancelled", "{report:#}");
+    assert!(
+        no_container_left(&cluster),
+        "{:?}",
+        containers_of(&cluster, 0)
+    );
 }

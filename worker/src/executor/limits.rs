@@ -151,10 +151,9 @@ pub(crate) fn wrap(
             (program, line)
         }
     };
-    let disk = match limits.disk {
-        Some(limit) => Some(DiskWatch::start(checkout, limit)),
-        None => None,
-    };
+    let disk = limits
+        .disk
+        .map(|limit| DiskWatch::start(checkout, limit));
     Ok((
         program,
         args,

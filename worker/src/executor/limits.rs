@@ -151,9 +151,7 @@ pub(crate) fn wrap(
             (program, line)
         }
     };
-    let disk = limits
-        .disk
-        .map(|limit| DiskWatch::start(checkout, limit));
+    let disk = limits.disk.map(|limit| DiskWatch::start(checkout, limit));
     Ok((
         program,
         args,

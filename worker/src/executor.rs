@@ -284,7 +284,10 @@ impl Executor {
                 ),
                 None => unreachable!("a sandbox executor is started with its sandbox"),
             },
-            // container: `docker run` in executor/container.rs.
+            // container: `docker run` in executor/container.rs returns its
+            // own Launch here, its limits as docker's flags (`--memory`,
+            // `--pids-limit`…), not through the wrapper below (which would
+            // only limit the docker client).
             ExecutorKind::Container => {
                 return Err(RunError::Spawn {
                     program: "docker".into(),

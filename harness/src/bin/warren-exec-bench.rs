@@ -60,7 +60,10 @@ async fn main() -> ExitCode {
             .wait_for_results(std::slice::from_ref(&first), DEADLINE)
             .is_err()
         {
-            eprintln!("{name}: no result for the first commit\n{}", cluster.all_logs());
+            eprintln!(
+                "{name}: no result for the first commit\n{}",
+                cluster.all_logs()
+            );
             return ExitCode::FAILURE;
         }
         let shas: Vec<String> = (0..commits)

@@ -82,7 +82,7 @@ impl Enforcement {
 }
 
 fn probe_cgroups() -> Result<(), String> {
-    let probe = format!("probe-{}", std::process::id());
+    let probe = format!("probe-{}-{:08x}", std::process::id(), fastrand::u32(..));
     for controller in CONTROLLERS {
         let parent = Path::new(CGROUP_ROOT).join(controller).join(PARENT);
         std::fs::create_dir_all(&parent)
@@ -323,6 +323,19 @@ impl Cgroup {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    /// A backstop for a run whose future was dropped before
+    /// [`Watch::finish`] (the worker forced to stop): kill what is left and
+    /// try once to remove the folders (a folder whose processes are still
+    /// exiting stays; it is empty and harmless).
+    fn drop(&mut self) {
+        self.kill_all();
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }

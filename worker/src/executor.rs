@@ -273,24 +273,24 @@ impl Executor {
     /// What to spawn for `spec`, and its guard.
     pub(crate) fn launch(&self, spec: &CommandSpec) -> Result<Launch, RunError> {
         let isolation = &spec.isolation;
-        let (program, args) = match (self.kind, &self.sandbox) {
-            // container: `docker run` in executor/container.rs returns its
-            // own Launch here, its limits as docker's flags (`--memory`,
-            // `--pids-limit`…), not through the wrapper below (which would
-            // only limit the docker client).
-            (ExecutorKind::Container, _) => {
+        let (program, args) = match self.kind {
+            ExecutorKind::Process => (spec.program.clone(), spec.args.clone()),
+            ExecutorKind::Sandbox => match &self.sandbox {
+                Some(sandbox) => sandbox.command_line(
+                    &spec.cwd,
+                    isolation.network,
+                    spec.program.clone(),
+                    spec.args.clone(),
+                ),
+                None => unreachable!("a sandbox executor is started with its sandbox"),
+            },
+            // container: `docker run` in executor/container.rs.
+            ExecutorKind::Container => {
                 return Err(RunError::Spawn {
                     program: "docker".into(),
                     source: std::io::Error::other("this build has no container executor"),
                 });
             }
-            (_, Some(sandbox)) => sandbox.command_line(
-                &spec.cwd,
-                isolation.network,
-                spec.program.clone(),
-                spec.args.clone(),
-            ),
-            (_, None) => (spec.program.clone(), spec.args.clone()),
         };
         let (program, args, watch) = if isolation.limits.is_none() {
             (program, args, None)

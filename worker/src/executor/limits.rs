@@ -415,6 +415,42 @@ mod tests {
         assert_eq!(counter(&dir.path().join("missing"), "max"), 0);
     }
 
+    #[test]
+    fn without_cgroups_the_limits_are_rlimits_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            memory: Some(1 << 30),
+            processes: Some(64),
+            cpu_time: Some(Duration::from_secs(90)),
+            disk: Some(1 << 20),
+        };
+        let (program, args, watch) = wrap(
+            Enforcement::Rlimits,
+            "warren-test",
+            limits,
+            dir.path(),
+            "sh".into(),
+            vec!["-c".into(), "true".into()],
+        )
+        .unwrap();
+        assert_eq!(program, "prlimit");
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "--fsize=1048576",
+                "--as=1073741824",
+                "--nproc=64",
+                "--cpu=90",
+                "--",
+                "sh",
+                "-c",
+                "true"
+            ]
+        );
+        assert!(watch.cgroup.is_none() && watch.disk.is_some());
+    }
+
     #[tokio::test]
     async fn the_checkout_growth_is_what_counts() {
         let dir = tempfile::tempdir().unwrap();

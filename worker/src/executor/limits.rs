@@ -35,6 +35,9 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The hierarchies a run's cgroup is made in.
 const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpuacct"];
 
+/// The file a cgroup of each hierarchy must have to be of use.
+const LIMIT_FILES: [&str; 3] = ["memory.limit_in_bytes", "pids.max", "cpuacct.usage"];
+
 /// The folder under each hierarchy that holds the runs' cgroups (shared by
 /// every worker of the host; each run's name is unique).
 const PARENT: &str = "warren";
@@ -83,13 +86,29 @@ impl Enforcement {
 
 fn probe_cgroups() -> Result<(), String> {
     let probe = format!("probe-{}-{:08x}", std::process::id(), fastrand::u32(..));
-    for controller in CONTROLLERS {
-        let parent = Path::new(CGROUP_ROOT).join(controller).join(PARENT);
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    for (controller, file) in CONTROLLERS.iter().zip(LIMIT_FILES) {
+        // Only an existing v1 hierarchy: under cgroup v2 a folder made here
+        // would be a new cgroup, not the controller's.
+        let hierarchy = Path::new(CGROUP_ROOT).join(controller);
+        if !hierarchy.is_dir() {
+            return Err(format!(
+                "no cgroup v1 {controller} hierarchy at {}",
+                hierarchy.display()
+            ));
+        }
+        let parent = hierarchy.join(PARENT);
+        match std::fs::create_dir(&parent) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(format!("cannot create {}: {error}", parent.display())),
+        }
         let dir = parent.join(&probe);
         std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let usable = dir.join(file).exists();
         let _ = std::fs::remove_dir(&dir);
+        if !usable {
+            return Err(format!("{} has no {file}", dir.display()));
+        }
     }
     Ok(())
 }

@@ -199,6 +199,19 @@ async fn the_sandbox_contains_hostile_jobs() {
     .collect();
     let mut all = shas.clone();
     all.push(victim.clone());
+    // (b) again, with `network = false`: the broker is not even reachable.
+    let offline = cluster.upstream.commit(
+        "main",
+        "b offline",
+        &[(
+            "warren.toml",
+            Some(&format!(
+                "{}network = false\n",
+                spec(&forge(cluster, "$WARREN_JOB_ID", "$WARREN_SHA"))
+            )),
+        )],
+    );
+    all.push(offline);
     let reports = wait(cluster, &all);
     let logs = cluster.all_logs();
     let job = |i: usize| job_of(cluster, &reports[i]);
@@ -241,6 +254,14 @@ async fn the_sandbox_contains_hostile_jobs() {
             .unwrap()
             .log()
             .contains("no valid proof")
+    );
+
+    let offline = job_of(cluster, &reports[9])["output"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        offline.contains("forge: cannot reach the broker"),
+        "{offline}"
     );
 
     // (c) (d) (e) Killed at their limits, with a verdict that says which.

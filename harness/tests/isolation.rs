@@ -16,8 +16,10 @@ const DEADLINE: Duration = Duration::from_secs(120);
 /// Small limits, so that every hostile job trips its limit in seconds.
 const LIMITS: &str = "max_memory = \"256 MiB\"\nmax_processes = 64\nmax_disk = \"50 MiB\"\n";
 
-/// A number no other test's `sleep` uses: the daemon (f) looked for.
-const DAEMON_SLEEP: &str = "47113";
+/// Numbers no other test's `sleep` uses: the daemon (f) of each test,
+/// looked for among the host's processes.
+const SANDBOX_DAEMON: &str = "47113";
+const PROCESS_DAEMON: &str = "47114";
 
 /// A cluster of one worker with two slots (so that another slot's checkout
 /// exists), `executor`, the small limits, a canary in its config file and a
@@ -86,15 +88,15 @@ fn wait(cluster: &Cluster, shas: &[String]) -> Vec<serde_json::Value> {
         .unwrap_or_else(|missing| panic!("no result for {missing:?}\n{}", cluster.all_logs()))
 }
 
-/// Processes of the host whose command line is `sleep <DAEMON_SLEEP>`.
-fn daemons() -> Vec<String> {
+/// Processes of the host whose command line is `sleep <number>`.
+fn daemons(number: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == DAEMON_SLEEP.as_bytes() {
+        if args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == number.as_bytes() {
             found.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
@@ -111,7 +113,7 @@ struct Hostile {
     other_slot: String,
 }
 
-fn hostile(setup: &Setup) -> Hostile {
+fn hostile(setup: &Setup, daemon: &str) -> Hostile {
     let work = setup.cluster.root().join("worker-0");
     Hostile {
         secrets: format!(
@@ -124,7 +126,7 @@ fn hostile(setup: &Setup) -> Hostile {
         memory: "head -c 10G /dev/zero | tail -c 10G > /dev/null; echo survived".into(),
         disk: "dd if=/dev/zero of=big bs=1M count=5120 2>&1; echo survived; exit 0".into(),
         daemon: format!(
-            "(setsid sleep {DAEMON_SLEEP} > /dev/null 2>&1 &); nohup sleep {DAEMON_SLEEP} > /dev/null 2>&1 & echo left"
+            "(setsid sleep {daemon} > /dev/null 2>&1 &); nohup sleep {daemon} > /dev/null 2>&1 & echo left"
         ),
         other_slot: format!(
             "echo slots=$(ls -d {0}/slot-* | wc -l); \
@@ -157,7 +159,7 @@ async fn the_sandbox_contains_hostile_jobs() {
         "the worker says which executor and limits are in force: {log}"
     );
 
-    let attacks = hostile(&setup);
+    let attacks = hostile(&setup, SANDBOX_DAEMON);
     // A victim that fails slowly: (b) forges a pass for it meanwhile.
     let victim = commit(cluster, "victim", "sleep 6; exit 1");
     assert!(
@@ -197,6 +199,19 @@ async fn the_sandbox_contains_hostile_jobs() {
     .collect();
     let mut all = shas.clone();
     all.push(victim.clone());
+    // (b) again, with `network = false`: the broker is not even reachable.
+    let offline = cluster.upstream.commit(
+        "main",
+        "b offline",
+        &[(
+            "warren.toml",
+            Some(&format!(
+                "{}network = false\n",
+                spec(&forge(cluster, "$WARREN_JOB_ID", "$WARREN_SHA"))
+            )),
+        )],
+    );
+    all.push(offline);
     let reports = wait(cluster, &all);
     let logs = cluster.all_logs();
     let job = |i: usize| job_of(cluster, &reports[i]);
@@ -241,6 +256,14 @@ async fn the_sandbox_contains_hostile_jobs() {
             .contains("no valid proof")
     );
 
+    let offline = job_of(cluster, &reports[9])["output"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        offline.contains("forge: cannot reach the broker"),
+        "{offline}"
+    );
+
     // (c) (d) (e) Killed at their limits, with a verdict that says which.
     for (i, message) in [
         (2, "killed: process limit 64 reached"),
@@ -254,9 +277,10 @@ async fn the_sandbox_contains_hostile_jobs() {
     // (f) Nothing left running.
     assert_eq!(reports[5]["status"], "passed", "{}", reports[5]);
     assert!(
-        wait_until(Duration::from_secs(10), || daemons().is_empty()),
+        wait_until(Duration::from_secs(10), || daemons(SANDBOX_DAEMON)
+            .is_empty()),
         "{:?}",
-        daemons()
+        daemons(SANDBOX_DAEMON)
     );
 
     // (g) The other slot is not there: only the job's own slot folder.
@@ -272,7 +296,7 @@ async fn the_process_executor_contains_only_its_limits() {
     let cluster = &setup.cluster;
     let first = commit(cluster, "first", "echo ready");
     wait(cluster, std::slice::from_ref(&first));
-    let attacks = hostile(&setup);
+    let attacks = hostile(&setup, PROCESS_DAEMON);
     let shas: Vec<String> = [
         ("a secrets", attacks.secrets.as_str()),
         ("d memory", attacks.memory.as_str()),
@@ -303,9 +327,10 @@ async fn the_process_executor_contains_only_its_limits() {
         reports[1]
     );
     assert!(
-        wait_until(Duration::from_secs(10), || daemons().is_empty()),
+        wait_until(Duration::from_secs(10), || daemons(PROCESS_DAEMON)
+            .is_empty()),
         "{:?}",
-        daemons()
+        daemons(PROCESS_DAEMON)
     );
 }
 

@@ -569,6 +569,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sandbox_without_network_reaches_nothing_not_even_the_hosts_loopback() {
+        let work = tempfile::tempdir().unwrap();
+        let executor = sandbox(work.path(), &work.path().join("none"));
+        // The broker every test here talks to listens on the host's loopback.
+        let script = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672' 2>/dev/null && echo connected || echo unreachable";
+        let with = run_script(&executor, work.path(), script, true, Limits::default()).await;
+        assert_eq!(with.output.text, "connected\n");
+        let without = run_script(&executor, work.path(), script, false, Limits::default()).await;
+        assert_eq!(without.output.text, "unreachable\n");
+    }
+
+    #[tokio::test]
     async fn limits_kill_with_a_verdict_that_says_which() {
         let work = tempfile::tempdir().unwrap();
         let executor = sandbox(work.path(), &work.path().join("none"));

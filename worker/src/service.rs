@@ -85,6 +85,11 @@ const CONTROL_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     crate::run::adopt_orphans();
     let executor = Executor::start(&config.executor)?;
+    if !config.allow_network && executor.kind() == crate::executor::ExecutorKind::Process {
+        warn!(
+            "worker.allow_network = false does nothing with worker.executor = \"process\": tests use the host's network"
+        );
+    }
     for slot in 0..config.slots {
         let dir = slot_dir(&config, slot);
         std::fs::create_dir_all(&dir)

@@ -35,6 +35,9 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The hierarchies a run's cgroup is made in.
 const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpuacct"];
 
+/// The file a cgroup of each hierarchy must have to be of use.
+const LIMIT_FILES: [&str; 3] = ["memory.limit_in_bytes", "pids.max", "cpuacct.usage"];
+
 /// The folder under each hierarchy that holds the runs' cgroups (shared by
 /// every worker of the host; each run's name is unique).
 const PARENT: &str = "warren";
@@ -82,14 +85,30 @@ impl Enforcement {
 }
 
 fn probe_cgroups() -> Result<(), String> {
-    let probe = format!("probe-{}", std::process::id());
-    for controller in CONTROLLERS {
-        let parent = Path::new(CGROUP_ROOT).join(controller).join(PARENT);
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let probe = format!("probe-{}-{:08x}", std::process::id(), fastrand::u32(..));
+    for (controller, file) in CONTROLLERS.iter().zip(LIMIT_FILES) {
+        // Only an existing v1 hierarchy: under cgroup v2 a folder made here
+        // would be a new cgroup, not the controller's.
+        let hierarchy = Path::new(CGROUP_ROOT).join(controller);
+        if !hierarchy.is_dir() {
+            return Err(format!(
+                "no cgroup v1 {controller} hierarchy at {}",
+                hierarchy.display()
+            ));
+        }
+        let parent = hierarchy.join(PARENT);
+        match std::fs::create_dir(&parent) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(format!("cannot create {}: {error}", parent.display())),
+        }
         let dir = parent.join(&probe);
         std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let usable = dir.join(file).exists();
         let _ = std::fs::remove_dir(&dir);
+        if !usable {
+            return Err(format!("{} has no {file}", dir.display()));
+        }
     }
     Ok(())
 }
@@ -337,6 +356,19 @@ impl Cgroup {
     }
 }
 
+impl Drop for Cgroup {
+    /// A backstop for a run whose future was dropped before
+    /// [`Watch::finish`] (the worker forced to stop): kill what is left and
+    /// try once to remove the folders (a folder whose processes are still
+    /// exiting stays; it is empty and harmless).
+    fn drop(&mut self) {
+        self.kill_all();
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// `name N` in a cgroup's key-value file (0 when missing).
 pub(super) fn counter(path: &Path, name: &str) -> u64 {
     std::fs::read_to_string(path)
@@ -410,6 +442,42 @@ mod tests {
         assert_eq!(counter(&file, "oom_kill"), 3);
         assert_eq!(counter(&file, "under_oom"), 0);
         assert_eq!(counter(&dir.path().join("missing"), "max"), 0);
+    }
+
+    #[test]
+    fn without_cgroups_the_limits_are_rlimits_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            memory: Some(1 << 30),
+            processes: Some(64),
+            cpu_time: Some(Duration::from_secs(90)),
+            disk: Some(1 << 20),
+        };
+        let (program, args, watch) = wrap(
+            Enforcement::Rlimits,
+            "warren-test",
+            limits,
+            dir.path(),
+            "sh".into(),
+            vec!["-c".into(), "true".into()],
+        )
+        .unwrap();
+        assert_eq!(program, "prlimit");
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "--fsize=1048576",
+                "--as=1073741824",
+                "--nproc=64",
+                "--cpu=90",
+                "--",
+                "sh",
+                "-c",
+                "true"
+            ]
+        );
+        assert!(watch.cgroup.is_none() && watch.disk.is_some());
     }
 
     #[tokio::test]

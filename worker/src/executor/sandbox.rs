@@ -78,7 +78,11 @@ impl Sandbox {
             read_only,
             hidden,
         };
-        let probe_dir = std::env::temp_dir().join(format!("warren-probe-{}", std::process::id()));
+        let probe_dir = std::env::temp_dir().join(format!(
+            "warren-probe-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
         std::fs::create_dir_all(&probe_dir)
             .map_err(|e| unavailable(format!("cannot make a folder for the check: {e}")))?;
         let (program, args) = sandbox.command_line(&probe_dir, false, "true".into(), vec![]);

@@ -103,7 +103,25 @@ impl TestImage {
 }
 
 impl Drop for TestImage {
+    /// Removes the containers of the image too: a test that fails with its
+    /// worker killed mid-job (the cluster is dropped first) leaves them.
     fn drop(&mut self) {
+        let filter = format!("ancestor={}", self.tag);
+        if let Ok(listed) = Command::new("docker")
+            .args(["ps", "--all", "--quiet", "--filter", &filter])
+            .output()
+        {
+            let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+            let ids: Vec<&str> = listed.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "--force"])
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         let _ = Command::new("docker")
             .args(["rmi", "--force", &self.tag])
             .stdout(Stdio::null())

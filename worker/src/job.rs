@@ -602,6 +602,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_asking_for_an_image_on_a_worker_without_containers_is_an_error() {
+        let f = fixture();
+        let mut job = job(&f.upstream, &f.sha, TestCommand::Shell("touch ran".into()));
+        job.image = Some(warren_common::ids::ImageRef::parse("debian:bookworm-slim").unwrap());
+        let result = finish(&runner(&["*"]), f.slot.path(), &job).await;
+        assert_eq!(result.status, JobStatus::Error);
+        let message = result.message.unwrap();
+        assert!(
+            message.contains("`debian:bookworm-slim`")
+                && message.contains("worker.executor = \"process\""),
+            "{message}"
+        );
+        assert!(
+            !f.slot.path().join("api").exists(),
+            "nothing was checked out"
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_commit_is_an_error_result() {
         let f = fixture();
         let missing = "0123456789".repeat(4);

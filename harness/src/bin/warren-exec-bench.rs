@@ -6,6 +6,10 @@
 //! not).
 //!
 //! `cargo run --release -p warren-harness --bin warren-exec-bench -- --commits 50`
+//!
+//! `--container` adds the container executor (a running Docker engine and
+//! `debian:bookworm-slim`: `scripts/ensure-docker.sh`,
+//! `scripts/docker-base-image.sh`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +29,19 @@ const SETUPS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The container executor's settings (with `--container`).
+const CONTAINER_SETUPS: &[(&str, &str)] = &[
+    (
+        "container",
+        "executor = \"container\"\ndefault_image = \"debian:bookworm-slim\"\n",
+    ),
+    (
+        "container + limits",
+        "executor = \"container\"\ndefault_image = \"debian:bookworm-slim\"\n\
+         max_memory = \"1 GiB\"\nmax_processes = 256\nmax_disk = \"1 GiB\"\n",
+    ),
+];
+
 /// Longest wait for one setup's results.
 const DEADLINE: Duration = Duration::from_secs(600);
 
@@ -35,22 +52,27 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut commits = 30_usize;
+    let mut setups: Vec<(&str, &str)> = SETUPS.to_vec();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--container" {
+            setups.extend_from_slice(CONTAINER_SETUPS);
+            continue;
+        }
         match (arg.as_str(), args.next().map(|v| v.parse::<usize>())) {
             ("--commits", Some(Ok(n))) if n > 0 => commits = n,
             _ => {
-                eprintln!("usage: warren-exec-bench [--commits N (default 30)]");
+                eprintln!("usage: warren-exec-bench [--commits N (default 30)] [--container]");
                 return ExitCode::from(2);
             }
         }
     }
     println!("| executor | jobs | run time p50 (ms) | p90 (ms) |");
     println!("| --- | --- | --- | --- |");
-    for (name, extra) in SETUPS {
+    for (name, extra) in setups {
         let mut options = ClusterOptions::new("exec-bench");
         options.workers = 1;
-        options.worker_extra = (*extra).to_owned();
+        options.worker_extra = extra.to_owned();
         let cluster = Cluster::start_ready(options).await;
         let spec = "command = \"true\"\ntimeout = \"1m\"\n";
         let first = cluster

@@ -69,6 +69,11 @@ const NOBODY: u32 = 65534;
 /// How often a running container's cgroup is read for a limit hit.
 const LIMIT_POLL: Duration = Duration::from_millis(100);
 
+/// How often the engine is asked for a new container's cgroup until it has
+/// one: soon, because the cgroup (and what it counted) goes with the
+/// container, and a job may end soon after it hit a limit.
+const CGROUP_FIND_POLL: Duration = Duration::from_millis(20);
+
 /// `SIGXCPU`: what the kernel sends at the CPU time limit (`--ulimit cpu`).
 const SIGXCPU: i64 = 24;
 
@@ -394,12 +399,15 @@ impl ContainerGuard {
         if processes.is_none() && memory.is_none() && cpu_time.is_none() {
             return std::future::pending().await;
         }
+        while self.cgroups.is_none() {
+            self.cgroups = find_cgroups(&self.name).await;
+            if self.cgroups.is_none() {
+                tokio::time::sleep(CGROUP_FIND_POLL).await;
+            }
+        }
         let mut ticker = tokio::time::interval(LIMIT_POLL);
         loop {
             ticker.tick().await;
-            if self.cgroups.is_none() {
-                self.cgroups = find_cgroups(&self.name).await;
-            }
             let Some(cgroups) = &self.cgroups else {
                 continue;
             };

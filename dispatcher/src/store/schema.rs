@@ -145,6 +145,13 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 ",
     },
+    Migration {
+        version: 4,
+        what: "a test's history across commits (the test history page)",
+        sql: "
+CREATE INDEX tests_name ON tests (classname, name);
+",
+    },
 ];
 
 /// The version this build reads and writes: the last migration's.

@@ -10,12 +10,14 @@
 //!   [`git`] the `[git]` table: credentials for fetches; [`fetch`] the one
 //!   git fetch (and bare-mirror opener) the three components share.
 //! - [`backoff`], [`shutdown`], [`telemetry`], [`atomic_file`]: the small
-//!   pieces every long-running component needs.
+//!   pieces every long-running component needs; [`exposition`] the two
+//!   text formats `/metrics` answers in.
 
 pub mod atomic_file;
 pub mod backoff;
 pub mod config;
 pub mod envelope;
+pub mod exposition;
 pub mod fetch;
 pub mod git;
 pub mod ids;

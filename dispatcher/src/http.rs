@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::info;
 use warren_common::ids::{CommitId, RepoName};
+use warren_common::exposition;
 use warren_common::messages::JobStatus;
 use warren_common::topology::Queue;
 
@@ -101,7 +102,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// OpenMetrics for scrapers that ask for it, the Prometheus text format
+/// for the rest (`warren_common::exposition`).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let metrics = &state.metrics;
     let connected = *state.ready.borrow();
     metrics.broker_connected.set(i64::from(connected));
@@ -135,14 +138,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 .set(i64::from(consumers));
         }
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.encode(),
-    )
-        .into_response()
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let (content_type, body) = exposition::negotiate(metrics.encode(), accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Query of `GET /api/commits`.

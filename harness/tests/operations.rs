@@ -429,6 +429,72 @@ async fn metrics_count_what_happened_retry_reruns_and_cancel_stops() {
     );
 }
 
+/// What `promtool check metrics` (Prometheus's own linter and parser)
+/// says about `text`: `None` when it is happy.
+fn promtool_problems(text: &str) -> Option<String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (!output.status.success() || !said.trim().is_empty()).then_some(said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_and_worker_metrics_pass_promtool() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut options = ClusterOptions::new("o-promtool");
+    options.workers = 1;
+    options.worker_extra = format!("http_listen = \"127.0.0.1:{port}\"\n");
+    let cluster = Cluster::start_ready(options).await;
+    let base = cluster.http_url();
+    // Every family has samples: a commit passed, one failed, a job ran.
+    let first = cluster.upstream.commit(
+        "main",
+        "passes",
+        &[("warren.toml", Some("command = \"echo ok\"\n"))],
+    );
+    cluster
+        .wait_for_results(std::slice::from_ref(&first), DEADLINE)
+        .unwrap();
+    let second = cluster.upstream.commit(
+        "main",
+        "fails",
+        &[("warren.toml", Some("command = \"exit 1\"\n"))],
+    );
+    cluster
+        .wait_for_results(std::slice::from_ref(&second), DEADLINE)
+        .unwrap();
+
+    let worker = format!("http://127.0.0.1:{port}");
+    for (who, url) in [("dispatcher", &base), ("worker", &worker)] {
+        let (status, text) = http("GET", &format!("{url}/metrics"));
+        assert_eq!(status, 200, "{who}: {text}");
+        assert!(text.contains("warren_"), "{who}: {text}");
+        if let Some(problems) = promtool_problems(&text) {
+            panic!("promtool check metrics, {who}:\n{problems}\n--- the metrics:\n{text}");
+        }
+    }
+}
+
 /// A tiny HTTP server that records the bodies POSTed to it; the first
 /// `fail_first` requests get a 500.
 fn webhook_receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<String>>>) {

@@ -26,6 +26,8 @@ const BAR: f64 = 16.0;
 /// The legend above the rows, the axis below them.
 const TOP: f64 = 34.0;
 const AXIS: f64 = 28.0;
+/// Narrowest bar, in units.
+const MIN_BAR: f64 = 4.0;
 /// Longest worker name shown whole in a row label.
 const LABEL_CHARS: usize = 16;
 
@@ -225,7 +227,7 @@ pub(crate) fn svg(runs: &[Run]) -> Option<String> {
         };
         let _ = write!(
             out,
-            "<text class=\"label\" x=\"{}\" y=\"{}\"><title>{}</title>{}</text>",
+            "<text class=\"label\" x=\"{}\" y=\"{}\" text-anchor=\"end\"><title>{}</title>{}</text>",
             n(LABELS - 8.0),
             n(y + ROW / 2.0 + 4.0),
             esc(&format!("{worker}, slot {slot}")),
@@ -242,7 +244,8 @@ pub(crate) fn svg(runs: &[Run]) -> Option<String> {
 /// One run's bar at `y`: hatched checkout, solid command, its mark and
 /// shard at the end, a title with the figures.
 fn bar(out: &mut String, run: &Run, y: f64, x: &impl Fn(DateTime<Utc>) -> f64) {
-    let (x0, x2) = (x(run.start), x(run.end).max(x(run.start) + 2.0));
+    // At least a few units wide, so that a run lost at once still shows.
+    let (x0, x2) = (x(run.start), x(run.end).max(x(run.start) + MIN_BAR));
     let x1 = run.command_start.map_or(x0, |at| x(at).clamp(x0, x2));
     let what = match run.ending {
         Ending::Ended(mark) => mark.word(),
@@ -372,7 +375,7 @@ mod tests {
         let svg = svg(&runs).unwrap();
         // Three rows: worker-a · 1, worker-a · 2, worker-b.
         assert!(svg.contains(">worker-a · 1</text>"), "{svg}");
-        assert!(svg.contains(">worker-a · 2</text>"), "{svg}");
+        assert!(svg.contains("text-anchor=\"end\"><title>worker-a, slot 2</title>worker-a · 2</text>"), "{svg}");
         assert!(svg.contains(">worker-b</text>"), "{svg}");
         assert!(!svg.contains("worker-a · 3"), "{svg}");
         // 10 s over 572 units (720 - 132 - 16): 57.2 units a second.

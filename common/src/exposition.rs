@@ -47,7 +47,12 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         .filter(|(_, suffix, _)| *suffix == "_total")
         .map(|(name, _, _)| format!("{name}_created"))
         .collect();
-    let family = |name: &str| renamed.iter().find(|(family, _, _)| *family == name).copied();
+    let family = |name: &str| {
+        renamed
+            .iter()
+            .find(|(family, _, _)| *family == name)
+            .copied()
+    };
     let mut out = String::with_capacity(openmetrics.len());
     for line in openmetrics.lines() {
         if line == "# EOF" || line.starts_with("# UNIT ") {

@@ -283,10 +283,7 @@ impl DispatcherConfig {
         if fleet_sample_interval < Duration::from_secs(1)
             || fleet_sample_interval > Duration::from_secs(300)
         {
-            return Err(source.invalid(
-                "http.fleet_sample_interval",
-                "must be between 1s and 5m",
-            ));
+            return Err(source.invalid("http.fleet_sample_interval", "must be between 1s and 5m"));
         }
         for url in &settings.notify.webhooks {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

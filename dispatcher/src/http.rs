@@ -25,8 +25,8 @@ use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::info;
-use warren_common::ids::{CommitId, RepoName};
 use warren_common::exposition;
+use warren_common::ids::{CommitId, RepoName};
 use warren_common::messages::JobStatus;
 use warren_common::topology::Queue;
 

@@ -597,7 +597,10 @@ mod tests {
         let mut commit = summary("sample", "<b>bold</b>");
         commit.branch = "feature/<x>".into();
         let html = branch_history("sample", "feature/<x>", &[commit]);
-        assert!(html.contains("<svg class=\"picture\" id=\"history\""), "{html}");
+        assert!(
+            html.contains("<svg class=\"picture\" id=\"history\""),
+            "{html}"
+        );
         assert!(
             html.contains("<a href=\"/commits/sample/0123456789abcdef0123456789abcdef01234567\""),
             "{html}"
@@ -626,7 +629,10 @@ mod tests {
             test_href("api", "a b/c", "x&y=z?"),
             "/tests/api?classname=a%20b%2Fc&name=x%26y%3Dz%3F"
         );
-        assert_eq!(branch_href("api", "feat/ü"), "/history/api?branch=feat%2F%C3%BC");
+        assert_eq!(
+            branch_href("api", "feat/ü"),
+            "/history/api?branch=feat%2F%C3%BC"
+        );
     }
 
     #[test]

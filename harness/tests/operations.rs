@@ -124,7 +124,11 @@ async fn the_pictures_render_from_a_real_run_timeline_history_and_fleet() {
             })
             .collect();
         let mut change: Vec<(&str, Option<&str>)> = vec![("warren.toml", Some(spec))];
-        change.extend(files.iter().map(|(path, body)| (path.as_str(), Some(body.as_str()))));
+        change.extend(
+            files
+                .iter()
+                .map(|(path, body)| (path.as_str(), Some(body.as_str()))),
+        );
         let sha = cluster
             .upstream
             .commit("main", &format!("round {round}"), &change);
@@ -147,7 +151,11 @@ async fn the_pictures_render_from_a_real_run_timeline_history_and_fleet() {
             .wait_for_results(std::slice::from_ref(&sha), DEADLINE)
             .unwrap()
             .remove(0);
-        let expected = if outcome == "fail" { "failed" } else { "passed" };
+        let expected = if outcome == "fail" {
+            "failed"
+        } else {
+            "passed"
+        };
         assert_eq!(report["status"], expected, "{report:#}");
         shas.push(sha);
     }
@@ -196,7 +204,13 @@ async fn the_pictures_render_from_a_real_run_timeline_history_and_fleet() {
         .unwrap_or_else(|_| root.clone());
     let output = Command::new("node")
         .arg(node.join("pictures.mjs"))
-        .args([&base, "sample", last, "suite::test_one", shots.to_str().unwrap()])
+        .args([
+            &base,
+            "sample",
+            last,
+            "suite::test_one",
+            shots.to_str().unwrap(),
+        ])
         .output()
         .expect("running node");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -438,7 +452,7 @@ fn promtool_problems(text: &str) -> Option<String> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+        .expect("promtool (Debian package prometheus): run scripts/ensure-promtool.sh");
     child
         .stdin
         .take()

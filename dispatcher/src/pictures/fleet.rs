@@ -55,7 +55,10 @@ pub(crate) fn svg(samples: &[Sample], now: DateTime<Utc>) -> Option<String> {
         last.workers
     );
     if let Some(peak) = peak_waiting {
-        let _ = write!(desc, " At most {peak} jobs waiting and {peak_busy} slots busy.");
+        let _ = write!(
+            desc,
+            " At most {peak} jobs waiting and {peak_busy} slots busy."
+        );
     }
 
     let height = bottom + BOTTOM;
@@ -177,7 +180,8 @@ pub(crate) fn table(samples: &[Sample]) -> Vec<Row> {
     for sample in samples {
         let bucket = sample.at.timestamp().div_euclid(TABLE_MINUTES * 60);
         if rows.last().is_none_or(|(b, _)| *b != bucket) {
-            let from = DateTime::from_timestamp(bucket * TABLE_MINUTES * 60, 0).unwrap_or(sample.at);
+            let from =
+                DateTime::from_timestamp(bucket * TABLE_MINUTES * 60, 0).unwrap_or(sample.at);
             let to = from + chrono::TimeDelta::minutes(TABLE_MINUTES);
             rows.push((
                 bucket,
@@ -251,7 +255,14 @@ mod tests {
             )),
             "{svg}"
         );
-        for label in [">0</text>", ">2</text>", ">8</text>", ">now</text>", ">−10 s</text>", ">−50 s</text>"] {
+        for label in [
+            ">0</text>",
+            ">2</text>",
+            ">8</text>",
+            ">now</text>",
+            ">−10 s</text>",
+            ">−50 s</text>",
+        ] {
             assert!(svg.contains(label), "{label}: {svg}");
         }
         assert!(svg.contains(
@@ -273,8 +284,18 @@ mod tests {
         assert_eq!(
             rows,
             [
-                Row { during: "08:05–08:10 UTC".into(), jobs_waiting: None, busy_slots: 0, slots: 4 },
-                Row { during: "08:00–08:05 UTC".into(), jobs_waiting: Some(5), busy_slots: 2, slots: 2 },
+                Row {
+                    during: "08:05–08:10 UTC".into(),
+                    jobs_waiting: None,
+                    busy_slots: 0,
+                    slots: 4
+                },
+                Row {
+                    during: "08:00–08:05 UTC".into(),
+                    jobs_waiting: Some(5),
+                    busy_slots: 2,
+                    slots: 2
+                },
             ]
         );
     }

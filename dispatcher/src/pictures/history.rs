@@ -207,7 +207,10 @@ mod tests {
             "{svg}"
         );
         for label in ["0", "1 s", "2 s", "3 s", "4 s"] {
-            assert!(svg.contains(&format!("text-anchor=\"end\">{label}</text>")), "{label}");
+            assert!(
+                svg.contains(&format!("text-anchor=\"end\">{label}</text>")),
+                "{label}"
+            );
         }
         // Marks in the strip, each a link to its commit.
         assert!(svg.contains(&format!(

@@ -205,14 +205,7 @@ pub(crate) fn legend(out: &mut String, marks: &[Mark], mut x: f64, y: f64) -> f6
 
 /// The `<svg>` start tag: a `viewBox` of `width` × `height` that scales to
 /// the page's width, and a title and description screen readers announce.
-pub(crate) fn open(
-    out: &mut String,
-    id: &str,
-    width: f64,
-    height: f64,
-    title: &str,
-    desc: &str,
-) {
+pub(crate) fn open(out: &mut String, id: &str, width: f64, height: f64, title: &str, desc: &str) {
     let _ = write!(
         out,
         "<svg class=\"picture\" id=\"{id}\" data-testid=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" \

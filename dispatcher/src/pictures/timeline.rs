@@ -93,9 +93,7 @@ pub(crate) fn runs(report: &CommitReport, now: DateTime<Utc>) -> Vec<Run> {
 /// The rows: (worker, slot number from 1, the indices of its runs).
 fn rows(runs: &[Run]) -> Vec<(String, usize, Vec<usize>)> {
     let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by(|&a, &b| {
-        (&runs[a].worker, runs[a].start).cmp(&(&runs[b].worker, runs[b].start))
-    });
+    order.sort_by(|&a, &b| (&runs[a].worker, runs[a].start).cmp(&(&runs[b].worker, runs[b].start)));
     // (worker, slot, runs, free from)
     let mut rows: Vec<(String, usize, Vec<usize>, DateTime<Utc>)> = Vec::new();
     for index in order {
@@ -367,7 +365,14 @@ mod tests {
         let runs = [
             // worker-a runs two shards at once (two slots), then a third.
             run("1/4", "worker-a", 0, 1000, 10_000, passed),
-            run("2/4", "worker-a", 0, 1000, 5_000, Ending::Ended(Mark::Failed)),
+            run(
+                "2/4",
+                "worker-a",
+                0,
+                1000,
+                5_000,
+                Ending::Ended(Mark::Failed),
+            ),
             run("3/4", "worker-a", 5_000, 1000, 8_000, passed),
             // worker-b lost its run, which ran again on worker-a's slot 2.
             run("4/4", "worker-b", 0, 0, 2_000, Ending::Lost),
@@ -375,7 +380,10 @@ mod tests {
         let svg = svg(&runs).unwrap();
         // Three rows: worker-a · 1, worker-a · 2, worker-b.
         assert!(svg.contains(">worker-a · 1</text>"), "{svg}");
-        assert!(svg.contains("text-anchor=\"end\"><title>worker-a, slot 2</title>worker-a · 2</text>"), "{svg}");
+        assert!(
+            svg.contains("text-anchor=\"end\"><title>worker-a, slot 2</title>worker-a · 2</text>"),
+            "{svg}"
+        );
         assert!(svg.contains(">worker-b</text>"), "{svg}");
         assert!(!svg.contains("worker-a · 3"), "{svg}");
         // 10 s over 572 units (720 - 132 - 16): 57.2 units a second.
@@ -405,7 +413,10 @@ mod tests {
         assert!(svg.contains(">4/4 lost</text>"), "{svg}");
         // Axis: 0 to 10 s in steps of 2 s.
         for label in ["0", "2 s", "4 s", "6 s", "8 s", "10 s"] {
-            assert!(svg.contains(&format!("text-anchor=\"middle\">{label}</text>")), "{label}: {svg}");
+            assert!(
+                svg.contains(&format!("text-anchor=\"middle\">{label}</text>")),
+                "{label}: {svg}"
+            );
         }
         // Text alternative.
         assert!(svg.contains("role=\"img\""));
@@ -414,7 +425,9 @@ mod tests {
                           Longest run: shard 1/4 on worker-a, 10 s; shortest: shard 3/4, 3 s. 1 lost runs.</desc>"),
             "{svg}"
         );
-        assert!(svg.contains("<title>shard 2/4 on worker-a: failed, checkout 1 s, command 4 s</title>"));
+        assert!(
+            svg.contains("<title>shard 2/4 on worker-a: failed, checkout 1 s, command 4 s</title>")
+        );
         // Marks: the legend and the bars use shapes, not only colour.
         assert!(svg.contains(">passed</text>") && svg.contains(">failed</text>"));
         assert!(svg.contains("class=\"m-failed cross\""));
@@ -432,7 +445,10 @@ mod tests {
         )];
         let svg = svg(&runs).unwrap();
         assert!(!svg.contains("<script>"), "{svg}");
-        assert!(svg.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&amp;&#39;"), "{svg}");
+        assert!(
+            svg.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&amp;&#39;"),
+            "{svg}"
+        );
         assert!(svg.contains(">&lt;script&gt;alert(1…</text>"), "{svg}");
         assert!(svg.contains("class=\"run running\""));
     }

@@ -78,7 +78,10 @@ mod tests {
         for (sha, status, ms, flaky) in cases {
             let jobs = insert(&mut store, &event(sha));
             let mut result = result(&jobs[0], "w1", JobStatus::Passed);
-            result.tests = vec![case("t<1>", status, ms, flaky), case("other", status, 1, false)];
+            result.tests = vec![
+                case("t<1>", status, ms, flaky),
+                case("other", status, 1, false),
+            ];
             store.record_result(&result, now).unwrap();
         }
         let runs = store.test_history("api", "suite", "t<1>", 10).unwrap();
@@ -95,8 +98,16 @@ mod tests {
             ]
         );
         assert_eq!(runs[0].commit_status, Some(JobStatus::Passed));
-        assert_eq!(store.test_history("api", "suite", "t<1>", 2).unwrap().len(), 2);
-        assert!(store.test_history("web", "suite", "t<1>", 10).unwrap().is_empty());
+        assert_eq!(
+            store.test_history("api", "suite", "t<1>", 2).unwrap().len(),
+            2
+        );
+        assert!(
+            store
+                .test_history("web", "suite", "t<1>", 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -125,7 +136,10 @@ mod tests {
         assert_eq!(run.worker, "w1");
         assert_eq!(run.shard, "1/1");
         assert_eq!(run.start, start);
-        assert_eq!(run.command_start, Some(start + chrono::TimeDelta::milliseconds(3)));
+        assert_eq!(
+            run.command_start,
+            Some(start + chrono::TimeDelta::milliseconds(3))
+        );
         assert!(run.end >= run.command_start.unwrap());
     }
 }

@@ -186,8 +186,8 @@ pub(crate) fn svg(runs: &[Run]) -> Option<String> {
     for run in runs {
         let mark = match run.ending {
             Ending::Ended(mark) => mark,
-            Ending::Running => Mark::Running,
-            Ending::Lost => continue,
+            // Said in words on the bar.
+            Ending::Running | Ending::Lost => continue,
         };
         if !marks.contains(&mark) {
             marks.push(mark);
@@ -304,14 +304,15 @@ fn bar(out: &mut String, run: &Run, y: f64, x: &impl Fn(DateTime<Utc>) -> f64) {
     // The shard (and "lost") inside the bar when it fits, else after it.
     let text = match run.ending {
         Ending::Lost => format!("{} lost", run.shard),
-        _ => run.shard.clone(),
+        Ending::Running => format!("{} running", run.shard),
+        Ending::Ended(_) => run.shard.clone(),
     };
     let width = 7.0 * text.chars().count() as f64 + 8.0;
     let mark_x = x2 - BAR / 2.0;
-    match run.ending {
-        Ending::Ended(mark) => out.push_str(&mark.shape(mark_x, y + BAR / 2.0, 5.0)),
-        Ending::Running => out.push_str(&Mark::Running.shape(mark_x, y + BAR / 2.0, 5.0)),
-        Ending::Lost => {}
+    // The verdict's shape at the end; a running bar says so in words (and
+    // has a dashed edge) instead.
+    if let Ending::Ended(mark) = run.ending {
+        out.push_str(&mark.shape(mark_x, y + BAR / 2.0, 5.0));
     }
     let room = x2 - x1 - BAR;
     let (tx, class) = if room >= width {
@@ -451,6 +452,7 @@ mod tests {
         );
         assert!(svg.contains(">&lt;script&gt;alert(1…</text>"), "{svg}");
         assert!(svg.contains("class=\"run running\""));
+        assert!(svg.contains(">1/1 running</text>"), "{svg}");
     }
 
     #[test]

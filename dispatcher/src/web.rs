@@ -187,6 +187,11 @@ struct AnyTest {
     duration: String,
 }
 
+/// Most tests the commit page lists (failed first), each linking to its
+/// history: a suite of tens of thousands would make a page of megabytes.
+/// The API's report has them all.
+const TESTS_LISTED: usize = 2000;
+
 /// A test's status as a symbol and a word.
 fn test_status_text(status: TestStatus, flaky: bool) -> &'static str {
     match status {
@@ -247,6 +252,7 @@ pub(crate) fn commit(report: &CommitReport) -> String {
     let all_tests: Vec<AnyTest> = report
         .tests
         .iter()
+        .take(TESTS_LISTED)
         .map(|t| AnyTest {
             name: format!("{}::{}", t.classname, t.name),
             href: test_href(report.repo.as_str(), &t.classname, &t.name),
@@ -332,6 +338,7 @@ pub(crate) fn commit(report: &CommitReport) -> String {
             failed,
             flaky,
             all_tests,
+            tests_total => report.tests.len(),
             timeline,
             counts => context! {
                 total => counts.total,

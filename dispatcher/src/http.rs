@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::info;
 use warren_common::exposition;
-use warren_common::ids::{CommitId, RepoName};
+use warren_common::ids::{BranchName, CommitId, RepoName};
 use warren_common::messages::JobStatus;
 use warren_common::topology::Queue;
 
@@ -414,9 +414,11 @@ async fn branch_history_page(
     Query(query): Query<BranchQuery>,
 ) -> Result<Html<String>, ApiError> {
     let repo = repo_of(&repo)?;
+    let branch = BranchName::parse(&query.branch)
+        .map_err(|error| ApiError::bad_request(format!("branch: {error}")))?;
     let filter = CommitFilter {
         repo: Some(repo.to_string()),
-        branch: Some(query.branch.clone()),
+        branch: Some(branch.to_string()),
         limit: history_limit(query.limit)?,
         ..CommitFilter::default()
     };
@@ -425,7 +427,7 @@ async fn branch_history_page(
         .await?;
     Ok(Html(web::branch_history(
         repo.as_str(),
-        &query.branch,
+        branch.as_str(),
         &commits,
     )))
 }

@@ -187,6 +187,20 @@ async fn the_pictures_render_from_a_real_run_timeline_history_and_fleet() {
         400,
         "the test's name is required"
     );
+    let (status, page) = http("GET", &format!("{base}/history/sample?branch=main"));
+    assert_eq!(status, 200, "{page}");
+    // Three marks in the picture, three rows in its table.
+    assert_eq!(
+        page.matches("<a href=\"/commits/sample/").count(),
+        3,
+        "{page}"
+    );
+    assert_eq!(page.matches("<a class=\"sha\" href=").count(), 3, "{page}");
+    assert_eq!(
+        http("GET", &format!("{base}/history/sample?branch=a..b")).0,
+        400,
+        "not a branch name"
+    );
     assert!(
         wait_until(Duration::from_secs(20), || {
             let (_, fleet) = json("GET", &format!("{base}/api/fleet"));

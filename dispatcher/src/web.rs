@@ -134,6 +134,7 @@ struct CommitRow<'a> {
     class: &'static str,
     status: &'static str,
     branch: &'a str,
+    branch_href: String,
     summary: &'a str,
     done: u64,
     jobs: u64,
@@ -151,6 +152,7 @@ pub(crate) fn index(commits: &[CommitSummary], next_before: Option<i64>) -> Stri
             class: status_class(commit.status),
             status: status_text(commit.status),
             branch: &commit.branch,
+            branch_href: branch_href(&commit.repo, &commit.branch),
             summary: &commit.summary,
             done: commit.jobs_done,
             jobs: commit.jobs,
@@ -551,6 +553,11 @@ mod tests {
             "{html}"
         );
         assert!(html.contains(">0123456789ab</a>"), "{html}");
+        // The branch links to its history (minijinja writes `/` as `&#x2f;`).
+        assert!(
+            html.contains("<td><a href=\"&#x2f;history&#x2f;sample?branch=main\" title=\"history of the branch\">main</a></td>"),
+            "{html}"
+        );
         assert!(html.contains("<td>1/2</td><td>1.5 s</td>"), "{html}");
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert("), "{html}");

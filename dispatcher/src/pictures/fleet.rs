@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::svg::{axis_time, n, nice_step, open};
+use super::svg::{axis_time, n, nice_step, open, value_axis};
 use crate::fleet::Sample;
 
 const WIDTH: f64 = 720.0;
@@ -29,8 +29,6 @@ const TABLE_MINUTES: i64 = 5;
 pub(crate) fn svg(samples: &[Sample], now: DateTime<Utc>) -> Option<String> {
     let first = samples.first()?.at;
     let span = ((now - first).num_milliseconds() as f64).max(1000.0);
-    let plot = WIDTH - LEFT - RIGHT;
-    let x = |at: DateTime<Utc>| LEFT + (at - first).num_milliseconds() as f64 / span * plot;
     let highest = samples
         .iter()
         .map(|s| s.jobs_waiting.unwrap_or(0).max(s.slots).max(s.busy_slots))
@@ -39,11 +37,51 @@ pub(crate) fn svg(samples: &[Sample], now: DateTime<Utc>) -> Option<String> {
     let step = nice_step(f64::from(highest.max(1)), 4.0, false).max(1.0);
     let top = (f64::from(highest) / step).ceil().max(1.0) * step;
     let bottom = TOP + CHART;
-    let y = |count: u32| bottom - f64::from(count) / top * CHART;
 
+    let mut out = String::new();
+    let desc = describe(samples, span)?;
+    open(
+        &mut out,
+        "fleet",
+        WIDTH,
+        bottom + BOTTOM,
+        "Queue and fleet",
+        &desc,
+    );
+    out.push_str(
+        "<defs><pattern id=\"fleet-busy\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" \
+         patternTransform=\"rotate(45)\"><line class=\"hatch\" x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\"/></pattern></defs>",
+    );
+    legend(&mut out);
+    value_axis(
+        &mut out,
+        (LEFT, WIDTH - RIGHT),
+        (bottom, CHART),
+        (top, step),
+        |tick| format!("{tick}"),
+    );
+    time_axis(&mut out, span, bottom);
+    let plot = WIDTH - LEFT - RIGHT;
+    let chart = Chart {
+        x: &|at: DateTime<Utc>| LEFT + (at - first).num_milliseconds() as f64 / span * plot,
+        y: &|count: u32| bottom - f64::from(count) / top * CHART,
+        bottom,
+    };
+    series(&mut out, samples, now, &chart);
+    out.push_str("</svg>");
+    Some(out)
+}
+
+/// Where a time and a count are drawn.
+struct Chart<'a> {
+    x: &'a dyn Fn(DateTime<Utc>) -> f64,
+    y: &'a dyn Fn(u32) -> f64,
+    bottom: f64,
+}
+
+/// The description: now, and the peaks of the window.
+fn describe(samples: &[Sample], span: f64) -> Option<String> {
     let last = samples.last()?;
-    let peak_waiting = samples.iter().filter_map(|s| s.jobs_waiting).max();
-    let peak_busy = samples.iter().map(|s| s.busy_slots).max().unwrap_or(0);
     let mut desc = format!(
         "{} samples over the last {}. Now: {} jobs waiting, {} of {} slots busy on {} workers.",
         samples.len(),
@@ -54,21 +92,18 @@ pub(crate) fn svg(samples: &[Sample], now: DateTime<Utc>) -> Option<String> {
         last.slots,
         last.workers
     );
-    if let Some(peak) = peak_waiting {
+    if let Some(peak) = samples.iter().filter_map(|s| s.jobs_waiting).max() {
+        let peak_busy = samples.iter().map(|s| s.busy_slots).max().unwrap_or(0);
         let _ = write!(
             desc,
             " At most {peak} jobs waiting and {peak_busy} slots busy."
         );
     }
+    Some(desc)
+}
 
-    let height = bottom + BOTTOM;
-    let mut out = String::new();
-    open(&mut out, "fleet", WIDTH, height, "Queue and fleet", &desc);
-    out.push_str(
-        "<defs><pattern id=\"fleet-busy\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" \
-         patternTransform=\"rotate(45)\"><line class=\"hatch\" x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\"/></pattern></defs>",
-    );
-    // Legend: a line, a hatched area, a dashed line, each with its words.
+/// A line, a hatched area, a dashed line, each with its words.
+fn legend(out: &mut String) {
     let _ = write!(
         out,
         "<path class=\"waiting\" d=\"M{l} 12h18\"/><text class=\"label\" x=\"{}\" y=\"{LEGEND_Y}\">jobs waiting</text>\
@@ -82,34 +117,20 @@ pub(crate) fn svg(samples: &[Sample], now: DateTime<Utc>) -> Option<String> {
         n(LEFT + 252.0),
         l = n(LEFT),
     );
+}
 
-    // Count axis.
-    let mut tick = 0.0;
-    while tick <= top + 0.5 {
-        let ty = bottom - tick / top * CHART;
-        let _ = write!(
-            out,
-            "<line class=\"grid\" x1=\"{}\" y1=\"{ty}\" x2=\"{}\" y2=\"{ty}\"/>\
-             <text class=\"label\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{tick}</text>",
-            n(LEFT),
-            n(WIDTH - RIGHT),
-            n(LEFT - 6.0),
-            n(ty + 4.0),
-            ty = n(ty)
-        );
-        tick += step;
-    }
-    // Time axis: how long ago, "now" at the right.
-    let time_step = nice_step(span, 6.0, true);
+/// The time axis over `span` ms: how long ago, "now" at the right.
+fn time_axis(out: &mut String, span: f64, bottom: f64) {
+    let plot = WIDTH - LEFT - RIGHT;
+    let step = nice_step(span, 6.0, true);
     let mut ago = 0.0;
     while ago <= span + 0.5 {
-        let tx = LEFT + (span - ago) / span * plot;
-        let label = if ago == 0.0 {
-            "now".to_owned()
+        let tx = n(LEFT + (span - ago) / span * plot);
+        let (label, anchor) = if ago == 0.0 {
+            ("now".to_owned(), "end")
         } else {
-            format!("−{}", axis_time(ago))
+            (format!("−{}", axis_time(ago)), "middle")
         };
-        let anchor = if ago == 0.0 { "end" } else { "middle" };
         let _ = write!(
             out,
             "<line class=\"grid\" x1=\"{tx}\" y1=\"{}\" x2=\"{tx}\" y2=\"{}\"/>\
@@ -117,14 +138,19 @@ pub(crate) fn svg(samples: &[Sample], now: DateTime<Utc>) -> Option<String> {
             n(TOP),
             n(bottom),
             n(bottom + 16.0),
-            tx = n(tx)
         );
-        ago += time_step;
+        ago += step;
     }
+}
 
-    // Each sample holds until the next one (or now): step lines.
+/// The three series as step lines (each sample holds until the next one,
+/// or now): busy slots a hatched area, slots a dashed line, jobs waiting a
+/// solid line broken where the broker could not be asked.
+fn series(out: &mut String, samples: &[Sample], now: DateTime<Utc>, chart: &Chart<'_>) {
+    let (x, y) = (chart.x, chart.y);
     let end_of = |i: usize| samples.get(i + 1).map_or(now, |next| next.at);
-    let mut busy = format!("M{} {}", n(x(first)), n(bottom));
+    let start = samples.first().map_or(now, |s| s.at);
+    let mut busy = format!("M{} {}", n(x(start)), n(chart.bottom));
     let mut slots = String::new();
     let mut waiting = String::new();
     let mut waiting_pen = false;
@@ -150,7 +176,7 @@ pub(crate) fn svg(samples: &[Sample], now: DateTime<Utc>) -> Option<String> {
             None => waiting_pen = false,
         }
     }
-    let _ = write!(busy, "L{} {}Z", n(x(now)), n(bottom));
+    let _ = write!(busy, "L{} {}Z", n(x(now)), n(chart.bottom));
     let _ = write!(
         out,
         "<path class=\"busy\" d=\"{busy}\" fill=\"url(#fleet-busy)\"/>\
@@ -159,8 +185,6 @@ pub(crate) fn svg(samples: &[Sample], now: DateTime<Utc>) -> Option<String> {
     if !waiting.is_empty() {
         let _ = write!(out, "<path class=\"waiting\" d=\"{waiting}\"/>");
     }
-    out.push_str("</svg>");
-    Some(out)
 }
 
 /// A row of the table that goes with the picture (its text alternative):

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::svg::{Mark, axis_time, esc, legend, n, nice_step, open};
+use super::svg::{Mark, axis_time, esc, legend, n, nice_step, open, value_axis};
 
 /// Width of the picture, in its own units.
 const WIDTH: f64 = 720.0;
@@ -40,17 +40,71 @@ pub(crate) fn svg(id: &str, what: &str, points: &[Point]) -> Option<String> {
     if points.is_empty() {
         return None;
     }
-    let plot = WIDTH - LEFT - RIGHT;
-    let column = plot / points.len() as f64;
-    let r = MARK_R.min(column * 0.4).max(1.5);
-    let cx = |i: usize| LEFT + column * (i as f64 + 0.5);
-    let durations: Vec<u64> = points.iter().filter_map(|p| p.duration_ms).collect();
-    let longest = durations.iter().copied().max().unwrap_or(0) as f64;
+    let longest = points
+        .iter()
+        .filter_map(|p| p.duration_ms)
+        .max()
+        .unwrap_or(0) as f64;
     let step = nice_step(longest.max(1.0), 4.0, true);
     let top = (longest / step).ceil().max(1.0) * step;
     let chart_bottom = CHART_TOP + CHART;
-    let y = |ms: u64| chart_bottom - ms as f64 / top * CHART;
+    let height = chart_bottom + BOTTOM;
+    let column = (WIDTH - LEFT - RIGHT) / points.len() as f64;
+    let layout = Layout {
+        column,
+        r: MARK_R.min(column * 0.4).max(1.5),
+        y: &|ms: u64| chart_bottom - ms as f64 / top * CHART,
+    };
 
+    let (desc, marks) = describe(what, points);
+    let mut out = String::new();
+    open(&mut out, id, WIDTH, height, what, &desc);
+    legend(&mut out, &marks, LEFT, LEGEND_Y);
+    value_axis(
+        &mut out,
+        (LEFT, WIDTH - RIGHT),
+        (chart_bottom, CHART),
+        (top, step),
+        axis_time,
+    );
+    // Below the chart: "older", the line's key, "newer".
+    let _ = write!(
+        out,
+        "<text class=\"label\" x=\"{}\" y=\"{below}\">← older</text>\
+         <path class=\"duration\" d=\"M{} {}h18\"/><text class=\"label\" x=\"{}\" y=\"{below}\">duration</text>\
+         <text class=\"label\" x=\"{}\" y=\"{below}\" text-anchor=\"end\">newer →</text>",
+        n(LEFT),
+        n(WIDTH / 2.0 - 40.0),
+        n(height - 10.0),
+        n(WIDTH / 2.0 - 18.0),
+        n(WIDTH - RIGHT),
+        below = n(height - 6.0),
+    );
+    duration_line(&mut out, points, &layout);
+    for (i, point) in points.iter().enumerate() {
+        point_column(&mut out, point, layout.x(i), &layout);
+    }
+    out.push_str("</svg>");
+    Some(out)
+}
+
+/// Where the columns, marks and durations go.
+struct Layout<'a> {
+    column: f64,
+    /// The marks' radius.
+    r: f64,
+    y: &'a dyn Fn(u64) -> f64,
+}
+
+impl Layout<'_> {
+    /// The centre of column `i`.
+    fn x(&self, i: usize) -> f64 {
+        LEFT + self.column * (i as f64 + 0.5)
+    }
+}
+
+/// The description (counts per verdict, durations) and the marks used.
+fn describe(what: &str, points: &[Point]) -> (String, Vec<Mark>) {
     let mut desc = format!("{} {}, oldest first:", points.len(), what);
     let mut marks: Vec<Mark> = Vec::new();
     for mark in Mark::ALL {
@@ -62,73 +116,31 @@ pub(crate) fn svg(id: &str, what: &str, points: &[Point]) -> Option<String> {
     }
     desc.pop();
     desc.push('.');
-    if let (Some(min), Some(max)) = (durations.iter().min(), durations.iter().max()) {
+    let durations = points.iter().filter_map(|p| p.duration_ms);
+    if let (Some(min), Some(max)) = (durations.clone().min(), durations.max()) {
         let _ = write!(
             desc,
             " Durations from {} to {}",
-            axis_time(*min as f64),
-            axis_time(*max as f64)
+            axis_time(min as f64),
+            axis_time(max as f64)
         );
         if let Some(last) = points.last().and_then(|p| p.duration_ms) {
             let _ = write!(desc, ", the newest {}", axis_time(last as f64));
         }
         desc.push('.');
     }
+    (desc, marks)
+}
 
-    let height = chart_bottom + BOTTOM;
-    let mut out = String::new();
-    open(&mut out, id, WIDTH, height, what, &desc);
-    legend(&mut out, &marks, LEFT, LEGEND_Y);
-    // The line's key, at the bottom between "older" and "newer".
-    let _ = write!(
-        out,
-        "<path class=\"duration\" d=\"M{} {}h18\"/><text class=\"label\" x=\"{}\" y=\"{}\">duration</text>",
-        n(WIDTH / 2.0 - 40.0),
-        n(height - 10.0),
-        n(WIDTH / 2.0 - 18.0),
-        n(height - 6.0)
-    );
-
-    // The duration axis: gridlines and labels on the left.
-    let mut tick = 0.0;
-    while tick <= top + 0.5 {
-        let ty = chart_bottom - tick / top * CHART;
-        let _ = write!(
-            out,
-            "<line class=\"grid\" x1=\"{}\" y1=\"{ty}\" x2=\"{}\" y2=\"{ty}\"/>\
-             <text class=\"label\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
-            n(LEFT),
-            n(WIDTH - RIGHT),
-            n(LEFT - 6.0),
-            n(ty + 4.0),
-            axis_time(tick),
-            ty = n(ty)
-        );
-        tick += step;
-    }
-    let _ = write!(
-        out,
-        "<text class=\"label\" x=\"{}\" y=\"{}\">← older</text>\
-         <text class=\"label\" x=\"{}\" y=\"{}\" text-anchor=\"end\">newer →</text>",
-        n(LEFT),
-        n(height - 6.0),
-        n(WIDTH - RIGHT),
-        n(height - 6.0)
-    );
-
-    // The duration line, broken where a point has no duration (running).
+/// The duration line, broken where a point has no duration (running).
+fn duration_line(out: &mut String, points: &[Point], layout: &Layout<'_>) {
     let mut path = String::new();
     let mut pen_down = false;
     for (i, point) in points.iter().enumerate() {
         match point.duration_ms {
             Some(ms) => {
-                let _ = write!(
-                    path,
-                    "{}{} {}",
-                    if pen_down { "L" } else { "M" },
-                    n(cx(i)),
-                    n(y(ms))
-                );
+                let pen = if pen_down { "L" } else { "M" };
+                let _ = write!(path, "{pen}{} {}", n(layout.x(i)), n((layout.y)(ms)));
                 pen_down = true;
             }
             None => pen_down = false,
@@ -137,36 +149,33 @@ pub(crate) fn svg(id: &str, what: &str, points: &[Point]) -> Option<String> {
     if !path.is_empty() {
         let _ = write!(out, "<path class=\"duration\" d=\"{path}\"/>");
     }
+}
 
-    // A column per point: a link over its whole height, its mark in the
-    // strip, a dot on the line.
-    for (i, point) in points.iter().enumerate() {
-        let x = cx(i);
+/// One point's column at `x`: a link over its whole height, its mark in
+/// the strip, a dot on the line.
+fn point_column(out: &mut String, point: &Point, x: f64, layout: &Layout<'_>) {
+    let _ = write!(
+        out,
+        "<a href=\"{}\" aria-label=\"{title}\"><title>{title}</title>\
+         <rect class=\"hit\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/>{}",
+        esc(&point.href),
+        n(x - layout.column / 2.0),
+        n(STRIP_Y - MARK_R - 4.0),
+        n(layout.column),
+        n(CHART_TOP + CHART - STRIP_Y + MARK_R + 4.0),
+        point.mark.shape(x, STRIP_Y, layout.r),
+        title = esc(&point.title),
+    );
+    if let Some(ms) = point.duration_ms {
         let _ = write!(
             out,
-            "<a href=\"{}\" aria-label=\"{title}\"><title>{title}</title>\
-             <rect class=\"hit\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/>{}",
-            esc(&point.href),
-            n(x - column / 2.0),
-            n(STRIP_Y - MARK_R - 4.0),
-            n(column),
-            n(chart_bottom - STRIP_Y + MARK_R + 4.0),
-            point.mark.shape(x, STRIP_Y, r),
-            title = esc(&point.title),
+            "<circle class=\"dot\" cx=\"{}\" cy=\"{}\" r=\"{}\"/>",
+            n(x),
+            n((layout.y)(ms)),
+            n((layout.r * 0.5).max(1.5))
         );
-        if let Some(ms) = point.duration_ms {
-            let _ = write!(
-                out,
-                "<circle class=\"dot\" cx=\"{}\" cy=\"{}\" r=\"{}\"/>",
-                n(x),
-                n(y(ms)),
-                n((r * 0.5).max(1.5))
-            );
-        }
-        out.push_str("</a>");
     }
-    out.push_str("</svg>");
-    Some(out)
+    out.push_str("</a>");
 }
 
 #[cfg(test)]

@@ -218,6 +218,33 @@ pub(crate) fn open(out: &mut String, id: &str, width: f64, height: f64, title: &
     );
 }
 
+/// A value axis: gridlines from `left` to `right` every `step` from 0 to
+/// `top`, which is drawn `chart` units above `bottom`, each labelled on the
+/// left by `label`.
+pub(crate) fn value_axis(
+    out: &mut String,
+    (left, right): (f64, f64),
+    (bottom, chart): (f64, f64),
+    (top, step): (f64, f64),
+    label: impl Fn(f64) -> String,
+) {
+    let mut tick = 0.0;
+    while tick <= top + step / 1000.0 {
+        let y = n(bottom - tick / top * chart);
+        let _ = write!(
+            out,
+            "<line class=\"grid\" x1=\"{}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/>\
+             <text class=\"label\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            n(left),
+            n(right),
+            n(left - 6.0),
+            n(bottom - tick / top * chart + 4.0),
+            label(tick),
+        );
+        tick += step;
+    }
+}
+
 /// A step for an axis over `span` (ms or any unit) with about `ticks`
 /// ticks: 1, 2 or 5 times a power of ten, or a whole number of seconds,
 /// minutes or hours when the span is in milliseconds and `time` is set.

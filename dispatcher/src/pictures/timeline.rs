@@ -129,42 +129,18 @@ pub(crate) fn svg(runs: &[Run]) -> Option<String> {
     let rows = rows(runs);
     let plot = WIDTH - LABELS - RIGHT;
     let x = |at: DateTime<Utc>| LABELS + seconds(t0, at) / span * plot;
-    let height = TOP + ROW * rows.len() as f64 + AXIS;
-
-    let lost = runs.iter().filter(|r| r.ending == Ending::Lost).count();
-    let shards: std::collections::BTreeSet<&str> = runs.iter().map(|r| r.shard.as_str()).collect();
-    let longest = runs
-        .iter()
-        .filter(|r| !matches!(r.ending, Ending::Lost))
-        .max_by_key(|r| r.end - r.start);
-    let shortest = runs
-        .iter()
-        .filter(|r| matches!(r.ending, Ending::Ended(_)))
-        .min_by_key(|r| r.end - r.start);
-    let mut desc = format!(
-        "{} shards, {} runs on {} worker slots over {}.",
-        shards.len(),
-        runs.len(),
-        rows.len(),
-        axis_time(span)
-    );
-    if let (Some(long), Some(short)) = (longest, shortest) {
-        let _ = write!(
-            desc,
-            " Longest run: shard {} on {}, {}; shortest: shard {}, {}.",
-            long.shard,
-            long.worker,
-            axis_time(seconds(long.start, long.end)),
-            short.shard,
-            axis_time(seconds(short.start, short.end))
-        );
-    }
-    if lost > 0 {
-        let _ = write!(desc, " {lost} lost runs.");
-    }
+    let bottom = TOP + ROW * rows.len() as f64;
 
     let mut out = String::new();
-    open(&mut out, "timeline", WIDTH, height, "Shard timeline", &desc);
+    let desc = describe(runs, rows.len(), span);
+    open(
+        &mut out,
+        "timeline",
+        WIDTH,
+        bottom + AXIS,
+        "Shard timeline",
+        &desc,
+    );
     out.push_str(
         "<defs><pattern id=\"timeline-checkout\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" \
          patternTransform=\"rotate(45)\"><rect class=\"checkout-bg\" width=\"6\" height=\"6\"/>\
@@ -172,49 +148,8 @@ pub(crate) fn svg(runs: &[Run]) -> Option<String> {
          <pattern id=\"timeline-lost\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\">\
          <path class=\"hatch lost\" d=\"M0 0L6 6M6 0L0 6\"/></pattern></defs>",
     );
-    // Legend: checkout, command, lost, then the verdict marks used.
-    let _ = write!(
-        out,
-        "<rect x=\"0\" y=\"8\" width=\"16\" height=\"10\" fill=\"url(#timeline-checkout)\" class=\"edge\"/>\
-         <text class=\"label\" x=\"20\" y=\"17\">checkout</text>\
-         <rect class=\"run key\" x=\"84\" y=\"8\" width=\"16\" height=\"10\"/>\
-         <text class=\"label\" x=\"104\" y=\"17\">command</text>\
-         <rect x=\"170\" y=\"8\" width=\"16\" height=\"10\" fill=\"url(#timeline-lost)\" class=\"edge lost\"/>\
-         <text class=\"label\" x=\"190\" y=\"17\">lost</text>"
-    );
-    let mut marks: Vec<Mark> = Vec::new();
-    for run in runs {
-        let mark = match run.ending {
-            Ending::Ended(mark) => mark,
-            // Said in words on the bar.
-            Ending::Running | Ending::Lost => continue,
-        };
-        if !marks.contains(&mark) {
-            marks.push(mark);
-        }
-    }
-    marks.sort_by_key(|m| Mark::ALL.iter().position(|a| a == m));
-    legend(&mut out, &marks, 226.0, 17.0);
-
-    // Grid and axis.
-    let step = nice_step(span, 6.0, true);
-    let bottom = TOP + ROW * rows.len() as f64;
-    let mut tick = 0.0;
-    while tick <= span + 0.5 {
-        let tx = LABELS + tick / span * plot;
-        let _ = write!(
-            out,
-            "<line class=\"grid\" x1=\"{tx}\" y1=\"{top}\" x2=\"{tx}\" y2=\"{bottom}\"/>\
-             <text class=\"label axis\" x=\"{tx}\" y=\"{ty}\" text-anchor=\"middle\">{}</text>",
-            axis_time(tick),
-            tx = n(tx),
-            top = n(TOP - 4.0),
-            bottom = n(bottom),
-            ty = n(bottom + 16.0)
-        );
-        tick += step;
-    }
-
+    key(&mut out, runs);
+    time_axis(&mut out, span, bottom);
     for (row_index, (worker, slot, members)) in rows.iter().enumerate() {
         let y = TOP + ROW * row_index as f64;
         let slots = rows.iter().filter(|row| &row.0 == worker).count();
@@ -237,6 +172,81 @@ pub(crate) fn svg(runs: &[Run]) -> Option<String> {
     }
     out.push_str("</svg>");
     Some(out)
+}
+
+/// The description: shards, runs, rows, the longest and shortest runs,
+/// the lost ones.
+fn describe(runs: &[Run], rows: usize, span: f64) -> String {
+    let shards: std::collections::BTreeSet<&str> = runs.iter().map(|r| r.shard.as_str()).collect();
+    let mut desc = format!(
+        "{} shards, {} runs on {} worker slots over {}.",
+        shards.len(),
+        runs.len(),
+        rows,
+        axis_time(span)
+    );
+    let longest = runs
+        .iter()
+        .filter(|r| !matches!(r.ending, Ending::Lost))
+        .max_by_key(|r| r.end - r.start);
+    let shortest = runs
+        .iter()
+        .filter(|r| matches!(r.ending, Ending::Ended(_)))
+        .min_by_key(|r| r.end - r.start);
+    if let (Some(long), Some(short)) = (longest, shortest) {
+        let _ = write!(
+            desc,
+            " Longest run: shard {} on {}, {}; shortest: shard {}, {}.",
+            long.shard,
+            long.worker,
+            axis_time(seconds(long.start, long.end)),
+            short.shard,
+            axis_time(seconds(short.start, short.end))
+        );
+    }
+    let lost = runs.iter().filter(|r| r.ending == Ending::Lost).count();
+    if lost > 0 {
+        let _ = write!(desc, " {lost} lost runs.");
+    }
+    desc
+}
+
+/// The legend: checkout, command, lost, then the verdict marks used.
+fn key(out: &mut String, runs: &[Run]) {
+    out.push_str(
+        "<rect x=\"0\" y=\"8\" width=\"16\" height=\"10\" fill=\"url(#timeline-checkout)\" class=\"edge\"/>\
+         <text class=\"label\" x=\"20\" y=\"17\">checkout</text>\
+         <rect class=\"run key\" x=\"84\" y=\"8\" width=\"16\" height=\"10\"/>\
+         <text class=\"label\" x=\"104\" y=\"17\">command</text>\
+         <rect x=\"170\" y=\"8\" width=\"16\" height=\"10\" fill=\"url(#timeline-lost)\" class=\"edge lost\"/>\
+         <text class=\"label\" x=\"190\" y=\"17\">lost</text>",
+    );
+    // Running and lost runs say so in words on their bars.
+    let marks: Vec<Mark> = Mark::ALL
+        .into_iter()
+        .filter(|mark| runs.iter().any(|run| run.ending == Ending::Ended(*mark)))
+        .collect();
+    legend(out, &marks, 226.0, 17.0);
+}
+
+/// Gridlines and labels every round step from the first start.
+fn time_axis(out: &mut String, span: f64, bottom: f64) {
+    let plot = WIDTH - LABELS - RIGHT;
+    let step = nice_step(span, 6.0, true);
+    let mut tick = 0.0;
+    while tick <= span + 0.5 {
+        let tx = n(LABELS + tick / span * plot);
+        let _ = write!(
+            out,
+            "<line class=\"grid\" x1=\"{tx}\" y1=\"{}\" x2=\"{tx}\" y2=\"{}\"/>\
+             <text class=\"label axis\" x=\"{tx}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            n(TOP - 4.0),
+            n(bottom),
+            n(bottom + 16.0),
+            axis_time(tick),
+        );
+        tick += step;
+    }
 }
 
 /// One run's bar at `y`: hatched checkout, solid command, its mark and

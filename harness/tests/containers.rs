@@ -1061,7 +1061,10 @@ fn the_prebuilt_stage_makes_the_runtime_image_from_binaries_built_elsewhere() {
     // the same container settings, the binaries in the same folder, each
     // started once at build time.
     let (prebuilt, runtime) = (&stages[prebuilt], &stages[runtime]);
-    assert_eq!(prebuilt.from, runtime.from, "both stages start from one base");
+    assert_eq!(
+        prebuilt.from, runtime.from,
+        "both stages start from one base"
+    );
     let settings = |stage: &Stage<'_>| -> Vec<String> {
         stage
             .instructions
@@ -1108,7 +1111,9 @@ fn the_prebuilt_stage_makes_the_runtime_image_from_binaries_built_elsewhere() {
         .flat_map(context_sources)
         .collect();
     assert!(
-        sources.iter().any(|s| s.starts_with("warren") && s.contains('*')),
+        sources
+            .iter()
+            .any(|s| s.starts_with("warren") && s.contains('*')),
         "{PREBUILT_STAGE} copies no warren* binaries: {sources:?}"
     );
     let fixed: Vec<&String> = sources.iter().filter(|s| !s.contains('*')).collect();
@@ -1144,9 +1149,7 @@ fn the_host_network_override_keeps_every_service_off_a_bridge_and_loads() {
         !strings(broker.get("profiles")).is_empty(),
         "compose.host.yml: the broker service needs a profile, or `up` starts it"
     );
-    let is_reset = |value: Option<&Value>| {
-        matches!(value, Some(Value::Tagged(tagged)) if tagged.tag == "reset")
-    };
+    let is_reset = |value: Option<&Value>| matches!(value, Some(Value::Tagged(tagged)) if tagged.tag == "reset");
     let mut images = BTreeSet::new();
     for (name, component, spec) in compose.warren_services() {
         let over = host.service(&name);

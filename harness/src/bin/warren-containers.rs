@@ -174,15 +174,7 @@ fn scenario(stack: &Stack, api: &Api, stream: &Arc<CommitStream>) -> Result<Repo
         );
     };
     stream.push(false);
-    stack.compose(&[
-        "up",
-        "-d",
-        "--no-build",
-        "--pull",
-        "never",
-        "--scale",
-        "worker=1",
-    ])?;
+    stack.up(&["--scale", "worker=1"])?;
     wait_until("the dispatcher's /readyz", || api.ready().then_some(()))?;
     wait_until("one worker", || (api.workers() >= 1).then_some(()))?;
     step("up: dispatcher, watcher, 1 worker");
@@ -194,55 +186,16 @@ fn scenario(stack: &Stack, api: &Api, stream: &Arc<CommitStream>) -> Result<Repo
     step("4 workers");
     flowing.wait_for_more(COMMITS_PER_STEP)?;
 
-    // A worker stopped in the middle of a job: whichever runs the slow one.
-    let slow = stream.push(true);
-    let worker = wait_until("the slow commit's job to start", || {
-        api.running_worker(&slow)
-    })?;
-    let container = stack.worker_container(&worker)?;
-    step(&format!(
-        "docker stop {worker}, in the middle of a {SLOW_TEST_SECONDS} s job"
-    ));
-    let stop_started = Instant::now();
-    docker(&["stop", &container])?;
-    let stop_took = stop_started.elapsed();
-    let exit_code = docker(&["inspect", "-f", "{{.State.ExitCode}}", &container])?;
-    ensure!(
-        exit_code.trim() == "0",
-        "worker {worker} exited with {exit_code} after docker stop"
-    );
-    step(&format!(
-        "{worker} exited 0 after {:.1} s",
-        stop_took.as_secs_f64()
-    ));
+    let stopped = stop_a_busy_worker(stack, api, stream, &step)?;
     flowing.wait_for_more(COMMITS_PER_STEP)?;
 
     stack.scale_workers(2)?;
     step("2 workers");
     flowing.wait_for_more(COMMITS_PER_STEP)?;
 
-    // The dispatcher's container replaced: only its volume carries its state.
-    let decided_before_restart = api.decided();
-    let before = stack.container_ids("dispatcher")?;
-    stack.compose(&[
-        "up",
-        "-d",
-        "--no-build",
-        "--pull",
-        "never",
-        "--force-recreate",
-        "dispatcher",
-    ])?;
-    let after = stack.container_ids("dispatcher")?;
-    ensure!(
-        before != after,
-        "the dispatcher's container was not replaced"
-    );
-    wait_until("the dispatcher's /readyz after its restart", || {
-        api.ready().then_some(())
-    })?;
+    let decided_before_restart = recreate_the_dispatcher(stack, api)?;
     step(&format!(
-        "dispatcher recreated ({decided_before_restart} commits decided before)"
+        "dispatcher recreated; the {decided_before_restart} commits decided before are kept"
     ));
     flowing.wait_for_more(COMMITS_PER_STEP)?;
     flowing.stop();
@@ -253,11 +206,86 @@ fn scenario(stack: &Stack, api: &Api, stream: &Arc<CommitStream>) -> Result<Repo
     step("every commit decided");
     let mut report = check_verdicts(api, &pushed, &summaries)?;
     report.decided_before_restart = decided_before_restart;
-    report.stop_took = stop_took;
-    report.stopped_job = describe_stopped_job(api, &slow, &worker)?;
+    report.stop_took = stopped.took;
+    report.stopped_job = describe_stopped_job(api, &stopped.sha, &stopped.worker)?;
     stack.check_result_files(&pushed)?;
     stack.check_host_network()?;
     Ok(report)
+}
+
+/// A worker stopped with `docker stop` in the middle of a job.
+struct Stopped {
+    /// The worker's id.
+    worker: String,
+    /// The commit whose job it was running.
+    sha: String,
+    /// How long `docker stop` took: the worker drains first.
+    took: Duration,
+}
+
+/// Pushes a slow commit, waits until a worker runs it and stops that
+/// worker's container; it must exit 0 (a drained stop, not a kill).
+fn stop_a_busy_worker(
+    stack: &Stack,
+    api: &Api,
+    stream: &CommitStream,
+    step: &dyn Fn(&str),
+) -> Result<Stopped> {
+    let sha = stream.push(true);
+    let worker = wait_until("the slow commit's job to start", || {
+        api.running_worker(&sha)
+    })?;
+    let container = stack.worker_container(&worker)?;
+    step(&format!(
+        "docker stop {worker}, in the middle of a {SLOW_TEST_SECONDS} s job"
+    ));
+    let began = Instant::now();
+    docker(&["stop", &container])?;
+    let took = began.elapsed();
+    let exit_code = docker(&["inspect", "-f", "{{.State.ExitCode}}", &container])?;
+    ensure!(
+        exit_code.trim() == "0",
+        "worker {worker} exited with {} after docker stop",
+        exit_code.trim()
+    );
+    step(&format!(
+        "{worker} exited 0 after {:.1} s",
+        took.as_secs_f64()
+    ));
+    Ok(Stopped { worker, sha, took })
+}
+
+/// Replaces the dispatcher's container (`--force-recreate`): only its
+/// volumes carry its state over. Every commit decided before must still be
+/// there with the same verdict. Returns how many there were.
+fn recreate_the_dispatcher(stack: &Stack, api: &Api) -> Result<usize> {
+    let decided: BTreeMap<String, String> = api
+        .statuses()
+        .context("GET /api/commits before the restart")??
+        .into_iter()
+        .filter(|(_, status)| status != "running")
+        .collect();
+    let before = stack.container_ids("dispatcher")?;
+    stack.up(&["--force-recreate", "dispatcher"])?;
+    let after = stack.container_ids("dispatcher")?;
+    ensure!(
+        before != after,
+        "the dispatcher's container was not replaced"
+    );
+    wait_until("the dispatcher's /readyz after its restart", || {
+        api.ready().then_some(())
+    })?;
+    let now = api
+        .statuses()
+        .context("GET /api/commits after the restart")??;
+    for (sha, status) in &decided {
+        let after = now.get(sha).map_or("missing", String::as_str);
+        ensure!(
+            after == status,
+            "commit {sha} was {status} before the dispatcher's restart, {after} after"
+        );
+    }
+    Ok(decided.len())
 }
 
 /// Every commit once, with the verdict its files ask for, each job decided
@@ -385,19 +413,18 @@ impl Stack {
         output(command, &format!("docker compose {}", args.join(" ")))
     }
 
+    /// `docker compose up -d` with the image the script built: never built
+    /// or pulled here.
+    fn up(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["up", "-d", "--no-build", "--pull", "never"];
+        all.extend_from_slice(args);
+        self.compose(&all)
+    }
+
+    /// Scales the workers, leaving the other containers as they are.
     fn scale_workers(&self, count: usize) -> Result<()> {
         let scale = format!("worker={count}");
-        self.compose(&[
-            "up",
-            "-d",
-            "--no-build",
-            "--pull",
-            "never",
-            "--no-recreate",
-            "--scale",
-            &scale,
-            "worker",
-        ])?;
+        self.up(&["--no-recreate", "--scale", &scale, "worker"])?;
         wait_until(&format!("{count} running worker containers"), || {
             let running = self.container_ids("worker").ok()?;
             (running.len() == count).then_some(())
@@ -602,14 +629,6 @@ impl Api {
             }
         }
         Some(Ok(statuses))
-    }
-
-    /// Commits with a verdict now.
-    fn decided(&self) -> usize {
-        match self.statuses() {
-            Some(Ok(statuses)) => statuses.values().filter(|s| *s != "running").count(),
-            _ => 0,
-        }
     }
 
     /// The statuses once every pushed commit has a verdict, or the error

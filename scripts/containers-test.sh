@@ -61,10 +61,10 @@ cleanup() {
         docker rmi "$image" >/dev/null || status=1
     fi
     rm -rf "$dir"
-    left=$(docker ps -aq --filter "label=com.docker.compose.project=$project")
-    left+=$(docker volume ls -q --filter "label=com.docker.compose.project=$project")
-    if [ -n "$left" ]; then
-        echo "left behind: $left" >&2
+    containers=$(docker ps -aq --filter "label=com.docker.compose.project=$project")
+    volumes=$(docker volume ls -q --filter "label=com.docker.compose.project=$project")
+    if [ -n "$containers$volumes" ]; then
+        echo "left behind: containers [$containers] volumes [$volumes]" >&2
         status=1
     fi
     echo "containers-test: $(($(date +%s) - began)) s, exit $status" >&2

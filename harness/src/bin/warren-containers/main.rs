@@ -239,8 +239,12 @@ fn stop_a_busy_worker(
         api.running_worker(&sha)
     })?;
     let container = stack.worker_container(&worker)?;
+    // compose.yml's stop_grace_period, which `docker stop` waits for before
+    // it kills (its own default is 10 s).
+    let grace = docker(&["inspect", "-f", "{{.Config.StopTimeout}}", &container])?;
     step(&format!(
-        "docker stop {worker}, in the middle of a {SLOW_TEST_SECONDS} s job"
+        "docker stop {worker} (stop timeout {} s), in the middle of a {SLOW_TEST_SECONDS} s job",
+        grace.trim()
     ));
     let began = Instant::now();
     docker(&["stop", &container])?;

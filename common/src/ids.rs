@@ -141,6 +141,17 @@ string_id!(
     validate_suite_path
 );
 
+string_id!(
+    /// A container image (`debian:bookworm-slim`, `registry:5000/team/ci@sha256:…`),
+    /// as `image = "…"` in `warren.toml` names it. It reaches the `docker`
+    /// command line as one argument, so it must not start with `-` (an
+    /// option) and may hold only what a reference can: ASCII letters,
+    /// digits and `._-/:@`, at most 255 bytes. Whether the name exists is
+    /// the engine's business.
+    ImageRef,
+    validate_image_ref
+);
+
 impl CommitId {
     /// The first 12 digits, for logs and tables.
     pub fn short(&self) -> &str {
@@ -266,6 +277,30 @@ fn validate_repo_url(value: &str) -> Result<String, InvalidId> {
             KIND,
             value,
             "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Longest image reference, in bytes (the engine's own limit for a name).
+const IMAGE_REF_MAX: usize = 255;
+
+fn validate_image_ref(value: &str) -> Result<String, InvalidId> {
+    const KIND: &str = "image";
+    if value.is_empty() || value.len() > IMAGE_REF_MAX {
+        return Err(invalid(KIND, value, "expected 1 to 255 bytes"));
+    }
+    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(invalid(KIND, value, "must start with a letter or a digit"));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+    {
+        return Err(invalid(
+            KIND,
+            value,
+            "expected only ASCII letters, digits and '.', '_', '-', '/', ':', '@'",
         ));
     }
     Ok(value.to_owned())
@@ -407,6 +442,22 @@ mod tests {
         ] {
             assert!(SuitePath::parse(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn images_are_references_not_options() {
+        for good in [
+            "debian:bookworm-slim",
+            "registry.example:5000/team/ci-image:1.2",
+            "ubuntu@sha256:0123abcd",
+            "busybox",
+        ] {
+            assert!(ImageRef::parse(good).is_ok(), "{good:?} should pass");
+        }
+        for bad in ["", "--privileged", "-v/:/host", "a b", "a\nb", ":tag", "é"] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(ImageRef::parse(&"a".repeat(256)).is_err());
     }
 
     #[test]

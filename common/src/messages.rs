@@ -7,7 +7,7 @@
 //! missing fields, invalid ids and oversize bodies are all [`DecodeError`]s,
 //! which consumers dead-letter with the error as the reason.
 
-use crate::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath, WorkerId};
+use crate::ids::{BranchName, CommitId, ImageRef, JobId, RepoName, RepoUrl, SuitePath, WorkerId};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -227,7 +227,45 @@ pub struct Job {
     /// ones. 0: no reruns.
     #[serde(default)]
     pub retry_failed: u32,
+    /// The container image the command runs in (`image` in `warren.toml`),
+    /// on a worker with `executor = "container"`. Left out of the body when
+    /// `None`, so a job without one reads the same as before; a worker that
+    /// does not know the field refuses a job that has one (unknown field)
+    /// rather than run it outside the container it asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
     pub published_at: DateTime<Utc>,
+    /// `false`: the command gets no network (`network = false` in
+    /// `warren.toml`); absent: the worker's policy decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<bool>,
+    /// Limits the commit asks for (`[limits]`); the worker applies the lower
+    /// of these and its own maxima.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<JobLimits>,
+    /// The key the worker proves its result with (hex, see
+    /// [`crate::proof`]); never given to the command. Absent from jobs of a
+    /// dispatcher that does not check results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key: Option<String>,
+}
+
+/// Per-job limits a commit asks for; each absent one is the worker's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobLimits {
+    /// Memory of all the command's processes, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Processes (and threads) at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// CPU time of all the command's processes, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_ms: Option<u64>,
+    /// Bytes the command may add to its checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 /// Most files one job may carry.
@@ -432,6 +470,11 @@ pub struct JobResult {
     /// commit's result. `None` when there is none to read or it was fine.
     #[serde(default)]
     pub report_problem: Option<String>,
+    /// HMAC-SHA256 of this result (without `proof`) under its job's
+    /// `result_key`, hex: the dispatcher accepts a result for a job that has
+    /// a key only with a valid proof (see [`crate::proof`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// How one test ended.
@@ -599,7 +642,11 @@ mod tests {
             files: vec![SuitePath::parse("tests/a.py").unwrap()],
             junit: None,
             retry_failed: 0,
+            image: None,
             published_at: Utc::now(),
+            network: None,
+            limits: None,
+            result_key: None,
         }
     }
 
@@ -620,6 +667,23 @@ mod tests {
         assert_eq!(value["schema"], 1);
         assert_eq!(value["type"], "job");
         assert_eq!(decode::<Job>(&body).unwrap(), job);
+    }
+
+    #[test]
+    fn an_image_is_carried_only_when_asked_for_and_checked() {
+        let mut job = sample_job();
+        let without: serde_json::Value = serde_json::from_slice(&encode(&job)).unwrap();
+        assert!(
+            without.get("image").is_none(),
+            "a job without image reads as before"
+        );
+        job.image = Some(ImageRef::parse("debian:bookworm-slim").unwrap());
+        assert_eq!(decode::<Job>(&encode(&job)).unwrap(), job);
+        let hostile = reencode(&job, |m| {
+            m.insert("image".into(), "--privileged".into());
+        });
+        let err = decode::<Job>(&hostile).unwrap_err().to_string();
+        assert!(err.contains("invalid image"), "{err}");
     }
 
     #[test]

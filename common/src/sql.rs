@@ -5,7 +5,7 @@
 //! Each type is stored as the text it has in messages: the id's string, the
 //! status's [`as_str`](crate::messages::JobStatus::as_str) name.
 
-use crate::ids::{BranchName, CommitId, JobId, RepoName, RepoUrl, SuitePath, WorkerId};
+use crate::ids::{BranchName, CommitId, ImageRef, JobId, RepoName, RepoUrl, SuitePath, WorkerId};
 use crate::messages::{JobStatus, TestStatus};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
@@ -37,7 +37,9 @@ macro_rules! text_column {
     )*};
 }
 
-text_column!(BranchName, CommitId, RepoName, RepoUrl, SuitePath, WorkerId);
+text_column!(
+    BranchName, CommitId, ImageRef, RepoName, RepoUrl, SuitePath, WorkerId
+);
 
 impl ToSql for JobId {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {

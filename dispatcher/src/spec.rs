@@ -15,9 +15,18 @@
 //! junit = "report.xml"                    # a JUnit XML report the command writes
 //! retry_failed = 1                        # rerun failures once: fail-then-pass = flaky
 //! supersede = ["feature/*"]               # branches where a newer commit cancels older ones
+//! image = "debian:bookworm-slim"          # the container the command runs in (container workers)
 //!
 //! [env]
 //! PYTHONDONTWRITEBYTECODE = "1"
+//!
+//! network = false                         # the command gets no network (sandbox, container)
+//!
+//! [limits]                                # per job; the worker's maxima win when lower
+//! memory = "2 GiB"                        # all the command's processes
+//! processes = 256                         # processes and threads at once
+//! cpu_time = "20m"                        # CPU time of all its processes
+//! disk = "5 GiB"                          # bytes it may add to its checkout
 //!
 //! [select]                                # run only the tests a change affects
 //! rules = [{ paths = ["src/calc/**"], tests = ["tests/test_calc*.py"] }]
@@ -32,8 +41,11 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use warren_common::ids::SuitePath;
-use warren_common::messages::{MAX_RETRY_FAILED, MAX_SHARDS, TestCommand, validate_env_name};
+use warren_common::bytes::ByteSize;
+use warren_common::ids::{ImageRef, SuitePath};
+use warren_common::messages::{
+    JobLimits, MAX_RETRY_FAILED, MAX_SHARDS, TestCommand, validate_env_name,
+};
 
 /// The name of the file, at the root of the commit's tree.
 pub const SPEC_FILE: &str = "warren.toml";
@@ -74,6 +86,19 @@ struct SpecFile {
     #[serde(default)]
     supersede: Vec<String>,
     select: Option<SelectFile>,
+    network: Option<bool>,
+    limits: Option<LimitsFile>,
+    image: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    memory: Option<ByteSize>,
+    processes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    cpu_time: Option<Duration>,
+    disk: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +129,13 @@ pub struct Plan {
     pub retry_failed: u32,
     /// Branches on which a newer commit cancels the older ones' jobs.
     pub supersede: Globs,
+    /// `network = false`: `Some(false)`; absent: `None` (the worker decides).
+    pub network: Option<bool>,
+    /// `[limits]`, when given.
+    pub limits: Option<JobLimits>,
+    /// The container image to run in; a container worker uses its
+    /// `worker.default_image` when `None`.
+    pub image: Option<ImageRef>,
 }
 
 /// The files of a suite and how to split them.
@@ -221,6 +253,9 @@ pub fn plan(
         retry_failed: 0,
         supersede: Vec::new(),
         select: None,
+        network: None,
+        limits: None,
+        image: None,
     });
     let command = file
         .command
@@ -266,6 +301,12 @@ pub fn plan(
             SuitePath::parse(&path).map_err(|error| format!("{SPEC_FILE}: `junit`: {error}"))
         })
         .transpose()?;
+    let image = file
+        .image
+        .map(|image| {
+            ImageRef::parse(&image).map_err(|error| format!("{SPEC_FILE}: `image`: {error}"))
+        })
+        .transpose()?;
     let suite = suite(
         file.files,
         file.shards,
@@ -273,6 +314,7 @@ pub fn plan(
         file.max_shards,
         file.select,
     )?;
+    let limits = file.limits.map(job_limits).transpose()?;
     Ok(Plan {
         command,
         timeout,
@@ -281,6 +323,42 @@ pub fn plan(
         junit,
         retry_failed: file.retry_failed,
         supersede: Globs::new(&file.supersede, "supersede")?,
+        network: file.network,
+        limits,
+        image,
+    })
+}
+
+/// `[limits]`, each value more than 0.
+fn job_limits(file: LimitsFile) -> Result<JobLimits, String> {
+    let size = |value: Option<ByteSize>, key: &str| {
+        value
+            .map(|value| match value.bytes() {
+                Ok(0) => Err(format!("{SPEC_FILE}: `limits.{key}` must be more than 0")),
+                Ok(bytes) => Ok(bytes),
+                Err(message) => Err(format!("{SPEC_FILE}: `limits.{key}`: {message}")),
+            })
+            .transpose()
+    };
+    if file.processes == Some(0) {
+        return Err(format!(
+            "{SPEC_FILE}: `limits.processes` must be more than 0"
+        ));
+    }
+    let cpu_time_ms = match file.cpu_time {
+        Some(time) if time.as_millis() == 0 => {
+            return Err(format!(
+                "{SPEC_FILE}: `limits.cpu_time` must be more than 0"
+            ));
+        }
+        Some(time) => Some(u64::try_from(time.as_millis()).unwrap_or(u64::MAX)),
+        None => None,
+    };
+    Ok(JobLimits {
+        memory_bytes: size(file.memory, "memory")?,
+        processes: file.processes,
+        cpu_time_ms,
+        disk_bytes: size(file.disk, "disk")?,
     })
 }
 
@@ -421,6 +499,12 @@ full_branches = ["main"]
         assert_eq!(plan.junit.unwrap().as_str(), "out/report.xml");
         assert_eq!(plan.retry_failed, 2);
         assert!(plan.supersede.matches("feature/x") && !plan.supersede.matches("feature/x/y"));
+        assert_eq!(plan.image, None);
+        let in_container = plan_of("command = \"x\"\nimage = \"debian:bookworm-slim\"\n");
+        assert_eq!(
+            in_container.image.map(|image| image.to_string()).as_deref(),
+            Some("debian:bookworm-slim")
+        );
         let by_time =
             plan_of("command = \"x {file}\"\nfiles = [\"t/*\"]\nshard_duration = \"30s\"\n")
                 .suite
@@ -439,8 +523,44 @@ full_branches = ["main"]
     }
 
     #[test]
+    fn network_and_limits_are_read() {
+        let plain = plan_of("command = \"x\"\n");
+        assert_eq!((plain.network, plain.limits), (None, None));
+        let limited = plan_of(
+            "command = \"x\"\nnetwork = false\n[limits]\nmemory = \"256 MiB\"\nprocesses = 64\n\
+             cpu_time = \"10s\"\ndisk = 1024\n",
+        );
+        assert_eq!(limited.network, Some(false));
+        assert_eq!(
+            limited.limits,
+            Some(JobLimits {
+                memory_bytes: Some(256 << 20),
+                processes: Some(64),
+                cpu_time_ms: Some(10_000),
+                disk_bytes: Some(1024),
+            })
+        );
+        for (text, expected) in [
+            ("[limits]\nmemory = \"2 GB\"", "`limits.memory`"),
+            ("[limits]\ndisk = 0", "`limits.disk` must be more than 0"),
+            ("[limits]\nprocesses = 0", "`limits.processes`"),
+            ("[limits]\ncpu_time = \"0s\"", "`limits.cpu_time`"),
+            ("[limits]\nswap = 1", "unknown field `swap`"),
+            ("network = \"off\"", "network"),
+        ] {
+            let err = plan(
+                Some(format!("command = \"x\"\n{text}\n").as_bytes()),
+                &defaults(None),
+                MAX,
+            )
+            .unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn broken_files_say_what_is_wrong() {
-        let cases: [(&[u8], &str); 16] = [
+        let cases: [(&[u8], &str); 18] = [
             (b"command = ", "warren.toml is invalid"),
             (b"comand = \"x\"", "unknown field `comand`"),
             (b"timeout = \"1m\"", "has no `command`"),
@@ -464,6 +584,8 @@ full_branches = ["main"]
             (b"command = \"x\"\nfiles = [\"t/[\"]", "pattern \"t/[\""),
             (b"command = \"x\"\njunit = \"../r.xml\"", "`junit`"),
             (b"command = \"x\"\nretry_failed = 9", "`retry_failed`"),
+            (b"command = \"x\"\nimage = \"--privileged\"", "`image`"),
+            (b"command = \"x\"\nimage = 3", "invalid type"),
             (
                 b"command = \"x\"\nfiles = [\"t/*\"]\n[select]\nrules = [{ paths = [\"a\"] }]",
                 "missing field `tests`",

@@ -70,7 +70,11 @@ pub fn job(url: &str, sha: &str) -> JobBuilder {
         files: Vec::new(),
         junit: None,
         retry_failed: 0,
+        image: None,
         published_at: Utc::now(),
+        network: None,
+        limits: None,
+        result_key: None,
     })
 }
 
@@ -109,44 +113,50 @@ impl JobBuilder {
 }
 
 /// A passed result (exit code 0, no output) of a run by worker
-/// `test-worker` on host `test-host`.
-pub struct JobResultBuilder(JobResult);
+/// `test-worker` on host `test-host`; proven with the job's key when it
+/// has one (as its worker would).
+pub struct JobResultBuilder(JobResult, Option<String>);
 
-/// Starts a [`JobResultBuilder`] for `job` (its id, attempt, repo and sha)
-/// with a new run id.
+/// Starts a [`JobResultBuilder`] for `job` (its id, attempt, repo and sha,
+/// and its result key) with a new run id.
 pub fn result_for(job: &Job) -> JobResultBuilder {
     let mut builder = result(job.repo.as_str(), job.sha.as_str());
     builder.0.job_id = job.job_id;
     builder.0.attempt = job.attempt;
+    builder.1 = job.result_key.clone();
     builder
 }
 
 /// Starts a [`JobResultBuilder`] of a job no one published (a new job id,
 /// attempt 1) for `sha` of `repo`.
 pub fn result(repo: &str, sha: &str) -> JobResultBuilder {
-    JobResultBuilder(JobResult {
-        job_id: JobId::new(),
-        attempt: 1,
-        run_id: uuid::Uuid::new_v4(),
-        worker: WorkerId::parse("test-worker").unwrap(),
-        host: "test-host".into(),
-        repo: RepoName::parse(repo).unwrap(),
-        sha: CommitId::parse(sha).unwrap(),
-        status: JobStatus::Passed,
-        exit_code: Some(0),
-        signal: None,
-        message: None,
-        started_at: Utc::now(),
-        finished_at: Utc::now(),
-        checkout_ms: 0,
-        duration_ms: 0,
-        output: String::new(),
-        output_truncated: false,
-        output_bytes: 0,
-        tests: Vec::new(),
-        file_timings: Vec::new(),
-        report_problem: None,
-    })
+    JobResultBuilder(
+        JobResult {
+            job_id: JobId::new(),
+            attempt: 1,
+            run_id: uuid::Uuid::new_v4(),
+            worker: WorkerId::parse("test-worker").unwrap(),
+            host: "test-host".into(),
+            repo: RepoName::parse(repo).unwrap(),
+            sha: CommitId::parse(sha).unwrap(),
+            status: JobStatus::Passed,
+            exit_code: Some(0),
+            signal: None,
+            message: None,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            checkout_ms: 0,
+            duration_ms: 0,
+            output: String::new(),
+            output_truncated: false,
+            output_bytes: 0,
+            tests: Vec::new(),
+            file_timings: Vec::new(),
+            report_problem: None,
+            proof: None,
+        },
+        None,
+    )
 }
 
 impl JobResultBuilder {
@@ -181,7 +191,16 @@ impl JobResultBuilder {
         self.0.duration_ms = duration_ms;
         self
     }
+    /// Without a proof, whatever the job's key (a forger's result).
+    pub fn unproven(mut self) -> Self {
+        self.1 = None;
+        self
+    }
     pub fn build(self) -> JobResult {
-        self.0
+        let mut result = self.0;
+        if let Some(key) = &self.1 {
+            warren_common::proof::sign(&mut result, key);
+        }
+        result
     }
 }

@@ -13,7 +13,20 @@
 //! shutdown_grace = "10m"      # WARREN_WORKER__SHUTDOWN_GRACE
 //! ack_deadline = "25m"        # WARREN_WORKER__ACK_DEADLINE
 //! http_listen = "127.0.0.1:9187"  # WARREN_WORKER__HTTP_LISTEN (default: no HTTP server)
+//! executor = "process"        # WARREN_WORKER__EXECUTOR: process | sandbox | container
+//! allow_network = true        # false: no job gets the network (sandbox, container)
+//! sandbox_bwrap = "bwrap"     # the bubblewrap program (sandbox)
+//! sandbox_read_only = ["/opt/toolchains"]  # more folders a sandbox shows, read-only
+//! max_memory = "4 GiB"        # per job, all its processes (default: no limit)
+//! max_processes = 512         # processes and threads of a job at once
+//! max_cpu_time = "1h"         # CPU time of all a job's processes
+//! max_disk = "10 GiB"         # bytes a job may add to its checkout
+//! allowed_images = ["debian:*"]   # WARREN_WORKER__ALLOWED_IMAGES (container)
+//! default_image = "debian:bookworm-slim"  # WARREN_WORKER__DEFAULT_IMAGE (container)
 //! ```
+//!
+//! A job's `warren.toml` may ask for lower limits (and no network), never
+//! for more.
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -21,14 +34,18 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use warren_common::bytes::ByteSize;
 use warren_common::config::{
     BrokerConfig, BrokerSettings, ConfigError, ConfigSource, LogSettings, validate_dir,
 };
 use warren_common::git::{GitAuth, GitSettings};
-use warren_common::ids::{RepoName, WorkerId};
+use warren_common::ids::{ImageRef, RepoName, WorkerId};
+
+use crate::executor::{ExecutorConfig, ExecutorKind, Limits};
+use crate::images::ImagePolicy;
 
 /// Keys whose environment values are comma-separated lists.
-const LIST_KEYS: &[&str] = &["worker.allowed_repos"];
+const LIST_KEYS: &[&str] = &["worker.allowed_repos", "worker.allowed_images"];
 
 /// Most slots (concurrent jobs) one worker may run. Each slot keeps its own
 /// clones and the prefetch is a `u16`; beyond 64, run more workers instead.
@@ -99,6 +116,38 @@ pub struct WorkerSettings {
     /// of its own.
     #[serde(default)]
     pub http_listen: Option<String>,
+    /// How a job's command is started: `process`, `sandbox` or `container`.
+    #[serde(default = "default_executor")]
+    pub executor: String,
+    /// Whether jobs may use the network; `false` turns it off for every job
+    /// (a job may turn it off for itself).
+    #[serde(default = "default_allow_network")]
+    pub allow_network: bool,
+    /// The bubblewrap program (`sandbox`).
+    #[serde(default = "default_bwrap")]
+    pub sandbox_bwrap: PathBuf,
+    /// Folders a sandbox shows read-only besides the system's.
+    #[serde(default)]
+    pub sandbox_read_only: Vec<PathBuf>,
+    /// Most memory a job may use (all its processes).
+    #[serde(default)]
+    pub max_memory: Option<ByteSize>,
+    /// Most processes (and threads) a job may have at once.
+    #[serde(default)]
+    pub max_processes: Option<i64>,
+    /// Most CPU time a job may use (all its processes).
+    #[serde(default, with = "humantime_serde")]
+    pub max_cpu_time: Option<Duration>,
+    /// Most bytes a job may add to its checkout.
+    #[serde(default)]
+    pub max_disk: Option<ByteSize>,
+    /// Glob patterns on image names a job may ask for (`image` in
+    /// `warren.toml`), with the container executor; none by default.
+    #[serde(default)]
+    pub allowed_images: Vec<String>,
+    /// The image of a job that names none (container executor).
+    #[serde(default)]
+    pub default_image: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -114,8 +163,28 @@ impl Default for WorkerSettings {
             shutdown_grace: default_shutdown_grace(),
             ack_deadline: default_ack_deadline(),
             http_listen: None,
+            executor: default_executor(),
+            allow_network: default_allow_network(),
+            sandbox_bwrap: default_bwrap(),
+            sandbox_read_only: Vec::new(),
+            max_memory: None,
+            max_processes: None,
+            max_cpu_time: None,
+            max_disk: None,
+            allowed_images: Vec::new(),
+            default_image: None,
         }
     }
+}
+
+fn default_executor() -> String {
+    ExecutorKind::Process.name().into()
+}
+fn default_allow_network() -> bool {
+    true
+}
+fn default_bwrap() -> PathBuf {
+    PathBuf::from("bwrap")
 }
 
 fn default_slots() -> i64 {
@@ -174,6 +243,12 @@ pub struct WorkerConfig {
     pub http_listen: Option<SocketAddr>,
     /// Credentials for fetches (`[git]`; set by [`load`]).
     pub git: GitAuth,
+    /// How jobs' commands are started (`worker.executor`).
+    pub executor: ExecutorConfig,
+    /// Whether jobs may use the network (`worker.allow_network`).
+    pub allow_network: bool,
+    /// The most a job may use (`worker.max_*`).
+    pub limits: Limits,
 }
 
 /// Reads `path` (if any) and the environment, and validates everything.
@@ -183,6 +258,17 @@ pub fn load(path: Option<&Path>) -> Result<(WorkerConfig, LogSettings), ConfigEr
     let broker = BrokerConfig::from_settings(&settings.broker, &source)?;
     let mut config = WorkerConfig::from_settings(broker, &settings.worker, &source)?;
     config.git = GitAuth::from_settings(&settings.git, &source)?;
+    // What a sandbox must not show: this file and the credentials it names
+    // (the work folder is added by `from_settings`).
+    let secrets = [
+        path.map(Path::to_path_buf),
+        settings.git.ssh_key.clone(),
+        settings.git.https_token_file.clone(),
+    ];
+    config
+        .executor
+        .hidden
+        .extend(secrets.into_iter().flatten().map(|p| absolute(&p)));
     Ok((config, settings.log))
 }
 
@@ -262,6 +348,38 @@ impl WorkerConfig {
                 })
             })
             .transpose()?;
+        let kind = ExecutorKind::parse(&settings.executor).ok_or_else(|| {
+            source.invalid(
+                "worker.executor",
+                format!(
+                    "{:?} is not an executor (one of {})",
+                    settings.executor,
+                    ExecutorKind::NAMES.join(", ")
+                ),
+            )
+        })?;
+        let default_image = settings
+            .default_image
+            .as_deref()
+            .map(|image| {
+                ImageRef::parse(image).map_err(|e| source.invalid("worker.default_image", e))
+            })
+            .transpose()?;
+        let images = ImagePolicy::new(&settings.allowed_images, default_image)
+            .map_err(|message| source.invalid("worker.allowed_images", message))?;
+        let executor = ExecutorConfig {
+            kind,
+            bwrap: settings.sandbox_bwrap.clone(),
+            read_only: settings
+                .sandbox_read_only
+                .iter()
+                .map(|p| absolute(p))
+                .collect(),
+            hidden: vec![absolute(&work_dir)],
+            images,
+            work_dir: absolute(&work_dir),
+        };
+        let limits = limits(settings, source)?;
         Ok(Self {
             broker,
             id,
@@ -276,8 +394,57 @@ impl WorkerConfig {
             ack_deadline: settings.ack_deadline,
             http_listen,
             git: GitAuth::default(),
+            executor,
+            allow_network: settings.allow_network,
+            limits,
         })
     }
+}
+
+/// `worker.max_*`, each checked: sizes readable and above nothing.
+fn limits(settings: &WorkerSettings, source: &ConfigSource) -> Result<Limits, ConfigError> {
+    let size = |key: &str, value: &Option<ByteSize>| -> Result<Option<u64>, ConfigError> {
+        value
+            .as_ref()
+            .map(|value| match value.bytes() {
+                Ok(0) => Err(source.invalid(key, "must be more than 0")),
+                Ok(bytes) => Ok(bytes),
+                Err(message) => Err(source.invalid(key, message)),
+            })
+            .transpose()
+    };
+    let processes = settings
+        .max_processes
+        .map(|n| {
+            u64::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                source.invalid(
+                    "worker.max_processes",
+                    format!("must be 1 or more, got {n}"),
+                )
+            })
+        })
+        .transpose()?;
+    if let Some(cpu) = settings.max_cpu_time {
+        check_duration(
+            source,
+            "worker.max_cpu_time",
+            cpu,
+            Duration::from_secs(1),
+            Duration::from_secs(7 * 24 * 60 * 60),
+        )?;
+    }
+    Ok(Limits {
+        memory: size("worker.max_memory", &settings.max_memory)?,
+        processes,
+        cpu_time: settings.max_cpu_time,
+        disk: size("worker.max_disk", &settings.max_disk)?,
+    })
+}
+
+/// `path` made absolute against the current folder (as the worker sees it),
+/// so that a sandbox can cover it.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn check_duration(
@@ -401,6 +568,9 @@ mod tests {
         );
         assert!(config.id.as_str().len() > 9, "{}", config.id);
         assert_eq!(config.http_listen, None, "no HTTP server unless asked");
+        assert_eq!(config.executor.kind, ExecutorKind::Process);
+        assert!(config.allow_network);
+        assert!(config.limits.is_none(), "no limits unless asked");
     }
 
     #[test]
@@ -431,9 +601,27 @@ mod tests {
             kill_grace = "1s"
             shutdown_grace = "1m"
             http_listen = "127.0.0.1:9187"
+            executor = "sandbox"
+            allow_network = false
+            max_memory = "512 MiB"
+            max_processes = 64
+            max_cpu_time = "1m"
+            max_disk = 1048576
             "#,
         )
         .unwrap();
+        assert_eq!(config.executor.kind, ExecutorKind::Sandbox);
+        assert!(!config.allow_network);
+        assert_eq!(
+            config.limits,
+            Limits {
+                memory: Some(512 << 20),
+                processes: Some(64),
+                cpu_time: Some(Duration::from_secs(60)),
+                disk: Some(1 << 20),
+            }
+        );
+        assert!(config.executor.hidden.contains(&PathBuf::from("/tmp/w")));
         assert_eq!(config.id.as_str(), "build-1");
         assert_eq!(
             config.http_listen,
@@ -507,6 +695,37 @@ mod tests {
                 "http_listen = \"\"",
                 "worker.http_listen",
                 "WARREN_WORKER__HTTP_LISTEN",
+            ),
+            (
+                "executor = \"chroot\"",
+                "worker.executor",
+                "WARREN_WORKER__EXECUTOR",
+            ),
+            (
+                "allowed_images = [\"a[\"]",
+                "worker.allowed_images",
+                "WARREN_WORKER__ALLOWED_IMAGES",
+            ),
+            (
+                "default_image = \"--privileged\"",
+                "worker.default_image",
+                "WARREN_WORKER__DEFAULT_IMAGE",
+            ),
+            (
+                "max_memory = \"2 GB\"",
+                "worker.max_memory",
+                "WARREN_WORKER__MAX_MEMORY",
+            ),
+            ("max_disk = 0", "worker.max_disk", "WARREN_WORKER__MAX_DISK"),
+            (
+                "max_processes = 0",
+                "worker.max_processes",
+                "WARREN_WORKER__MAX_PROCESSES",
+            ),
+            (
+                "max_cpu_time = \"10ms\"",
+                "worker.max_cpu_time",
+                "WARREN_WORKER__MAX_CPU_TIME",
             ),
         ];
         for (line, key, env) in cases {

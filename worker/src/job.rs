@@ -81,6 +81,18 @@ pub(crate) async fn execute_job(
         );
         return Outcome::Finished(report.error(message, Duration::ZERO));
     }
+    // The job from here on carries the image it runs in (none outside a
+    // container worker).
+    let job = &match runner.executor.image_for(job.image.as_ref()).await {
+        Ok(image) => Job {
+            image,
+            ..job.clone()
+        },
+        Err(message) => {
+            warn!(%message, "job refused: its image");
+            return Outcome::Finished(report.error(message, Duration::ZERO));
+        }
+    };
     let placeholder = match files_placeholder(job) {
         Ok(placeholder) => placeholder,
         Err(error) => {
@@ -296,8 +308,13 @@ impl<'a> Report<'a> {
             tests: ran.tests,
             file_timings: ran.file_timings,
             report_problem: ran.report_problem,
+            proof: None,
         });
         fit_body(&mut result);
+        // Last: the proof covers the result as it is sent.
+        if let Some(key) = &self.job.result_key {
+            warren_common::proof::sign(&mut result, key);
+        }
         result
     }
 }
@@ -389,6 +406,9 @@ mod tests {
             ],
             metrics: Metrics::default(),
             git: GitAuth::default(),
+            executor: crate::executor::Executor::process(),
+            network: true,
+            limits: Default::default(),
         }
     }
 
@@ -407,7 +427,11 @@ mod tests {
             files: Vec::new(),
             junit: None,
             retry_failed: 0,
+            image: None,
             published_at: Utc::now(),
+            network: None,
+            limits: None,
+            result_key: None,
         }
     }
 
@@ -569,6 +593,25 @@ mod tests {
         let message = result.message.unwrap();
         assert!(
             message.contains("`api`") && message.contains("worker.allowed_repos"),
+            "{message}"
+        );
+        assert!(
+            !f.slot.path().join("api").exists(),
+            "nothing was checked out"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_asking_for_an_image_on_a_worker_without_containers_is_an_error() {
+        let f = fixture();
+        let mut job = job(&f.upstream, &f.sha, TestCommand::Shell("touch ran".into()));
+        job.image = Some(warren_common::ids::ImageRef::parse("debian:bookworm-slim").unwrap());
+        let result = finish(&runner(&["*"]), f.slot.path(), &job).await;
+        assert_eq!(result.status, JobStatus::Error);
+        let message = result.message.unwrap();
+        assert!(
+            message.contains("`debian:bookworm-slim`")
+                && message.contains("worker.executor = \"process\""),
             "{message}"
         );
         assert!(

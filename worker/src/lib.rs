@@ -12,6 +12,8 @@
 //!   ids cancelled lately.
 //! - `runner`: what every job shares (`runner::JobRunner`) and the
 //!   command's environment.
+//! - [`images`]: which container images jobs may run in
+//!   (`worker.allowed_images`, `worker.default_image`).
 //! - `checkout`: a clean work tree at a commit, reusing a clone per slot (git2).
 //! - `suite`: the runs of one job: once, once per file (`{file}`), within
 //!   the job's timeout; `suite/reruns.rs` the reruns of what failed,
@@ -22,6 +24,9 @@
 //!   reruns; `timings`: time per suite file.
 //! - `run`: a command in its own process group, with a timeout that kills
 //!   the whole group, and bounded output.
+//! - [`executor`]: what `run` spawns for a command (`worker.executor`:
+//!   `process`, `sandbox`, `container`) and the guard that watches the run's
+//!   limits and cleans up after it.
 //! - `output`: head + tail capture of a command's output within a budget.
 //! - `events`: transient job events through the current connection.
 //! - `live`: a running job's output, live, never slowing the job (bounded,
@@ -33,8 +38,9 @@
 //!   `worker.http_listen`.
 //! - `outbox`: results kept across a lost connection.
 //!
-//! Public: [`run`](fn@run), [`WorkerConfig`] and [`config`], for the binary
-//! and the tests; every other module is private to the crate.
+//! Public: [`run`](fn@run), [`WorkerConfig`], [`config`], [`executor`]
+//! (its start-up check) and [`images`] (a part of the config), for the
+//! binary and the tests; every other module is private to the crate.
 //!
 //! Where the rules live:
 //! - Ack order — a job is acked only after its result's publish was
@@ -56,8 +62,10 @@ mod cancel;
 mod checkout;
 pub mod config;
 mod events;
+pub mod executor;
 mod flaky;
 mod http;
+pub mod images;
 mod job;
 mod junit;
 mod live;

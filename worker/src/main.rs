@@ -34,6 +34,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    // An executor that cannot work here stops the worker before it takes a
+    // job: never a silent fallback to a weaker one.
+    if let Err(error) = warren_worker::executor::Executor::start(&config.executor) {
+        eprintln!("warren-worker: {error}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
     warren_common::telemetry::init(&log);
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@
 //! gone the rest is drained for a bounded time only, because a grandchild that
 //! escaped the group (`setsid`) may hold the pipe open for ever.
 
+use crate::executor::{Executor, Isolation, LimitHit};
 use crate::live::LiveSink;
 use crate::output::{CapturedOutput, OutputCapture};
 use nix::errno::Errno;
@@ -71,6 +72,8 @@ pub(crate) struct CommandSpec {
     pub output_limit: usize,
     /// Where the output also goes as it is read (never waits).
     pub live: LiveSink,
+    /// The run's name, network and limits, for the executor.
+    pub isolation: Isolation,
 }
 
 /// How the command ended.
@@ -85,6 +88,8 @@ pub(crate) enum Ending {
     /// Stopped from outside: the worker's forced shutdown, or the job's
     /// cancellation.
     Aborted,
+    /// It hit a limit (memory, processes, CPU time, disk) and was killed.
+    LimitReached(LimitHit),
 }
 
 /// A command that ran.
@@ -120,9 +125,11 @@ pub(crate) fn adopt_orphans() {
     }
 }
 
-/// Runs `spec` to its end, its timeout, or `abort`.
+/// Runs `spec` through `executor` to its end, its timeout, a limit, or
+/// `abort`.
 pub(crate) async fn run(
     spec: &CommandSpec,
+    executor: &Executor,
     abort: &CancellationToken,
 ) -> Result<Finished, RunError> {
     let program = spec.program.to_string_lossy().into_owned();
@@ -139,15 +146,17 @@ pub(crate) async fn run(
         },
     };
     let (reader, writer) = io::pipe().map_err(spawn_error)?;
-    let mut command = tokio::process::Command::new(&spec.program);
+    let stderr = writer.try_clone().map_err(spawn_error)?;
+    let mut launch = executor.launch(spec)?;
+    let mut command = tokio::process::Command::new(&launch.program);
     command
-        .args(&spec.args)
-        .current_dir(&spec.cwd)
+        .args(&launch.args)
+        .current_dir(&launch.cwd)
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(writer.try_clone().map_err(spawn_error)?)
-        .stderr(writer)
+        .stdout(writer)
+        .stderr(stderr)
         .process_group(0)
         // A backstop for a dropped job future; the group is stopped below.
         .kill_on_drop(true);
@@ -156,7 +165,13 @@ pub(crate) async fn run(
     // The command holds our copies of the pipe's write end: drop it, so the
     // pipe ends when the command's processes are done with it.
     drop(command);
-    let mut child = spawned.map_err(spawn_error)?;
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            launch.guard.finish().await;
+            return Err(spawn_error(error));
+        }
+    };
     let group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
@@ -194,13 +209,32 @@ pub(crate) async fn run(
             debug!("stopped from outside (worker stopping or job cancelled); stopping the command's group");
             Ending::Aborted
         }
+        hit = launch.guard.breached() => {
+            debug!(%hit, "limit reached; stopping the command's group");
+            Ending::LimitReached(hit)
+        }
     };
     let duration = started.elapsed();
     let grace = match ending {
         Ending::TimedOut | Ending::Aborted => spec.kill_grace,
+        // A job over its limit is not asked to clean up: it could use the
+        // grace to go on (forking, allocating, writing).
+        Ending::LimitReached(_) => Duration::ZERO,
         Ending::Exited(_) | Ending::Signalled(_) => spec.kill_grace.min(LEFTOVER_GRACE),
     };
+    if matches!(
+        ending,
+        Ending::TimedOut | Ending::Aborted | Ending::LimitReached(_)
+    ) {
+        launch.guard.stop().await;
+    }
     stop_group(group, &mut child, grace).await;
+    // A limit found only now (the kernel killed a process at the memory
+    // limit and the command then exited) is what ended the run.
+    let ending = match (launch.guard.finish().await, ending) {
+        (Some(hit), Ending::Exited(_) | Ending::Signalled(_)) => Ending::LimitReached(hit),
+        (_, ending) => ending,
+    };
 
     let (capture, complete) = match tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, &mut reader).await {
         Ok(joined) => reader_result(joined),
@@ -360,12 +394,15 @@ mod tests {
             kill_grace: Duration::from_millis(300),
             output_limit: 1024 * 1024,
             live: LiveSink::disabled(),
+            isolation: Isolation::new(true, Default::default()),
         }
     }
 
     async fn run_ok(spec: &CommandSpec) -> Finished {
         adopt_orphans();
-        run(spec, &CancellationToken::new()).await.unwrap()
+        run(spec, &Executor::process(), &CancellationToken::new())
+            .await
+            .unwrap()
     }
 
     /// Whether `pid` is still a live (not zombie) process.
@@ -531,7 +568,7 @@ mod tests {
             canceller.cancel();
         });
         adopt_orphans();
-        let finished = run(&spec, &abort).await.unwrap();
+        let finished = run(&spec, &Executor::process(), &abort).await.unwrap();
         assert_eq!(finished.ending, Ending::Aborted);
         assert!(!alive(read_pid(&pid_file)));
     }
@@ -542,13 +579,17 @@ mod tests {
         let mut spec = shell("", dir.path());
         spec.program = "warren-no-such-command".into();
         spec.args.clear();
-        let err = run(&spec, &CancellationToken::new()).await.unwrap_err();
+        let err = run(&spec, &Executor::process(), &CancellationToken::new())
+            .await
+            .unwrap_err();
         assert!(matches!(err, RunError::NotFound { .. }), "{err:?}");
         assert_eq!(err.to_string(), "command not found: warren-no-such-command");
 
         std::fs::write(dir.path().join("script"), "#!/bin/sh\n").unwrap();
         spec.program = "./script".into();
-        let err = run(&spec, &CancellationToken::new()).await.unwrap_err();
+        let err = run(&spec, &Executor::process(), &CancellationToken::new())
+            .await
+            .unwrap_err();
         assert!(matches!(err, RunError::NotExecutable { .. }), "{err:?}");
     }
 }

@@ -4,6 +4,7 @@
 //! for it.
 
 use crate::config::{AllowList, WorkerConfig};
+use crate::executor::{Executor, Limits};
 use crate::metrics::Metrics;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -38,12 +39,18 @@ pub(crate) struct JobRunner {
     pub metrics: Metrics,
     /// Credentials for fetches (`[git]`).
     pub git: GitAuth,
+    /// What starts the commands (`worker.executor`), checked at start.
+    pub executor: Executor,
+    /// Whether jobs may use the network (a job may also turn it off).
+    pub network: bool,
+    /// The most a job may use (a job may ask for less).
+    pub limits: Limits,
 }
 
 impl JobRunner {
-    /// A runner with `config`'s settings and this process's environment,
-    /// counting in `metrics`.
-    pub(crate) fn new(config: &WorkerConfig, metrics: Metrics) -> Self {
+    /// A runner with `config`'s settings, `executor` and this process's
+    /// environment, counting in `metrics`.
+    pub(crate) fn new(config: &WorkerConfig, executor: Executor, metrics: Metrics) -> Self {
         Self {
             worker: config.id.clone(),
             host: config.host.clone(),
@@ -51,9 +58,18 @@ impl JobRunner {
             output_limit: config.output_limit,
             kill_grace: config.kill_grace,
             heartbeat_interval: config.heartbeat_interval,
-            base_env: std::env::vars_os().collect(),
+            // A container starts from its image's environment, not the
+            // worker host's (whose PATH and HOME mean nothing in it).
+            base_env: if executor.isolates_environment() {
+                Vec::new()
+            } else {
+                std::env::vars_os().collect()
+            },
             metrics,
             git: config.git.clone(),
+            executor,
+            network: config.allow_network,
+            limits: config.limits,
         }
     }
 }

@@ -30,6 +30,7 @@ use self::stop::{ABORT_WAIT, Stop};
 use crate::cancel::{CancelledJobs, ControlQueue, JobStop};
 use crate::config::WorkerConfig;
 use crate::events::Events;
+use crate::executor::Executor;
 use crate::job::{self, JobRunner, Outcome};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -83,6 +84,12 @@ const CONTROL_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
 /// error if jobs or results had to be abandoned.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     crate::run::adopt_orphans();
+    let executor = Executor::start(&config.executor)?;
+    if !config.allow_network && executor.kind() == crate::executor::ExecutorKind::Process {
+        warn!(
+            "worker.allow_network = false does nothing with worker.executor = \"process\": tests use the host's network"
+        );
+    }
     for slot in 0..config.slots {
         let dir = slot_dir(&config, slot);
         std::fs::create_dir_all(&dir)
@@ -102,11 +109,12 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         slots = config.slots,
         work_dir = %config.work_dir.display(),
         allowed_repos = ?config.allowed_repos,
+        executor = %executor.describe(),
         broker = %config.broker.safe_url(),
         prefix = config.broker.topology.prefix(),
         "worker starting"
     );
-    let mut service = Service::new(config, shutdown);
+    let mut service = Service::new(config, executor, shutdown);
     // Stops the presence task and the HTTP server when the loop ends.
     let beside = CancellationToken::new();
     if let Some(listener) = listener {
@@ -214,14 +222,14 @@ struct Service {
 }
 
 impl Service {
-    fn new(config: WorkerConfig, shutdown: Shutdown) -> Self {
+    fn new(config: WorkerConfig, executor: Executor, shutdown: Shutdown) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (session_tx, session_rx) = watch::channel(None);
         let events = Events::new(session_rx, config.id.clone(), config.host.clone());
         let metrics = Metrics::new(config.slots);
         let presence = Presence::new(config.id.clone(), config.host.clone(), config.slots);
         Self {
-            runner: Arc::new(JobRunner::new(&config, metrics.clone())),
+            runner: Arc::new(JobRunner::new(&config, executor, metrics.clone())),
             metrics,
             presence,
             free_slots: (0..config.slots).collect(),

@@ -22,6 +22,7 @@ mod verdict;
 
 use self::verdict::{Problems, Step, Tally, Verdict};
 
+use crate::executor::{Isolation, Limits};
 use crate::flaky::{self, TestBook};
 use crate::junit::{self, MAX_TEST_CASES};
 use crate::live::LiveSink;
@@ -100,8 +101,21 @@ pub(crate) async fn run(
         problems: Problems::default(),
         files_noted: false,
         live,
+        network: runner.network && job.network != Some(false),
+        limits: runner.limits.min(job_limits(job)),
     };
     suite.run().await
+}
+
+/// The limits `job` asks for (each the worker's maximum when not asked).
+fn job_limits(job: &Job) -> Limits {
+    let asked = job.limits.unwrap_or_default();
+    Limits {
+        memory: asked.memory_bytes,
+        processes: asked.processes,
+        cpu_time: asked.cpu_time_ms.map(Duration::from_millis),
+        disk: asked.disk_bytes,
+    }
 }
 
 /// What a run is, for its header and its report's problems.
@@ -129,6 +143,11 @@ struct Suite<'a> {
     files_noted: bool,
     /// Where the output goes live.
     live: LiveSink,
+    /// Whether the command gets the network (the worker allows it and the
+    /// job does not turn it off).
+    network: bool,
+    /// The lower of the worker's maxima and what the job asks for.
+    limits: Limits,
 }
 
 impl Suite<'_> {
@@ -141,6 +160,7 @@ impl Suite<'_> {
             return SuiteEnd::Stopped;
         };
         if tally.status == JobStatus::Failed
+            && !tally.killed
             && self.job.retry_failed > 0
             && self.rerun(&mut tally).await.is_none()
         {
@@ -167,6 +187,7 @@ impl Suite<'_> {
             Verdict::Failed { exit_code, signal } => tally.fail(exit_code, signal),
             Verdict::NotRun { exit_code, message } => tally.error(exit_code, message),
             Verdict::TimedOut => tally.timed_out(self.timeout_message()),
+            Verdict::Killed(hit) => tally.killed(hit, None),
             Verdict::Stopped => return None,
         }
         Some(tally)
@@ -194,6 +215,10 @@ impl Suite<'_> {
                 Verdict::Passed | Verdict::Stopped => {}
                 Verdict::Failed { exit_code, signal } => {
                     tally.fail(exit_code, signal);
+                    tally.failed_files.push(file.clone());
+                }
+                Verdict::Killed(hit) => {
+                    tally.killed(hit, Some(file));
                     tally.failed_files.push(file.clone());
                 }
                 Verdict::NotRun { exit_code, message } => {
@@ -243,7 +268,7 @@ impl Suite<'_> {
             (Verdict::TimedOut, empty_output(), Duration::ZERO)
         } else {
             match self.spec(files, remaining) {
-                Ok(spec) => match run::run(&spec, self.stop).await {
+                Ok(spec) => match run::run(&spec, &self.runner.executor, self.stop).await {
                     Ok(finished) => (
                         self.verdict(finished.ending),
                         finished.output,
@@ -316,6 +341,7 @@ impl Suite<'_> {
             kill_grace: self.runner.kill_grace,
             output_limit: self.runner.output_limit,
             live: self.live.clone(),
+            isolation: Isolation::new(self.network, self.limits).with_image(self.job.image.clone()),
         })
     }
 
@@ -339,6 +365,7 @@ impl Suite<'_> {
             },
             Ending::TimedOut => Verdict::TimedOut,
             Ending::Aborted => Verdict::Stopped,
+            Ending::LimitReached(hit) => Verdict::Killed(hit),
         }
     }
 
@@ -462,6 +489,9 @@ mod tests {
             base_env: vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_default())],
             metrics: crate::metrics::Metrics::default(),
             git: warren_common::git::GitAuth::default(),
+            executor: crate::executor::Executor::process(),
+            network: true,
+            limits: Default::default(),
         }
     }
 
@@ -480,7 +510,11 @@ mod tests {
             files: files.iter().map(|f| SuitePath::parse(f).unwrap()).collect(),
             junit: None,
             retry_failed: 0,
+            image: None,
             published_at: Utc::now(),
+            network: None,
+            limits: None,
+            result_key: None,
         }
     }
 

@@ -208,6 +208,9 @@ fn fill(database: &Path, args: &Args) -> Vec<String> {
         junit: None,
         retry_failed: 0,
         supersede: Globs::none(),
+        network: None,
+        limits: None,
+        image: None,
     };
     let shards: Vec<ShardPlan> = (0..args.shards)
         .map(|shard| ShardPlan {
@@ -308,6 +311,7 @@ fn fill(database: &Path, args: &Args) -> Vec<String> {
                 tests,
                 file_timings: Vec::new(),
                 report_problem: None,
+                proof: None,
             };
             let recorded = store
                 .record_result(&result, at + TimeDelta::seconds(30))

@@ -81,8 +81,9 @@ impl Store {
         for (index, shard) in planned.shards.iter().enumerate() {
             tx.execute(
                 "INSERT INTO jobs (id, commit_id, shard_index, shard_count, command, timeout_ms,
-                                   env, status, attempt, files, junit, retry_failed, estimated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?10, ?11, ?12)",
+                                   env, status, attempt, files, junit, retry_failed, estimated_ms,
+                                   network, limits, result_key, image)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     JobId::new().to_string(),
                     commit_id,
@@ -96,6 +97,13 @@ impl Store {
                     plan.junit.as_ref().map(|path| path.to_string()),
                     plan.retry_failed,
                     shard.estimated_ms,
+                    plan.network,
+                    plan.limits
+                        .map(|limits| serde_json::to_string(&limits))
+                        .transpose()
+                        .map_err(|e| corrupt("limits", e))?,
+                    warren_common::proof::new_key(),
+                    plan.image,
                 ],
             )?;
         }

@@ -156,6 +156,8 @@ mod tests {
                     estimated: true,
                 },
             ];
+            // Edited after it was built: proven again, as its worker would.
+            warren_common::proof::sign(&mut result, jobs[0].result_key.as_deref().unwrap());
             store.record_result(&result, Utc::now()).unwrap();
             flaky_runs += 1;
             let report = store.commit_report(1 + flaky_runs - 1).unwrap().explain();

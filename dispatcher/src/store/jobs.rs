@@ -8,7 +8,7 @@ pub(super) fn job_row(tx: &Transaction<'_>, job_id: &JobId) -> Result<Option<Job
     Ok(tx
         .query_row(
             "SELECT j.id, j.commit_id, j.status, j.attempt, j.lost_runs, c.repo, c.sha,
-                    j.decided_run, j.published_at
+                    j.decided_run, j.published_at, j.result_key
              FROM jobs j JOIN commits c ON c.id = j.commit_id WHERE j.id = ?1",
             params![job_id],
             |row| {
@@ -22,6 +22,7 @@ pub(super) fn job_row(tx: &Transaction<'_>, job_id: &JobId) -> Result<Option<Job
                     sha: get(row, "sha")?,
                     decided_run: get(row, "decided_run")?,
                     published_at: opt_at(row, "published_at")?,
+                    result_key: get(row, "result_key")?,
                 })
             },
         )
@@ -76,7 +77,8 @@ pub(super) fn unpublished_jobs(
 ) -> Result<Vec<Job>> {
     let mut statement = tx.prepare(
         "SELECT j.id, j.attempt, c.repo, c.url, c.branch, c.sha, j.shard_index, j.shard_count,
-                j.command, j.timeout_ms, j.env, j.files, j.junit, j.retry_failed
+                j.command, j.timeout_ms, j.env, j.files, j.junit, j.retry_failed,
+                j.network, j.limits, j.result_key, j.image
          FROM jobs j JOIN commits c ON c.id = j.commit_id
          WHERE j.published = 0 AND j.status = 'queued' AND (?1 IS NULL OR j.commit_id = ?1)
          ORDER BY j.commit_id, j.shard_index",
@@ -100,7 +102,11 @@ pub(super) fn unpublished_jobs(
                 files: json(row, "files")?,
                 junit: get(row, "junit")?,
                 retry_failed: get(row, "retry_failed")?,
+                image: get(row, "image")?,
                 published_at: now,
+                network: get(row, "network")?,
+                limits: opt_json(row, "limits")?,
+                result_key: get(row, "result_key")?,
             })
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;

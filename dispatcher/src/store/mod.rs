@@ -231,6 +231,9 @@ struct JobRow {
     lost_runs: u32,
     repo: String,
     sha: String,
+    /// The key its results are proven with; `None` for a job published
+    /// before results carried proofs.
+    result_key: Option<String>,
 }
 
 /// The SQLite database.

@@ -40,6 +40,17 @@ impl Store {
                 "result for job {job_id}, which this dispatcher never planned"
             )));
         };
+        if let Some(key) = &job.result_key
+            && !warren_common::proof::verify(result, key)
+        {
+            // Not from the worker the job was given to: a job's command (or
+            // anyone else on the broker) cannot make a valid proof.
+            return Ok(ResultRecorded::Rejected(format!(
+                "result for job {job_id} from \"{}\" has no valid proof under the job's key \
+                 (forged, or edited on the way); not recorded",
+                result.worker
+            )));
+        }
         if job.repo != result.repo.as_str() || job.sha != result.sha.as_str() {
             return Ok(ResultRecorded::Rejected(format!(
                 "result for job {job_id} names {}@{}, but the job belongs to {}@{}",
@@ -204,6 +215,51 @@ mod tests {
         assert!(matches!(
             store.record_result(&future, Utc::now()).unwrap(),
             ResultRecorded::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn a_result_without_a_valid_proof_is_rejected_unless_its_job_has_no_key() {
+        let (_dir, mut store) = store();
+        let jobs = insert(&mut store, &event("f"));
+        let job = &jobs[0];
+        assert_eq!(job.result_key.as_ref().map(String::len), Some(64));
+        let unproven = builders::result_for(job)
+            .worker("mallory")
+            .unproven()
+            .build();
+        let mut other_key = unproven.clone();
+        warren_common::proof::sign(&mut other_key, &warren_common::proof::new_key());
+        let mut edited = result(job, "w1", JobStatus::Failed);
+        edited.status = JobStatus::Passed;
+        for forged in [unproven, other_key, edited] {
+            let recorded = store.record_result(&forged, Utc::now()).unwrap();
+            assert!(
+                matches!(&recorded, ResultRecorded::Rejected(reason) if reason.contains("no valid proof")),
+                "{recorded:?}"
+            );
+        }
+        assert!(matches!(
+            store
+                .record_result(&result(job, "w1", JobStatus::Failed), Utc::now())
+                .unwrap(),
+            ResultRecorded::Decided { .. }
+        ));
+
+        // A job published before results had proofs (no key) takes an
+        // unproven result, as it did.
+        let old = insert(&mut store, &event("0"));
+        store
+            .conn
+            .execute(
+                "UPDATE jobs SET result_key = NULL WHERE id = ?1",
+                params![old[0].job_id],
+            )
+            .unwrap();
+        let unproven = builders::result_for(&old[0]).unproven().build();
+        assert!(matches!(
+            store.record_result(&unproven, Utc::now()).unwrap(),
+            ResultRecorded::Decided { .. }
         ));
     }
 }

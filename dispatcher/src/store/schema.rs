@@ -147,6 +147,24 @@ CREATE TABLE IF NOT EXISTS workers (
     },
     Migration {
         version: 4,
+        what: "jobs' network, limits and result keys",
+        // result_key NULL: a job published before this version, whose
+        // results carry no proof (see docs/DESIGN.md).
+        sql: "
+ALTER TABLE jobs ADD COLUMN network INTEGER;
+ALTER TABLE jobs ADD COLUMN limits TEXT;
+ALTER TABLE jobs ADD COLUMN result_key TEXT;
+",
+    },
+    Migration {
+        version: 5,
+        what: "isolation: the container image a job runs in",
+        sql: "
+ALTER TABLE jobs ADD COLUMN image TEXT;
+",
+    },
+    Migration {
+        version: 6,
         what: "a test's history across commits (the test history page)",
         sql: "
 CREATE INDEX tests_name ON tests (classname, name);
@@ -429,7 +447,7 @@ mod tests {
                 |row| row.get(0),
             )
             .unwrap();
-        assert!(indexed, "migration 4 made the index");
+        assert!(indexed, "migration 6 made the index");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::*;
 use std::collections::BTreeMap;
 use warren_common::ids::{SuitePath, WorkerId};
-use warren_harness::builders;
+pub(super) use warren_harness::builders;
 
 /// The retry budget of the tests: two lost runs.
 pub(super) const BUDGET: RetryBudget = RetryBudget { max_lost_runs: 2 };
@@ -27,6 +27,9 @@ pub(super) fn plan() -> Plan {
         junit: None,
         retry_failed: 0,
         supersede: crate::spec::Globs::none(),
+        network: None,
+        limits: None,
+        image: None,
     }
 }
 

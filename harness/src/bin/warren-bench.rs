@@ -12,6 +12,10 @@
 //!    (the dispatcher's `finished_at`), with where the time goes.
 //!
 //! `cargo run --release -p warren-harness --bin warren-bench -- --commits 500 --workers 4`
+//!
+//! `--executor sandbox|container` runs the workers' commands that way
+//! (`--image`, default `debian:bookworm-slim`, for `container`): the
+//! latency then shows the executor's cost per job against `process`.
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -31,6 +35,8 @@ struct Args {
     workers: usize,
     slots: usize,
     sync: String,
+    executor: String,
+    image: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +46,8 @@ fn parse_args() -> Result<Args, String> {
         workers: 4,
         slots: 1,
         sync: "full".into(),
+        executor: "process".into(),
+        image: "debian:bookworm-slim".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,10 +66,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--slots" => args.slots = value()?.parse().map_err(|e| format!("--slots: {e}"))?,
             "--sync" => args.sync = value()?,
+            "--executor" => args.executor = value()?,
+            "--image" => args.image = value()?,
             "-h" | "--help" => {
                 return Err(
                     "usage: warren-bench [--commits 500] [--latency-commits 50] [--workers 4] \
-                            [--slots 1] [--sync full|normal]"
+                            [--slots 1] [--sync full|normal] [--executor process|sandbox|container] \
+                            [--image debian:bookworm-slim]"
                         .into(),
                 );
             }
@@ -81,8 +92,8 @@ fn main() -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     println!(
-        "warren-bench: {} workers x {} slots, dispatcher sync={}",
-        args.workers, args.slots, args.sync
+        "warren-bench: {} workers x {} slots, dispatcher sync={}, executor {}",
+        args.workers, args.slots, args.sync, args.executor
     );
 
     let raw = runtime.block_on(raw_broker(5_000, 200));
@@ -96,6 +107,10 @@ fn main() -> ExitCode {
     options.slots = args.slots;
     options.poll_interval = "100ms".into();
     options.dispatcher_extra = format!("sync = \"{}\"", args.sync);
+    options.worker_extra = format!(
+        "executor = \"{}\"\ndefault_image = \"{}\"\n",
+        args.executor, args.image
+    );
     let mut cluster = Cluster::start(options);
     if !runtime.block_on(cluster.wait_for_workers(args.workers as u32, Duration::from_secs(60))) {
         eprintln!("workers did not start\n{}", cluster.all_logs());

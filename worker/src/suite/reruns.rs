@@ -91,6 +91,7 @@ impl Suite<'_> {
                 Verdict::Passed | Verdict::Stopped => {}
                 Verdict::Failed { .. } => still.push(file.clone()),
                 Verdict::TimedOut => return Round::Ended(format!("hit the job timeout at {file}")),
+                Verdict::Killed(hit) => return Round::Ended(format!("killed: {hit} at {file}")),
                 Verdict::NotRun { message, .. } => {
                     still.extend(files[index..].iter().cloned());
                     return Round::Ended(format!("could not run: {message}"));
@@ -128,6 +129,7 @@ impl Suite<'_> {
                 self.book.failing_files(&files).unwrap_or(files),
             )),
             Verdict::TimedOut => Round::Ended("hit the job timeout".into()),
+            Verdict::Killed(hit) => Round::Ended(format!("killed: {hit}")),
             Verdict::NotRun { message, .. } => Round::Ended(format!("could not run: {message}")),
             Verdict::Stopped => Round::Stopped,
         }

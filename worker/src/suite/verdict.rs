@@ -3,6 +3,7 @@
 //! exit status; an error or a timeout overrides), and the JUnit reports'
 //! problems over all runs ([`Problems`]).
 
+use crate::executor::LimitHit;
 use std::time::Duration;
 use warren_common::ids::SuitePath;
 use warren_common::messages::{FileTiming, JobStatus, TestCase, TestStatus};
@@ -21,6 +22,8 @@ pub(super) enum Verdict {
         message: String,
     },
     TimedOut,
+    /// Killed at one of the job's limits (memory, processes, CPU, disk).
+    Killed(LimitHit),
     Stopped,
 }
 
@@ -46,6 +49,7 @@ impl Verdict {
             Self::Failed { .. } => "failed".into(),
             Self::NotRun { message, .. } => format!("not run: {message}"),
             Self::TimedOut => "killed at the job timeout".into(),
+            Self::Killed(hit) => format!("killed: {hit}"),
             Self::Stopped => "stopped".into(),
         }
     }
@@ -54,7 +58,7 @@ impl Verdict {
     pub(super) fn test_status(&self) -> (TestStatus, Option<String>) {
         match self {
             Self::Passed => (TestStatus::Passed, None),
-            Self::Failed { .. } => (TestStatus::Failed, Some(self.describe())),
+            Self::Failed { .. } | Self::Killed(_) => (TestStatus::Failed, Some(self.describe())),
             _ => (TestStatus::Error, Some(self.describe())),
         }
     }
@@ -77,6 +81,9 @@ pub(super) struct Tally {
     /// The files whose own run failed (`{file}`).
     pub(super) failed_files: Vec<SuitePath>,
     pub(super) timings: Vec<FileTiming>,
+    /// A run was killed at a limit: the job failed, and is not rerun (the
+    /// rerun would hit it again).
+    pub(super) killed: bool,
 }
 
 impl Tally {
@@ -88,7 +95,24 @@ impl Tally {
             message: None,
             failed_files: Vec::new(),
             timings: Vec::new(),
+            killed: false,
         }
+    }
+
+    /// A run (of `file`) was killed at a limit: failed, with the first
+    /// limit hit as the message (an error or a timeout keeps its own).
+    pub(super) fn killed(&mut self, hit: LimitHit, file: Option<&SuitePath>) {
+        if self.killed || !matches!(self.status, JobStatus::Passed | JobStatus::Failed) {
+            return;
+        }
+        self.status = JobStatus::Failed;
+        self.exit_code = None;
+        self.signal = None;
+        self.message = Some(match file {
+            Some(file) => format!("killed: {hit} (running {file})"),
+            None => format!("killed: {hit}"),
+        });
+        self.killed = true;
     }
 
     /// A run failed; the first failure gives the exit status.

@@ -1,0 +1,798 @@
+//! The `container` executor: each run of a job's command is one `docker run`
+//! (the docker CLI of Debian's `docker.io`), attached, so `run.rs` spawns it
+//! and reads its output like any command; the container is what isolates it.
+//!
+//! What the command gets (README, "The container executor"):
+//! - the job's image (`image` in `warren.toml`) if `worker.allowed_images`
+//!   allows it, else `worker.default_image`; never pulled (`--pull never`):
+//!   an image missing on the host is the job's `error`, said before the
+//!   checkout ([`Docker::image_for`]);
+//! - the checkout, bind-mounted read-write at its own path, as the working
+//!   directory, and nothing else of the host's files: the image's root file
+//!   system read-only, a private `/tmp` (tmpfs, counted in the memory limit);
+//! - the job's environment only (`--env`), never the worker's own;
+//! - a user that is not root: the checkout's owner, the worker's own user; a
+//!   worker running as root hands the checkout to `nobody` (65534) for the
+//!   run and takes it back after (git refuses a clone its user does not own);
+//! - no capabilities, `no-new-privileges`, docker's init as PID 1 (passes
+//!   signals on and reaps), its own PID namespace (nothing outlives it);
+//! - `--network host`, or `--network none` with `network = false`;
+//! - the limits as docker's flags: `--memory` = `--memory-swap` (no swap),
+//!   `--pids-limit`, `--ulimit cpu` and `fsize` (per process); the
+//!   container's cgroup is read for a hit (`oom_kill`, `pids.events`) and
+//!   for the CPU time of all its processes together; the disk limit is the
+//!   checkout's growth, watched like the sandbox's;
+//! - no engine log (`--log-driver none`): the output goes to the attached
+//!   client only, so a flood cannot fill the engine's disk;
+//! - the label `warren.work_dir`: a worker that starts removes the
+//!   containers a crashed one with the same `work_dir` left behind.
+//!
+//! A run that must end early (timeout, cancel): SIGTERM through the engine
+//! (`docker kill --signal TERM`), the kill grace, then `docker kill`; over a
+//! limit, `docker kill` at once;
+//! after every run `docker inspect` (was a process killed at the memory
+//! limit?) and `docker rm -f`, also when the job future is dropped.
+
+use super::limits::counter;
+use super::{ExecutorError, LimitHit, Limits};
+use crate::images::ImagePolicy;
+use crate::run::{CommandSpec, RunError};
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+use warren_common::ids::ImageRef;
+
+/// The docker CLI, looked up in the worker's `PATH`.
+const DOCKER: &str = "docker";
+
+/// Label naming the worker's `work_dir` on its containers: what a restarted
+/// worker removes at start. The work_dir, not the worker id, because the
+/// default id is new at every start while the work_dir stays.
+const LABEL_WORK_DIR: &str = "warren.work_dir";
+
+/// Longest wait for one engine command (inspect, kill, rm, image inspect):
+/// a hung engine must not hold a job for ever.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest wait for the engine at the worker's start.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The user (and group) a job runs as when the worker itself runs as root:
+/// `nobody`, which owns nothing of the host.
+const NOBODY: u32 = 65534;
+
+/// How often a running container's cgroup is read for a limit hit.
+const LIMIT_POLL: Duration = Duration::from_millis(100);
+
+/// `SIGXCPU`: what the kernel sends at the CPU time limit (`--ulimit cpu`).
+const SIGXCPU: i64 = 24;
+
+/// The engine, checked at the worker's start.
+#[derive(Debug, Clone)]
+pub(crate) struct Docker {
+    work_dir: String,
+    images: ImagePolicy,
+}
+
+impl Docker {
+    /// Checks that the docker CLI is there and the engine answers, and
+    /// removes the containers a previous worker with this `work_dir` left.
+    pub(crate) fn start(work_dir: &Path, images: ImagePolicy) -> Result<Self, ExecutorError> {
+        let unavailable = |message: String| ExecutorError::Unavailable {
+            kind: "container",
+            message,
+        };
+        let version = blocking_docker(
+            &["version", "--format", "{{.Server.Version}}"],
+            START_TIMEOUT,
+        )
+        .map_err(|error| match error {
+            CliError::Missing => {
+                unavailable("the docker command is not installed (Debian package docker.io)".into())
+            }
+            other => unavailable(format!(
+                "the Docker engine does not answer: {other} (start dockerd, e.g. \
+                 scripts/ensure-docker.sh)"
+            )),
+        })?;
+        let work_dir = std::path::absolute(work_dir)
+            .unwrap_or_else(|_| work_dir.to_path_buf())
+            .to_string_lossy()
+            .into_owned();
+        let docker = Self { work_dir, images };
+        debug!(version = version.trim(), "Docker engine answers");
+        docker.remove_leftovers().map_err(unavailable)?;
+        Ok(docker)
+    }
+
+    /// For the start-up log.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "container (allowed_images = {:?}, default_image = {})",
+            self.images.patterns(),
+            self.images
+                .default_image()
+                .map_or("none", |image| image.as_str())
+        )
+    }
+
+    /// Removes every container labelled with this worker's `work_dir`: what
+    /// a worker that crashed (or was killed) mid-job left.
+    fn remove_leftovers(&self) -> Result<(), String> {
+        let filter = format!("label={LABEL_WORK_DIR}={}", self.work_dir);
+        let listed = blocking_docker(
+            &["ps", "--all", "--quiet", "--filter", &filter],
+            ENGINE_TIMEOUT,
+        )
+        .map_err(|error| format!("listing leftover containers: {error}"))?;
+        let ids: Vec<&str> = listed.split_whitespace().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        warn!(
+            count = ids.len(),
+            "removing containers a previous worker with this work_dir left"
+        );
+        let mut args = vec!["rm", "--force"];
+        args.extend(ids);
+        blocking_docker(&args, ENGINE_TIMEOUT)
+            .map(drop)
+            .map_err(|error| format!("removing leftover containers: {error}"))
+    }
+
+    /// The image a job runs in: its own if allowed, else the default, and
+    /// present on this host (Warren never pulls). `Err` is the job's `error`
+    /// message.
+    pub(crate) async fn image_for(&self, asked: Option<&ImageRef>) -> Result<ImageRef, String> {
+        let image = self.images.choose(asked)?;
+        match docker(&["image", "inspect", "--format", "{{.Id}}", image.as_str()]).await {
+            Ok(_) => Ok(image),
+            Err(CliError::Failed { message, .. }) if message.contains("No such image") => {
+                Err(format!(
+                    "image `{image}` is not on this worker's host, and Warren does not pull \
+                     images: `docker pull {image}` (or `docker load`) there first"
+                ))
+            }
+            Err(error) => Err(format!("checking image `{image}`: {error}")),
+        }
+    }
+
+    /// The `docker run` command for `spec` in `image` (which
+    /// [`Docker::image_for`] chose), and the guard of the container.
+    pub(crate) fn launch(
+        &self,
+        spec: &CommandSpec,
+        image: &ImageRef,
+    ) -> Result<(Vec<OsString>, ContainerGuard), RunError> {
+        let checkout = checkout_root(&spec.cwd);
+        let user = user_for(&checkout).map_err(|source| RunError::Spawn {
+            program: DOCKER.into(),
+            source,
+        })?;
+        let isolation = &spec.isolation;
+        let args = run_args(&RunArgs {
+            name: &isolation.name,
+            work_dir: &self.work_dir,
+            image,
+            network: isolation.network,
+            limits: &isolation.limits,
+            user: (user.uid, user.gid),
+            checkout: &checkout,
+            spec,
+        });
+        let guard = ContainerGuard {
+            checkout: checkout.clone(),
+            name: isolation.name.clone(),
+            limits: isolation.limits,
+            kill_grace: spec.kill_grace,
+            cgroups: None,
+            removed: false,
+            take_back: user.handed_over.map(|owner| (checkout, owner)),
+        };
+        Ok((args, guard))
+    }
+}
+
+/// The folder mounted into the container: the clone the command runs in
+/// (`<slot>/<repo>`), found as the nearest folder up from `cwd` holding
+/// `.git`; `cwd` itself when there is none.
+fn checkout_root(cwd: &Path) -> PathBuf {
+    cwd.ancestors()
+        .find(|dir| dir.join(".git").exists())
+        .unwrap_or(cwd)
+        .to_path_buf()
+}
+
+/// Who a container runs as.
+struct ContainerUser {
+    uid: u32,
+    gid: u32,
+    /// The checkout's owner before it was handed to the container's user.
+    handed_over: Option<(u32, u32)>,
+}
+
+/// The user the container runs as: the checkout's owner, unless the worker
+/// runs as root, in which case the checkout is handed to `nobody` for the
+/// run: the job must not be root inside.
+fn user_for(checkout: &Path) -> std::io::Result<ContainerUser> {
+    let meta = std::fs::metadata(checkout)?;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(ContainerUser {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            handed_over: None,
+        });
+    }
+    chown_tree(checkout, NOBODY, NOBODY)?;
+    Ok(ContainerUser {
+        uid: NOBODY,
+        gid: NOBODY,
+        handed_over: Some((meta.uid(), meta.gid())),
+    })
+}
+
+/// `chown -R` without following symbolic links (a link in a commit must not
+/// hand a file outside the checkout to the job).
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.uid() != uid || meta.gid() != gid {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one `docker run` is made of.
+struct RunArgs<'a> {
+    name: &'a str,
+    work_dir: &'a str,
+    image: &'a ImageRef,
+    network: bool,
+    limits: &'a Limits,
+    user: (u32, u32),
+    checkout: &'a Path,
+    spec: &'a CommandSpec,
+}
+
+/// The arguments of `docker run`. The command comes after the image, so
+/// nothing of the job's can be read as an option of docker's.
+fn run_args(run: &RunArgs<'_>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |arg: String| args.push(arg.into());
+    for arg in [
+        "run",
+        "--pull=never",
+        "--init",
+        "--interactive=false",
+        "--log-driver=none",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--read-only",
+        "--tmpfs=/tmp:rw,nosuid,nodev",
+    ] {
+        push(arg.to_owned());
+    }
+    push(format!("--name={}", run.name));
+    push(format!("--label={LABEL_WORK_DIR}={}", run.work_dir));
+    push(format!(
+        "--network={}",
+        if run.network { "host" } else { "none" }
+    ));
+    push(format!("--user={}:{}", run.user.0, run.user.1));
+    let checkout = run.checkout.display();
+    push(format!(
+        "--mount=type=bind,source={checkout},target={checkout}"
+    ));
+    push(format!("--workdir={}", run.spec.cwd.display()));
+    if let Some(memory) = run.limits.memory {
+        push(format!("--memory={memory}"));
+        push(format!("--memory-swap={memory}"));
+    }
+    if let Some(processes) = run.limits.processes {
+        push(format!("--pids-limit={processes}"));
+    }
+    if let Some(cpu) = run.limits.cpu_time {
+        // Per process, like the sandbox's rlimit: SIGXCPU at the soft
+        // limit, SIGKILL a second later.
+        let seconds = cpu.as_secs().max(1);
+        push(format!("--ulimit=cpu={seconds}:{}", seconds + 1));
+    }
+    if let Some(disk) = run.limits.disk {
+        // No file grows past the disk limit (the watcher counts them all).
+        push(format!("--ulimit=fsize={disk}:{disk}"));
+    }
+    let has_home = run.spec.env.iter().any(|(name, _)| name == "HOME");
+    if !has_home {
+        // The image's root is read-only: the one place a tool can write
+        // its caches is the private /tmp.
+        push("--env=HOME=/tmp".to_owned());
+    }
+    for (name, value) in &run.spec.env {
+        let mut arg = OsString::from("--env=");
+        arg.push(name);
+        arg.push("=");
+        arg.push(value);
+        args.push(arg);
+    }
+    args.push(run.image.as_str().into());
+    args.push(run.spec.program.clone());
+    args.extend(run.spec.args.iter().cloned());
+    args
+}
+
+/// The cgroup files of a running container that say a limit was hit.
+#[derive(Debug, Clone)]
+struct Cgroups {
+    /// `pids.events` (`max N`: forks refused at the process limit).
+    pids_events: Option<PathBuf>,
+    /// `memory.events` (v2) or `memory.oom_control` (v1): `oom_kill N`.
+    memory_events: Option<PathBuf>,
+    /// CPU time of all the container's processes.
+    cpu_usage: Option<CpuUsage>,
+}
+
+/// Where a cgroup counts its CPU time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CpuUsage {
+    /// v1 `cpuacct.usage`: nanoseconds.
+    Nanos(PathBuf),
+    /// v2 `cpu.stat`: `usage_usec N`.
+    Stat(PathBuf),
+}
+
+impl CpuUsage {
+    fn read(&self) -> Duration {
+        match self {
+            Self::Nanos(file) => Duration::from_nanos(
+                std::fs::read_to_string(file)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                    .unwrap_or(0),
+            ),
+            Self::Stat(file) => Duration::from_micros(counter(file, "usage_usec")),
+        }
+    }
+}
+
+/// Watches one container and removes it after its run.
+#[derive(Debug)]
+pub(crate) struct ContainerGuard {
+    /// The folder mounted into the container (its disk use is watched).
+    pub(super) checkout: PathBuf,
+    name: String,
+    limits: Limits,
+    kill_grace: Duration,
+    /// Found once the container runs.
+    cgroups: Option<Cgroups>,
+    removed: bool,
+    /// The checkout and its owner, to give it back to after the run.
+    take_back: Option<(PathBuf, (u32, u32))>,
+}
+
+impl ContainerGuard {
+    /// Resolves when the container hits its process, memory or CPU time
+    /// limit (read from its cgroup); never when none is set.
+    pub(crate) async fn breached(&mut self) -> LimitHit {
+        let Limits {
+            memory,
+            processes,
+            cpu_time,
+            ..
+        } = self.limits;
+        if processes.is_none() && memory.is_none() && cpu_time.is_none() {
+            return std::future::pending().await;
+        }
+        let mut ticker = tokio::time::interval(LIMIT_POLL);
+        loop {
+            ticker.tick().await;
+            if self.cgroups.is_none() {
+                self.cgroups = find_cgroups(&self.name).await;
+            }
+            let Some(cgroups) = &self.cgroups else {
+                continue;
+            };
+            if let (Some(limit), Some(file)) = (processes, &cgroups.pids_events)
+                && counter(file, "max") > 0
+            {
+                return LimitHit::Processes(limit);
+            }
+            if let (Some(limit), Some(file)) = (memory, &cgroups.memory_events)
+                && counter(file, "oom_kill") > 0
+            {
+                return LimitHit::Memory(limit);
+            }
+            if let (Some(limit), Some(usage)) = (cpu_time, &cgroups.cpu_usage)
+                && usage.read() >= limit
+            {
+                return LimitHit::CpuTime(limit);
+            }
+        }
+    }
+
+    /// Ends the container: SIGTERM through the engine (docker's init passes
+    /// it on), up to the kill grace for it to stop, then SIGKILL; SIGKILL
+    /// `at_once` (a limit was hit: the job gets no time to go on).
+    pub(crate) async fn stop(&mut self, at_once: bool) {
+        if at_once {
+            if let Err(error) = docker(&["kill", &self.name]).await {
+                debug!(container = %self.name, %error, "docker kill");
+            }
+            return;
+        }
+        let _ = docker(&["kill", "--signal=TERM", &self.name]).await;
+        let stopped = tokio::time::timeout(self.kill_grace, docker(&["wait", &self.name])).await;
+        if stopped.is_err() {
+            debug!(container = %self.name, "still running after the kill grace; docker kill");
+            if let Err(error) = docker(&["kill", &self.name]).await {
+                debug!(container = %self.name, %error, "docker kill");
+            }
+        }
+    }
+
+    /// After the run: the limit that ended it, if one did (a process killed
+    /// at the memory limit, the CPU time limit's signal), then removes the
+    /// container.
+    pub(crate) async fn finish(mut self) -> Option<LimitHit> {
+        let state = docker(&[
+            "inspect",
+            "--format",
+            "{{.State.OOMKilled}} {{.State.ExitCode}}",
+            &self.name,
+        ])
+        .await;
+        let hit = match state {
+            Ok(state) => {
+                let mut fields = state.split_whitespace();
+                let oom = fields.next() == Some("true");
+                let code: Option<i64> = fields.next().and_then(|code| code.parse().ok());
+                match (self.limits.memory, self.limits.cpu_time) {
+                    (Some(memory), _) if oom => Some(LimitHit::Memory(memory)),
+                    (_, Some(cpu)) if code == Some(128 + SIGXCPU) => Some(LimitHit::CpuTime(cpu)),
+                    _ => None,
+                }
+            }
+            Err(error) => {
+                debug!(container = %self.name, %error, "docker inspect after the run");
+                None
+            }
+        };
+        match docker(&["rm", "--force", &self.name]).await {
+            Ok(_) => self.removed = true,
+            Err(error) => warn!(container = %self.name, %error,
+                "could not remove the job's container; the worker's next start removes it"),
+        }
+        if let Some((checkout, (uid, gid))) = self.take_back.take() {
+            let taken = tokio::task::spawn_blocking(move || chown_tree(&checkout, uid, gid)).await;
+            if let Ok(Err(error)) | Err(error) = taken.map_err(std::io::Error::other) {
+                warn!(container = %self.name, %error,
+                    "could not take the checkout back from the container's user; the next checkout may clone again");
+            }
+        }
+        hit
+    }
+}
+
+impl Drop for ContainerGuard {
+    /// A job future dropped mid-run (the worker stopping hard): the
+    /// container must not outlive it. Removed in the background; what even
+    /// that misses goes at the worker's next start (the label).
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let _ = blocking_docker(&["rm", "--force", &name], ENGINE_TIMEOUT);
+        });
+    }
+}
+
+/// Where the container's limits show in its cgroup: from its init process's
+/// `/proc/<pid>/cgroup` (cgroup v1 or v2). `None` until it runs, and when
+/// the table does not name the container (a process that has exited shows
+/// the root cgroup, whose counters are the whole host's).
+async fn find_cgroups(name: &str) -> Option<Cgroups> {
+    let state = docker(&["inspect", "--format", "{{.State.Pid}} {{.Id}}", name])
+        .await
+        .ok()?;
+    let (pid, id) = state.trim().split_once(' ')?;
+    let pid: u32 = pid.parse().ok().filter(|pid| *pid > 0)?;
+    let table = tokio::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .await
+        .ok()?;
+    cgroups_of(&table, id, Path::new("/sys/fs/cgroup"))
+}
+
+/// The limit files of the cgroups in a `/proc/<pid>/cgroup` table: the v1
+/// hierarchies' when there are any (a hybrid system lists an empty v2 line
+/// too), else the one v2 hierarchy's; only cgroups whose path names the
+/// container `id`.
+fn cgroups_of(table: &str, id: &str, root: &Path) -> Option<Cgroups> {
+    let mut found = Cgroups {
+        pids_events: None,
+        memory_events: None,
+        cpu_usage: None,
+    };
+    let mut unified = None;
+    for line in table.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if id.is_empty() || !path.contains(id) {
+            continue;
+        }
+        let relative = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            unified = Some(root.join(relative));
+            continue;
+        }
+        for controller in controllers.split(',') {
+            let dir = || root.join(controller).join(relative);
+            match controller {
+                "pids" => found.pids_events = Some(dir().join("pids.events")),
+                "memory" => found.memory_events = Some(dir().join("memory.oom_control")),
+                // Where systems that mount it with `cpu` link it, too.
+                "cpuacct" => found.cpu_usage = Some(CpuUsage::Nanos(dir().join("cpuacct.usage"))),
+                _ => {}
+            }
+        }
+    }
+    let v1 = found.pids_events.is_some() || found.memory_events.is_some();
+    if let (false, Some(dir)) = (v1, unified) {
+        found.pids_events = Some(dir.join("pids.events"));
+        found.memory_events = Some(dir.join("memory.events"));
+        found.cpu_usage = Some(CpuUsage::Stat(dir.join("cpu.stat")));
+    }
+    let any = found.pids_events.is_some() || found.memory_events.is_some();
+    any.then_some(found)
+}
+
+/// Why a docker CLI command did not do its work.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("the docker command is not installed")]
+    Missing,
+    #[error("docker {command}: {message}")]
+    Failed { command: String, message: String },
+    #[error("docker {command} did not answer within {timeout:?}")]
+    TimedOut { command: String, timeout: Duration },
+}
+
+/// Runs `docker args` to its end (at most [`ENGINE_TIMEOUT`]); its stdout,
+/// or its stderr's text as the error.
+async fn docker(args: &[&str]) -> Result<String, CliError> {
+    let command = args.first().copied().unwrap_or_default().to_owned();
+    let child = tokio::process::Command::new(DOCKER)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| spawn_error(&command, &error))?;
+    let output = tokio::time::timeout(ENGINE_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| CliError::TimedOut {
+            command: command.clone(),
+            timeout: ENGINE_TIMEOUT,
+        })?
+        .map_err(|error| spawn_error(&command, &error))?;
+    cli_result(
+        command,
+        output.status.success(),
+        &output.stdout,
+        &output.stderr,
+    )
+}
+
+/// [`docker`] for the worker's start, before the async runtime.
+fn blocking_docker(args: &[&str], timeout: Duration) -> Result<String, CliError> {
+    let command = args.first().copied().unwrap_or_default().to_owned();
+    let mut child = Command::new(DOCKER)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| spawn_error(&command, &error))?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CliError::TimedOut { command, timeout });
+            }
+        }
+    };
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut pipe) = child.stdout.take() {
+        let _ = pipe.read_to_end(&mut stdout);
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_end(&mut stderr);
+    }
+    cli_result(command, status.success(), &stdout, &stderr)
+}
+
+fn spawn_error(command: &str, error: &std::io::Error) -> CliError {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        CliError::Missing
+    } else {
+        CliError::Failed {
+            command: command.to_owned(),
+            message: error.to_string(),
+        }
+    }
+}
+
+fn cli_result(
+    command: String,
+    success: bool,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<String, CliError> {
+    if success {
+        return Ok(String::from_utf8_lossy(stdout).into_owned());
+    }
+    let message = String::from_utf8_lossy(stderr).trim().to_owned();
+    Err(CliError::Failed { command, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Isolation;
+    use crate::live::LiveSink;
+
+    fn spec(cwd: &Path) -> CommandSpec {
+        CommandSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), "echo $X".into()],
+            cwd: cwd.to_path_buf(),
+            env: vec![("X".into(), "a b".into()), ("CI".into(), "true".into())],
+            timeout: Duration::from_secs(5),
+            kill_grace: Duration::from_millis(100),
+            output_limit: 1024,
+            live: LiveSink::disabled(),
+            isolation: Isolation::new(true, Limits::default()),
+        }
+    }
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_command_follows_the_image_and_the_limits_become_flags() {
+        let spec = spec(Path::new("/w/slot-0/api/sub"));
+        let limits = Limits {
+            memory: Some(64 << 20),
+            processes: Some(32),
+            cpu_time: Some(Duration::from_secs(10)),
+            disk: Some(1 << 30),
+        };
+        let image = ImageRef::parse("debian:bookworm-slim").unwrap();
+        let args = strings(&run_args(&RunArgs {
+            name: "warren-abc",
+            work_dir: "/w",
+            image: &image,
+            network: false,
+            limits: &limits,
+            user: (65534, 65534),
+            checkout: Path::new("/w/slot-0/api"),
+            spec: &spec,
+        }));
+        for expected in [
+            "--pull=never",
+            "--cap-drop=ALL",
+            "--security-opt=no-new-privileges",
+            "--network=none",
+            "--user=65534:65534",
+            "--name=warren-abc",
+            "--label=warren.work_dir=/w",
+            "--mount=type=bind,source=/w/slot-0/api,target=/w/slot-0/api",
+            "--workdir=/w/slot-0/api/sub",
+            "--memory=67108864",
+            "--memory-swap=67108864",
+            "--pids-limit=32",
+            "--ulimit=cpu=10:11",
+            "--env=X=a b",
+            "--env=HOME=/tmp",
+        ] {
+            assert!(
+                args.contains(&expected.to_owned()),
+                "{expected} in {args:?}"
+            );
+        }
+        let image_at = args
+            .iter()
+            .position(|a| a == "debian:bookworm-slim")
+            .unwrap();
+        assert_eq!(args[image_at + 1..], ["sh", "-c", "echo $X"]);
+        assert!(
+            args[..image_at]
+                .iter()
+                .all(|a| a.starts_with("--") || a == "run"),
+            "{args:?}"
+        );
+    }
+
+    #[test]
+    fn network_and_no_limits_are_the_defaults() {
+        let spec = spec(Path::new("/w/slot-0/api"));
+        let image = ImageRef::parse("debian:bookworm-slim").unwrap();
+        let args = strings(&run_args(&RunArgs {
+            name: "warren-abc",
+            work_dir: "/w",
+            image: &image,
+            network: true,
+            limits: &Limits::default(),
+            user: (1000, 1000),
+            checkout: Path::new("/w/slot-0/api"),
+            spec: &spec,
+        }));
+        assert!(args.contains(&"--network=host".to_owned()));
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--memory") || a.starts_with("--pids"))
+        );
+    }
+
+    #[test]
+    fn the_limit_files_are_found_for_both_cgroup_versions() {
+        // A hybrid system: v1 hierarchies and an empty v2 one.
+        let v1 = "8:pids:/docker/abc\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n0::/\n";
+        let found = cgroups_of(v1, "abc", Path::new("/sys/fs/cgroup")).unwrap();
+        assert_eq!(
+            found.pids_events.unwrap(),
+            Path::new("/sys/fs/cgroup/pids/docker/abc/pids.events")
+        );
+        assert_eq!(
+            found.memory_events.unwrap(),
+            Path::new("/sys/fs/cgroup/memory/docker/abc/memory.oom_control")
+        );
+        assert_eq!(
+            found.cpu_usage.unwrap(),
+            CpuUsage::Nanos("/sys/fs/cgroup/cpuacct/docker/abc/cpuacct.usage".into())
+        );
+        let v2 = "0::/system.slice/docker-abc.scope\n";
+        let found = cgroups_of(v2, "abc", Path::new("/sys/fs/cgroup")).unwrap();
+        assert_eq!(
+            found.pids_events.unwrap(),
+            Path::new("/sys/fs/cgroup/system.slice/docker-abc.scope/pids.events")
+        );
+        // An exited process shows the root cgroup: the host's counters.
+        let exited = "8:pids:/\n4:memory:/\n2:cpuacct:/\n0::/\n";
+        assert!(cgroups_of(exited, "abc", Path::new("/sys/fs/cgroup")).is_none());
+    }
+
+    #[test]
+    fn the_checkout_is_the_clone_holding_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let clone = dir.path().join("api");
+        std::fs::create_dir_all(clone.join(".git")).unwrap();
+        std::fs::create_dir_all(clone.join("a/b")).unwrap();
+        assert_eq!(checkout_root(&clone.join("a/b")), clone);
+        assert_eq!(checkout_root(dir.path()), dir.path());
+    }
+}

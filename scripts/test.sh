@@ -15,6 +15,11 @@ scripts/ensure-broker.sh
 if ! scripts/ensure-browser.sh; then
     echo "warning: no browser for the status page's test (see above); it will fail" >&2
 fi
+# The metrics test checks /metrics with promtool (Debian's prometheus).
+if ! scripts/ensure-promtool.sh; then
+    echo "warning: no promtool for the metrics test (see above); it will fail" >&2
+fi
+export PATH="$PWD/target/tools:$PATH"
 
 serial='binary_id(warren-harness::broker_faults) | binary_id(warren-harness::broker_cluster)'
 if cargo nextest --version >/dev/null 2>&1; then

@@ -12,14 +12,16 @@
 //!   [`git`] the `[git]` table: credentials for fetches; [`fetch`] the one
 //!   git fetch (and bare-mirror opener) the three components share.
 //! - [`backoff`], [`shutdown`], [`telemetry`], [`atomic_file`]: the small
-//!   pieces every long-running component needs; [`bytes`] sizes as people
-//!   write them (`"512 MiB"`).
+//!   pieces every long-running component needs; [`exposition`] the two
+//!   text formats `/metrics` answers in; [`bytes`] sizes as people write
+//!   them (`"512 MiB"`).
 
 pub mod atomic_file;
 pub mod backoff;
 pub mod bytes;
 pub mod config;
 pub mod envelope;
+pub mod exposition;
 pub mod fetch;
 pub mod git;
 pub mod ids;

@@ -1,20 +1,24 @@
 //! What the HTTP handlers share: [`AppState`] (the read-only store, the
-//! command channel to the loop, the broker session, live logs) and
-//! [`ApiError`], the `{"error": ...}` answer.
+//! command channel to the loop, the broker session, live logs, the fleet's
+//! samples) and [`ApiError`], the `{"error": ...}` answer.
 
 use crate::commands::{APP_ID, Command};
 use crate::config::DispatcherConfig;
+use crate::fleet::FleetHistory;
 use crate::live::LiveLogs;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use secrecy::SecretString;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{broadcast, mpsc, watch};
 use warren_common::config::BrokerConfig;
 use warren_common::session::Session;
+use warren_common::topology::Queue;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -27,6 +31,8 @@ pub(crate) struct AppState {
     pub(crate) session: Arc<tokio::sync::Mutex<Option<Arc<Session>>>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) live: Arc<LiveLogs>,
+    /// The last hour of queue and fleet samples (`fleet.rs`).
+    pub(crate) fleet: Arc<FleetHistory>,
     /// The token retry and cancel must carry, if one is set.
     pub(crate) token: Option<Arc<SecretString>>,
 }
@@ -51,6 +57,7 @@ impl AppState {
             session: Arc::default(),
             metrics,
             live,
+            fleet: Arc::new(FleetHistory::new(config.fleet_sample_interval)),
             token: config.http_token.clone().map(Arc::new),
         }
     }
@@ -83,6 +90,33 @@ impl AppState {
         let session = Arc::new(session);
         *current = Some(Arc::clone(&session));
         Ok(session)
+    }
+
+    /// (queue, ready messages, consumers) of every queue, by passive declares.
+    pub(crate) async fn queue_depths(&self) -> Result<Vec<(String, u32, u32)>, ApiError> {
+        let session = self.session().await?;
+        let channel = session
+            .open_channel()
+            .await
+            .map_err(|error| ApiError::unavailable(error.to_string()))?;
+        let mut depths = Vec::new();
+        for queue in Queue::ALL {
+            let name = self.broker.topology.queue(queue);
+            let declared = channel
+                .queue_declare(
+                    name.clone().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|error| ApiError::unavailable(format!("queue {name}: {error}")))?;
+            depths.push((name, declared.message_count(), declared.consumer_count()));
+        }
+        let _ = channel.close(200, "done".into()).await;
+        Ok(depths)
     }
 }
 

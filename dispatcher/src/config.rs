@@ -45,6 +45,10 @@ pub struct HttpSettings {
     /// reaches `listen`. Reads are never protected.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// How often the workers page's queue and fleet picture takes a sample
+    /// (jobs waiting, busy slots); the last hour of samples is kept in memory.
+    #[serde(default = "default_fleet_sample_interval", with = "humantime_serde")]
+    pub fleet_sample_interval: Duration,
 }
 
 impl Default for HttpSettings {
@@ -52,12 +56,17 @@ impl Default for HttpSettings {
         Self {
             listen: default_listen(),
             token_file: None,
+            fleet_sample_interval: default_fleet_sample_interval(),
         }
     }
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+
+fn default_fleet_sample_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[notify]`: webhooks called when a commit has its verdict.
@@ -216,6 +225,8 @@ pub struct DispatcherConfig {
     pub http_listen: std::net::SocketAddr,
     /// The token retry and cancel must carry, if any.
     pub http_token: Option<SecretString>,
+    /// How often the queue and the fleet are sampled for the workers page.
+    pub fleet_sample_interval: Duration,
     /// Webhooks.
     pub webhooks: Vec<String>,
     pub webhook_timeout: Duration,
@@ -268,6 +279,12 @@ impl DispatcherConfig {
                 ),
             )
         })?;
+        let fleet_sample_interval = settings.http.fleet_sample_interval;
+        if fleet_sample_interval < Duration::from_secs(1)
+            || fleet_sample_interval > Duration::from_secs(300)
+        {
+            return Err(source.invalid("http.fleet_sample_interval", "must be between 1s and 5m"));
+        }
         for url in &settings.notify.webhooks {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(source.invalid(
@@ -313,6 +330,7 @@ impl DispatcherConfig {
                 .as_deref()
                 .map(|path| read_secret_file(path, "http.token_file", source))
                 .transpose()?,
+            fleet_sample_interval,
             webhooks: settings.notify.webhooks,
             webhook_timeout: settings.notify.timeout,
             webhook_retries: settings.notify.retries,
@@ -357,6 +375,10 @@ mod tests {
             ("[defaults]\ncommand = \"\"\n", "defaults.command"),
             ("[defaults]\ntimeout = \"soon\"\n", "timeout"),
             ("[dispatcher]\nresults = \"x\"\n", "results"),
+            (
+                "[http]\nfleet_sample_interval = \"10ms\"\n",
+                "http.fleet_sample_interval",
+            ),
         ];
         for (contents, key) in cases {
             let err = load_str(contents).unwrap_err().to_string();

@@ -20,14 +20,13 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::info;
-use warren_common::ids::{CommitId, RepoName};
+use warren_common::exposition;
+use warren_common::ids::{BranchName, CommitId, RepoName};
 use warren_common::messages::JobStatus;
 use warren_common::topology::Queue;
 
@@ -45,6 +44,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/", get(index_page))
         .route("/commits/{repo}/{sha}", get(commit_page))
         .route("/workers", get(workers_page))
+        .route("/history/{repo}", get(branch_history_page))
+        .route("/tests/{repo}", get(test_history_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -54,6 +55,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/commits/{repo}/{sha}/cancel", post(cancel))
         .route("/api/workers", get(list_workers))
         .route("/api/queues", get(list_queues))
+        .route("/api/fleet", get(fleet_samples))
+        .route("/api/tests/{repo}", get(test_history))
         .route("/api/jobs/{job_id}/log", get(job_log))
         .route("/api/events", get(events))
         .with_state(state)
@@ -99,7 +102,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// OpenMetrics for scrapers that ask for it, the Prometheus text format
+/// for the rest (`warren_common::exposition`).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let metrics = &state.metrics;
     let connected = *state.ready.borrow();
     metrics.broker_connected.set(i64::from(connected));
@@ -120,7 +125,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .get_or_create(&label)
             .set(warren_common::session::rejected_total(queue));
     }
-    if connected && let Ok(queues) = queue_depths(&state).await {
+    if connected && let Ok(queues) = state.queue_depths().await {
         for (name, messages, consumers) in queues {
             let label = QueueLabel { queue: name };
             metrics
@@ -133,14 +138,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 .set(i64::from(consumers));
         }
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.encode(),
-    )
-        .into_response()
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let (content_type, body) = exposition::negotiate(metrics.encode(), accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Query of `GET /api/commits`.
@@ -310,35 +312,9 @@ async fn list_workers(State(state): State<AppState>) -> Result<Json<serde_json::
     Ok(Json(serde_json::json!({ "workers": workers })))
 }
 
-/// (queue, ready messages, consumers) of every queue, by passive declares.
-async fn queue_depths(state: &AppState) -> Result<Vec<(String, u32, u32)>, ApiError> {
-    let session = state.session().await?;
-    let channel = session
-        .open_channel()
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
-    let mut depths = Vec::new();
-    for queue in Queue::ALL {
-        let name = state.broker.topology.queue(queue);
-        let declared = channel
-            .queue_declare(
-                name.clone().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|error| ApiError::unavailable(format!("queue {name}: {error}")))?;
-        depths.push((name, declared.message_count(), declared.consumer_count()));
-    }
-    let _ = channel.close(200, "done".into()).await;
-    Ok(depths)
-}
-
 async fn list_queues(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let queues: Vec<serde_json::Value> = queue_depths(&state)
+    let queues: Vec<serde_json::Value> = state
+        .queue_depths()
         .await?
         .into_iter()
         .map(|(name, messages, consumers)| {
@@ -378,5 +354,118 @@ async fn workers_page(State(state): State<AppState>) -> Result<Html<String>, Api
     let workers = state
         .read(|store| store.workers(Utc::now() - WORKERS_SEEN_WITHIN))
         .await?;
-    Ok(Html(web::workers(&workers)))
+    let now = Utc::now();
+    let samples = state.fleet.recent(now);
+    Ok(Html(web::workers(
+        &workers,
+        &samples,
+        state.fleet.interval,
+        now,
+    )))
+}
+
+/// `GET /api/fleet`: the last hour of queue and fleet samples.
+async fn fleet_samples(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let samples = state.fleet.recent(Utc::now());
+    Json(serde_json::json!({
+        "interval_ms": crate::config::duration_ms(state.fleet.interval),
+        "samples": samples,
+    }))
+}
+
+/// Commits shown by the history pages unless `limit` says otherwise.
+const HISTORY_LIMIT: usize = 50;
+
+/// Query of the branch history page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BranchQuery {
+    branch: String,
+    limit: Option<usize>,
+}
+
+/// Query of a test's history (page and API).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestQuery {
+    classname: String,
+    name: String,
+    limit: Option<usize>,
+}
+
+fn history_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(HISTORY_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "limit: expected 1 to {MAX_LIMIT}"
+        )))
+    }
+}
+
+fn repo_of(repo: &str) -> Result<RepoName, ApiError> {
+    RepoName::parse(repo).map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+async fn branch_history_page(
+    State(state): State<AppState>,
+    Path(repo): Path<String>,
+    Query(query): Query<BranchQuery>,
+) -> Result<Html<String>, ApiError> {
+    let repo = repo_of(&repo)?;
+    let branch = BranchName::parse(&query.branch)
+        .map_err(|error| ApiError::bad_request(format!("branch: {error}")))?;
+    let filter = CommitFilter {
+        repo: Some(repo.to_string()),
+        branch: Some(branch.to_string()),
+        limit: history_limit(query.limit)?,
+        ..CommitFilter::default()
+    };
+    let (commits, _) = state
+        .read(move |store| store.commit_summaries(&filter))
+        .await?;
+    Ok(Html(web::branch_history(
+        repo.as_str(),
+        branch.as_str(),
+        &commits,
+    )))
+}
+
+/// A test's runs, newest first.
+async fn test_runs(
+    state: &AppState,
+    repo: &str,
+    query: &TestQuery,
+) -> Result<Vec<crate::report::TestRun>, ApiError> {
+    let repo = repo_of(repo)?;
+    let limit = history_limit(query.limit)?;
+    let (classname, name) = (query.classname.clone(), query.name.clone());
+    state
+        .read(move |store| store.test_history(repo.as_str(), &classname, &name, limit))
+        .await
+}
+
+async fn test_history_page(
+    State(state): State<AppState>,
+    Path(repo): Path<String>,
+    Query(query): Query<TestQuery>,
+) -> Result<Html<String>, ApiError> {
+    let runs = test_runs(&state, &repo, &query).await?;
+    Ok(Html(web::test_history(
+        &repo,
+        &query.classname,
+        &query.name,
+        &runs,
+    )))
+}
+
+/// `GET /api/tests/{repo}?classname=&name=`: a test across commits.
+async fn test_history(
+    State(state): State<AppState>,
+    Path(repo): Path<String>,
+    Query(query): Query<TestQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let runs = test_runs(&state, &repo, &query).await?;
+    Ok(Json(serde_json::json!({ "runs": runs })))
 }

@@ -21,6 +21,9 @@
 //!   state and errors; `sse` live events; `web` the status pages; `live`
 //!   running jobs' output for followers; `metrics` the Prometheus
 //!   registry; `notify` webhooks.
+//! - `pictures`: the pages' SVG pictures (shard timeline, branch and test
+//!   history, queue and fleet); `fleet` the last hour of queue and slot
+//!   samples behind the last one.
 //!
 //! Public: [`run`] and [`DispatcherConfig`] for the binary and the tests,
 //! and the store with its vocabulary ([`store`], [`report`], [`spec`],
@@ -45,6 +48,7 @@
 mod app;
 mod commands;
 pub mod config;
+mod fleet;
 mod http;
 mod intake;
 mod leases;
@@ -52,6 +56,7 @@ mod live;
 mod metrics;
 mod mirror;
 mod notify;
+mod pictures;
 pub mod report;
 mod results;
 pub mod select;

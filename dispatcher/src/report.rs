@@ -73,6 +73,20 @@ pub struct TestReport {
     pub flaky: bool,
 }
 
+/// One test in one commit: a point of the test's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestRun {
+    pub sha: String,
+    pub branch: String,
+    pub summary: String,
+    /// The commit's verdict (`None` while it runs).
+    pub commit_status: Option<JobStatus>,
+    pub status: TestStatus,
+    /// Failed, then passed on a rerun.
+    pub flaky: bool,
+    pub duration_ms: u64,
+}
+
 /// A flaky test of this commit.
 #[derive(Debug, Clone, Serialize)]
 pub struct FlakyReport {

@@ -71,6 +71,7 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
         Arc::clone(&live),
     );
     let http_stop = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn(crate::fleet::run(state.clone(), http_stop.clone()));
     let server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
     let live_output = tokio::spawn(live::run(live, config.broker.clone(), http_stop.clone()));
     let notifier = Notifier::start(
@@ -91,6 +92,7 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
     let outcome = dispatcher.run(&shutdown).await;
     http_stop.cancel();
     let _ = live_output.await;
+    let _ = sampler.await;
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(error))) => warn!(%error, "HTTP server"),
         Err(_) => warn!("HTTP server did not stop in time"),

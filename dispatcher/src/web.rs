@@ -8,15 +8,23 @@
 //! time, so the binary needs no files at run time). Templates ending in
 //! `.html` are auto-escaped: values are passed as plain text and the
 //! template escapes them. This module only turns the reports into the words
-//! and numbers the pages show.
+//! and numbers the pages show. The pictures (`crate::pictures`) are SVG
+//! strings escaped where they are built and passed as safe.
 
 use std::sync::LazyLock;
 
 use minijinja::{Environment, Value, context};
 use serde::Serialize;
 
+use crate::fleet::Sample;
+use crate::pictures::{fleet, timeline};
 use crate::report::{CommitReport, CommitSummary, JobReport, WorkerReport};
+use chrono::{DateTime, Utc};
 use warren_common::messages::{JobStatus, TestStatus};
+
+mod history;
+
+pub(crate) use history::{branch_history, test_history};
 
 /// The templates, parsed once.
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
@@ -27,6 +35,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("index.html", include_str!("../templates/index.html")),
         ("commit.html", include_str!("../templates/commit.html")),
         ("workers.html", include_str!("../templates/workers.html")),
+        ("history.html", include_str!("../templates/history.html")),
     ] {
         // A template that does not parse is reported when it is rendered
         // (and by the tests below), not here.
@@ -84,6 +93,40 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
+/// `text` for a URL's query or path segment: everything but unreserved
+/// characters percent-encoded.
+fn url_part(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The history page of a branch.
+fn branch_href(repo: &str, branch: &str) -> String {
+    format!("/history/{}?branch={}", url_part(repo), url_part(branch))
+}
+
+/// The history page of one test.
+fn test_href(repo: &str, classname: &str, name: &str) -> String {
+    format!(
+        "/tests/{}?classname={}&name={}",
+        url_part(repo),
+        url_part(classname),
+        url_part(name)
+    )
+}
+
+/// A picture (already escaped) for a template, or nothing.
+fn picture(svg: Option<String>) -> Option<Value> {
+    svg.map(Value::from_safe_string)
+}
+
 /// One row of the commit list; `row()` in index.html renders the same from
 /// live updates.
 #[derive(Serialize)]
@@ -94,6 +137,7 @@ struct CommitRow<'a> {
     class: &'static str,
     status: &'static str,
     branch: &'a str,
+    branch_href: String,
     summary: &'a str,
     done: u64,
     jobs: u64,
@@ -111,6 +155,7 @@ pub(crate) fn index(commits: &[CommitSummary], next_before: Option<i64>) -> Stri
             class: status_class(commit.status),
             status: status_text(commit.status),
             branch: &commit.branch,
+            branch_href: branch_href(&commit.repo, &commit.branch),
             summary: &commit.summary,
             done: commit.jobs_done,
             jobs: commit.jobs,
@@ -126,6 +171,7 @@ pub(crate) fn index(commits: &[CommitSummary], next_before: Option<i64>) -> Stri
 #[derive(Serialize)]
 struct TestLine {
     name: String,
+    href: String,
     message: Option<String>,
     file: Option<String>,
 }
@@ -133,7 +179,33 @@ struct TestLine {
 #[derive(Serialize)]
 struct FlakyLine {
     name: String,
+    href: String,
     times: u64,
+}
+
+/// A line of the commit's list of every test.
+#[derive(Serialize)]
+struct AnyTest {
+    name: String,
+    href: String,
+    status: &'static str,
+    duration: String,
+}
+
+/// Most tests the commit page lists (failed first), each linking to its
+/// history: a suite of tens of thousands would make a page of megabytes.
+/// The API's report has them all.
+const TESTS_LISTED: usize = 2000;
+
+/// A test's status as a symbol and a word.
+fn test_status_text(status: TestStatus, flaky: bool) -> &'static str {
+    match status {
+        TestStatus::Passed if flaky => "~ flaky",
+        TestStatus::Passed => "✓ passed",
+        TestStatus::Failed => "✗ failed",
+        TestStatus::Error => "⚠ error",
+        TestStatus::Skipped => "□ skipped",
+    }
 }
 
 #[derive(Serialize)]
@@ -168,6 +240,7 @@ pub(crate) fn commit(report: &CommitReport) -> String {
         .filter(|t| matches!(t.status, TestStatus::Failed | TestStatus::Error))
         .map(|t| TestLine {
             name: format!("{}::{}", t.classname, t.name),
+            href: test_href(report.repo.as_str(), &t.classname, &t.name),
             message: t.message.clone(),
             file: t.file.clone(),
         })
@@ -177,9 +250,22 @@ pub(crate) fn commit(report: &CommitReport) -> String {
         .iter()
         .map(|t| FlakyLine {
             name: format!("{}::{}", t.classname, t.name),
+            href: test_href(report.repo.as_str(), &t.classname, &t.name),
             times: t.times_flaky,
         })
         .collect();
+    let all_tests: Vec<AnyTest> = report
+        .tests
+        .iter()
+        .take(TESTS_LISTED)
+        .map(|t| AnyTest {
+            name: format!("{}::{}", t.classname, t.name),
+            href: test_href(report.repo.as_str(), &t.classname, &t.name),
+            status: test_status_text(t.status, t.flaky),
+            duration: duration(Some(t.duration_ms)),
+        })
+        .collect();
+    let timeline = picture(timeline::svg(&timeline::runs(report, Utc::now())));
     let jobs: Vec<JobRow<'_>> = report
         .jobs
         .iter()
@@ -246,6 +332,7 @@ pub(crate) fn commit(report: &CommitReport) -> String {
             summary => &report.summary,
             author => &report.author,
             branch => report.branch.as_str(),
+            branch_href => branch_href(report.repo.as_str(), report.branch.as_str()),
             message => &report.message,
             detected => report.detected_at.format(time).to_string(),
             finished => report
@@ -255,6 +342,9 @@ pub(crate) fn commit(report: &CommitReport) -> String {
             selection,
             failed,
             flaky,
+            all_tests,
+            tests_total => report.tests.len(),
+            timeline,
             counts => context! {
                 total => counts.total,
                 passed => counts.passed,
@@ -287,8 +377,14 @@ struct RunningJob<'a> {
     short: &'a str,
 }
 
-/// The workers heard from recently.
-pub(crate) fn workers(workers: &[WorkerReport]) -> String {
+/// The workers heard from recently, and the queue and fleet over the last
+/// hour (`samples`, oldest first, taken every `every`).
+pub(crate) fn workers(
+    workers: &[WorkerReport],
+    samples: &[Sample],
+    every: std::time::Duration,
+    now: DateTime<Utc>,
+) -> String {
     let workers: Vec<WorkerRow<'_>> = workers
         .iter()
         .map(|worker| WorkerRow {
@@ -309,12 +405,22 @@ pub(crate) fn workers(workers: &[WorkerReport]) -> String {
                 .collect(),
         })
         .collect();
-    render("workers.html", context! { title => "Workers", workers })
+    render(
+        "workers.html",
+        context! {
+            title => "Workers",
+            workers,
+            fleet => picture(fleet::svg(samples, now)),
+            fleet_rows => fleet::table(samples),
+            every => humantime::format_duration(every).to_string(),
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::TestRun;
 
     fn summary(repo: &str, summary: &str) -> CommitSummary {
         CommitSummary {
@@ -350,6 +456,11 @@ mod tests {
             "{html}"
         );
         assert!(html.contains(">0123456789ab</a>"), "{html}");
+        // The branch links to its history (minijinja writes `/` as `&#x2f;`).
+        assert!(
+            html.contains("<td><a href=\"&#x2f;history&#x2f;sample?branch=main\" title=\"history of the branch\">main</a></td>"),
+            "{html}"
+        );
         assert!(html.contains("<td>1/2</td><td>1.5 s</td>"), "{html}");
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert("), "{html}");
@@ -381,7 +492,12 @@ mod tests {
             last_seen: chrono::Utc::now(),
             current_jobs: vec![],
         };
-        let html = workers(&[worker]);
+        let html = workers(
+            &[worker],
+            &[],
+            std::time::Duration::from_secs(10),
+            chrono::Utc::now(),
+        );
         assert!(
             html.contains("<td>w&lt;1&gt;</td><td>h</td><td>1/2</td><td>3</td>"),
             "{html}"
@@ -390,6 +506,49 @@ mod tests {
         assert!(
             html.contains("setTimeout(() => location.reload(), 5000);"),
             "{html}"
+        );
+    }
+
+    #[test]
+    fn history_pages_link_their_commits_and_escape_names() {
+        let mut commit = summary("sample", "<b>bold</b>");
+        commit.branch = "feature/<x>".into();
+        let html = branch_history("sample", "feature/<x>", &[commit]);
+        assert!(
+            html.contains("<svg class=\"picture\" id=\"history\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("<a href=\"/commits/sample/0123456789abcdef0123456789abcdef01234567\""),
+            "{html}"
+        );
+        assert!(!html.contains("<b>bold"), "{html}");
+        assert!(html.contains("branch feature/&lt;x&gt;"), "{html}");
+        let run = TestRun {
+            sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            branch: "main".into(),
+            summary: "s".into(),
+            commit_status: Some(JobStatus::Passed),
+            status: TestStatus::Passed,
+            flaky: true,
+            duration_ms: 20,
+        };
+        let html = test_history("sample", "suite<1>", "t&'", &[run]);
+        assert!(html.contains("id=\"test-history\""), "{html}");
+        assert!(html.contains("suite&lt;1&gt;::t&amp;"), "{html}");
+        assert!(html.contains("~ flaky"), "{html}");
+        assert!(!html.contains("suite<1>"), "{html}");
+    }
+
+    #[test]
+    fn test_links_are_url_encoded() {
+        assert_eq!(
+            test_href("api", "a b/c", "x&y=z?"),
+            "/tests/api?classname=a%20b%2Fc&name=x%26y%3Dz%3F"
+        );
+        assert_eq!(
+            branch_href("api", "feat/ü"),
+            "/history/api?branch=feat%2F%C3%BC"
         );
     }
 

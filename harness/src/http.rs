@@ -7,21 +7,24 @@ use std::time::Duration;
 /// A request with an empty body to `url` (`http://host:port/path`):
 /// (status, body). Panics if the server cannot be reached.
 pub fn request(method: &str, url: &str) -> (u16, String) {
+    try_request(method, url).expect("connect to the dispatcher")
+}
+
+/// [`request`], or the error when the server cannot be reached or the
+/// connection breaks (a dispatcher that is restarting).
+pub fn try_request(method: &str, url: &str) -> std::io::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut stream = std::net::TcpStream::connect(host).expect("connect to the dispatcher");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let status = head
         .split_whitespace()
@@ -36,7 +39,7 @@ pub fn request(method: &str, url: &str) -> (u16, String) {
     } else {
         body.to_owned()
     };
-    (status, body)
+    Ok((status, body))
 }
 
 /// [`request`], the body parsed as JSON (`Null` when it is not).

@@ -1,5 +1,6 @@
 //! The container set-up in `docker/`, checked without a container engine
-//! (none runs on our machines or in CI):
+//! (scripts/containers-test.sh builds the image and runs the containers; this
+//! file checks what that run cannot reach, or reaches only in part):
 //!
 //! - `docker/compose.yml` parses; every file it mounts or builds from, and
 //!   every file `docker/Dockerfile` copies, exists; every workspace member's
@@ -12,12 +13,16 @@
 //!   (`docker/rabbitmq.conf` says why), workers can scale and have time to
 //!   finish their jobs when stopped, and the health checks need nothing the
 //!   components do not have yet.
+//! - The Dockerfile's `runtime-prebuilt` stage (what CI builds, from binaries
+//!   built on the host) makes the same image as the `runtime` stage (what
+//!   users build, with the Rust stage CI cannot pull), and building it pulls
+//!   nothing; `docker/compose.host.yml` keeps every service on the host
+//!   network, off the broker container, and each config still loads.
 //!
-//! Whether the image builds and the containers run is not checked here
-//! (README, "Containers").
+//! README, "Containers", says what CI proves and what it cannot.
 
 use serde_norway::{Mapping, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_common::config::{BrokerConfig, ConfigError, load_with_env};
@@ -38,6 +43,26 @@ const BROKER_MARGIN: Duration = Duration::from_secs(60);
 /// Time a stopping worker needs after killing its jobs: to publish their
 /// results (or return them) and close its connection.
 const STOP_SLACK: Duration = Duration::from_secs(10);
+
+/// The Dockerfile's stage that CI builds, from binaries built outside Docker
+/// (scripts/containers-test.sh).
+const PREBUILT_STAGE: &str = "runtime-prebuilt";
+
+/// The Dockerfile's stage that users build: the default, being the last.
+const RUNTIME_STAGE: &str = "runtime";
+
+/// Instructions that set what a container of an image starts with.
+const IMAGE_SETTINGS: &[&str] = &[
+    "USER",
+    "WORKDIR",
+    "CMD",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "VOLUME",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+];
 
 /// Variables a compose file may give a Warren container besides `WARREN_*`
 /// settings: `RUST_LOG` wins over `log.level` (common/src/telemetry.rs).
@@ -162,8 +187,13 @@ struct Compose {
 
 impl Compose {
     fn load() -> Self {
+        Self::load_file("compose.yml")
+    }
+
+    /// A compose file of `docker/` on its own (an override is not merged).
+    fn load_file(name: &str) -> Self {
         let dir = docker_dir();
-        let path = dir.join("compose.yml");
+        let path = dir.join(name);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         let mut doc: Value = serde_norway::from_str(&text)
@@ -491,6 +521,45 @@ fn instructions(text: &str) -> Vec<Instruction> {
     result
 }
 
+/// One `FROM` and the instructions after it.
+struct Stage<'a> {
+    /// The image or earlier stage it starts from.
+    from: String,
+    /// Its `AS` name ("" without one).
+    name: String,
+    instructions: &'a [Instruction],
+}
+
+fn stages(instructions: &[Instruction]) -> Vec<Stage<'_>> {
+    let starts: Vec<usize> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.keyword == "FROM")
+        .map(|(at, _)| at)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(n, &start)| {
+            let end = starts.get(n + 1).copied().unwrap_or(instructions.len());
+            let words: Vec<&str> = instructions[start]
+                .args
+                .split_whitespace()
+                .filter(|word| !word.starts_with("--"))
+                .collect();
+            let name = match words.as_slice() {
+                [_, keyword, name] if keyword.eq_ignore_ascii_case("as") => (*name).to_owned(),
+                _ => String::new(),
+            };
+            Stage {
+                from: words.first().copied().unwrap_or_default().to_owned(),
+                name,
+                instructions: &instructions[start + 1..end],
+            }
+        })
+        .collect()
+}
+
 /// The sources of a `COPY` or `ADD` from the build context (not `--from` a
 /// stage), relative to the context.
 fn context_sources(instruction: &Instruction) -> Vec<String> {
@@ -703,7 +772,13 @@ fn every_file_the_compose_file_and_the_dockerfile_name_exists() {
     let (context, dockerfile) = warren_dockerfile(&compose);
     let text = read(&dockerfile);
     let instructions = instructions(&text);
-    let copied: Vec<String> = instructions.iter().flat_map(context_sources).collect();
+    // runtime-prebuilt's context is a folder of binaries, not the repository
+    // (its own test is below).
+    let copied: Vec<String> = stages(&instructions)
+        .iter()
+        .filter(|stage| stage.name != PREBUILT_STAGE)
+        .flat_map(|stage| stage.instructions.iter().flat_map(context_sources))
+        .collect();
     for source in &copied {
         named.push((format!("Dockerfile: COPY {source}"), context.join(source)));
     }
@@ -947,4 +1022,164 @@ fn interpolation_takes_defaults_and_refuses_variables_without_one() {
     for bad in ["${X}", "$X", "${X:?required}", "${X:-unclosed"] {
         assert!(interpolate(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn the_prebuilt_stage_makes_the_runtime_image_from_binaries_built_elsewhere() {
+    let compose = Compose::load();
+    let (context, dockerfile) = warren_dockerfile(&compose);
+    let instructions = instructions(&read(&dockerfile));
+    let stages = stages(&instructions);
+    let position = |name: &str| {
+        stages
+            .iter()
+            .position(|stage| stage.name == name)
+            .unwrap_or_else(|| panic!("{}: no stage {name}", dockerfile.display()))
+    };
+    let (prebuilt, runtime) = (position(PREBUILT_STAGE), position(RUNTIME_STAGE));
+    assert_eq!(
+        runtime,
+        stages.len() - 1,
+        "{RUNTIME_STAGE} (the full build) must stay the last stage, the default target"
+    );
+
+    // The legacy builder builds every stage up to its target: up to
+    // runtime-prebuilt, nothing may need an image but the base CI makes.
+    let base = base_image_tag();
+    for (at, stage) in stages[..=prebuilt].iter().enumerate() {
+        let earlier_stage = stages[..at].iter().any(|e| e.name == stage.from);
+        assert!(
+            stage.from == base || earlier_stage,
+            "stage {:?} starts FROM {}: building {PREBUILT_STAGE} would pull it (only {base} \
+             is made locally, by scripts/docker-base-image.sh)",
+            stage.name,
+            stage.from
+        );
+    }
+
+    // The same image but for where the binaries come from: the same parent,
+    // the same container settings, the binaries in the same folder, each
+    // started once at build time.
+    let (prebuilt, runtime) = (&stages[prebuilt], &stages[runtime]);
+    assert_eq!(
+        prebuilt.from, runtime.from,
+        "both stages start from one base"
+    );
+    let settings = |stage: &Stage<'_>| -> Vec<String> {
+        stage
+            .instructions
+            .iter()
+            .filter(|i| IMAGE_SETTINGS.contains(&i.keyword.as_str()))
+            .map(|i| format!("{} {}", i.keyword, i.args))
+            .collect()
+    };
+    assert_eq!(settings(prebuilt), settings(runtime));
+    let destinations = |stage: &Stage<'_>| -> Vec<String> {
+        stage
+            .instructions
+            .iter()
+            .filter(|i| i.keyword == "COPY")
+            .filter_map(|i| i.args.split_whitespace().last().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(destinations(prebuilt), ["/usr/local/bin/"]);
+    assert_eq!(destinations(prebuilt), destinations(runtime));
+    for stage in [prebuilt, runtime] {
+        let runs: Vec<&str> = stage
+            .instructions
+            .iter()
+            .filter(|i| i.keyword == "RUN")
+            .map(|i| i.args.as_str())
+            .collect();
+        for component in Component::ALL {
+            let check = format!("{} --version", component.binary());
+            assert!(
+                runs.iter().any(|run| run.contains(&check)),
+                "stage {}: no `{check}` (a missing library fails the build, not the start)",
+                stage.name
+            );
+        }
+    }
+
+    // Its context holds the binaries (a wildcard: none with the repository
+    // as the context, where the legacy builder passes through this stage on
+    // its way to the full image) and files the repository has too, so that
+    // the COPY never matches nothing there.
+    let sources: Vec<String> = prebuilt
+        .instructions
+        .iter()
+        .flat_map(context_sources)
+        .collect();
+    assert!(
+        sources
+            .iter()
+            .any(|s| s.starts_with("warren") && s.contains('*')),
+        "{PREBUILT_STAGE} copies no warren* binaries: {sources:?}"
+    );
+    let fixed: Vec<&String> = sources.iter().filter(|s| !s.contains('*')).collect();
+    assert!(
+        !fixed.is_empty(),
+        "{PREBUILT_STAGE}: a COPY of wildcards alone fails in the repository's context"
+    );
+    for source in fixed {
+        assert!(
+            context.join(source).exists(),
+            "{PREBUILT_STAGE}: COPY {source}: not in the repository"
+        );
+    }
+}
+
+/// The tag scripts/docker-base-image.sh gives the base image it makes.
+fn base_image_tag() -> String {
+    let script = read(&repo_root().join("scripts/docker-base-image.sh"));
+    script
+        .lines()
+        .find_map(|line| line.strip_prefix("TAG=${WARREN_BASE_IMAGE:-"))
+        .and_then(|rest| rest.strip_suffix('}'))
+        .expect("scripts/docker-base-image.sh sets TAG=${WARREN_BASE_IMAGE:-...}")
+        .to_owned()
+}
+
+#[test]
+fn the_host_network_override_keeps_every_service_off_a_bridge_and_loads() {
+    let compose = Compose::load();
+    let host = Compose::load_file("compose.host.yml");
+    let broker = host.service("rabbitmq");
+    assert!(
+        !strings(broker.get("profiles")).is_empty(),
+        "compose.host.yml: the broker service needs a profile, or `up` starts it"
+    );
+    let is_reset = |value: Option<&Value>| matches!(value, Some(Value::Tagged(tagged)) if tagged.tag == "reset");
+    let mut images = BTreeSet::new();
+    for (name, component, spec) in compose.warren_services() {
+        let over = host.service(&name);
+        assert_eq!(
+            over.get("network_mode").and_then(Value::as_str),
+            Some("host"),
+            "compose.host.yml: service {name} is not on the host network"
+        );
+        assert!(
+            is_reset(over.get("depends_on")),
+            "compose.host.yml: service {name} must drop its dependency on the broker \
+             (depends_on: !reset {{}})"
+        );
+        if spec.get("ports").is_some() {
+            assert!(
+                is_reset(over.get("ports")),
+                "compose.host.yml: service {name}: the host network publishes no ports \
+                 (ports: !reset [])"
+            );
+        }
+        images.insert(over.get("image").and_then(scalar));
+        // Its config loads with the variables of both files.
+        let mut env = container_environment(&compose, spec);
+        env.extend(environment(over));
+        let mut set = environment(spec);
+        set.extend(environment(over));
+        let path = config_file(&compose, &name, spec);
+        if let Err(error) = check(component, &path, &env, &set) {
+            panic!("service {name} with compose.host.yml: {error}");
+        }
+    }
+    assert_eq!(images.len(), 1, "one image for every service: {images:?}");
 }

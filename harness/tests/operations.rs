@@ -65,6 +65,187 @@ async fn the_live_page_shows_a_commit_go_from_running_to_passed_and_follows_its_
     assert!(shots.join("status-page-commits.png").exists());
 }
 
+/// A suite file that sleeps `seconds`, then writes a one-test JUnit report
+/// (`suite::<name>`): passing, failing, or (with `wobble`) failing once
+/// then passing on the rerun (flaky). It first touches `<started>-<name>`.
+fn suite_file(name: &str, seconds: u32, outcome: &str, wobble: &Path, started: &Path) -> String {
+    let decide = match outcome {
+        "fail" => "result=fail".to_owned(),
+        "flaky" => format!(
+            "if [ -f {m} ]; then result=pass; else touch {m}; result=fail; fi",
+            m = wobble.display()
+        ),
+        _ => "result=pass".to_owned(),
+    };
+    format!(
+        "#!/bin/sh\ntouch {started}-{name}\nsleep {seconds}\n{decide}\n\
+         if [ $result = pass ]; then body='<testcase classname=\"suite\" name=\"{name}\" time=\"{seconds}\"/>'; code=0; \
+         else body='<testcase classname=\"suite\" name=\"{name}\" time=\"{seconds}\"><failure message=\"broke\"/></testcase>'; code=1; fi\n\
+         printf '<testsuite name=\"s\">%s</testsuite>' \"$body\" > report.xml\nexit $code\n",
+        started = started.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pictures_render_from_a_real_run_timeline_history_and_fleet() {
+    let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        node.join("node_modules/playwright-core").exists()
+            && Path::new("/usr/bin/chromium").exists(),
+        "run scripts/ensure-browser.sh first (Chromium and playwright-core)"
+    );
+    // Two workers of two slots; six shards, so two wait in the queue.
+    let mut options = ClusterOptions::new("o-pictures");
+    options.workers = 2;
+    options.slots = 2;
+    options.dispatcher_env = vec![("WARREN_HTTP__FLEET_SAMPLE_INTERVAL".into(), "1s".into())];
+    let mut cluster = Cluster::start_ready(options).await;
+    let base = cluster.http_url();
+    let root = cluster.root().to_path_buf();
+    let spec = "command = \"sh {file}\"\nfiles = [\"tests/*.sh\"]\nshards = 6\n\
+                junit = \"report.xml\"\nretry_failed = 1\ntimeout = \"1m\"\n";
+    let names = ["one", "two", "three", "four", "five", "six"];
+    // Commit by commit: test_one passes, fails, then is flaky; the others
+    // take 1 to 3 s (4 s in the last commit, long enough to lose a worker).
+    let mut shas = Vec::new();
+    for (round, outcome) in ["pass", "fail", "flaky"].into_iter().enumerate() {
+        let started = root.join(format!("started-{round}"));
+        let wobble = root.join(format!("wobble-{round}"));
+        let files: Vec<(String, String)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let seconds = if round == 2 { 4 } else { 1 + (i as u32 % 3) };
+                let outcome = if i == 0 { outcome } else { "pass" };
+                (
+                    format!("tests/test_{name}.sh"),
+                    suite_file(&format!("test_{name}"), seconds, outcome, &wobble, &started),
+                )
+            })
+            .collect();
+        let mut change: Vec<(&str, Option<&str>)> = vec![("warren.toml", Some(spec))];
+        change.extend(
+            files
+                .iter()
+                .map(|(path, body)| (path.as_str(), Some(body.as_str()))),
+        );
+        let sha = cluster
+            .upstream
+            .commit("main", &format!("round {round}"), &change);
+        if round == 2 {
+            // Four shards start on the four slots; worker-0 is killed under
+            // its two (lost, run again elsewhere) and comes back.
+            assert!(
+                wait_until(DEADLINE, || names
+                    .iter()
+                    .filter(|name| root.join(format!("started-{round}-test_{name}")).exists())
+                    .count()
+                    >= 4),
+                "{}",
+                cluster.all_logs()
+            );
+            cluster.workers[0].kill();
+            cluster.start_worker(0);
+        }
+        let report = cluster
+            .wait_for_results(std::slice::from_ref(&sha), DEADLINE)
+            .unwrap()
+            .remove(0);
+        let expected = if outcome == "fail" {
+            "failed"
+        } else {
+            "passed"
+        };
+        assert_eq!(report["status"], expected, "{report:#}");
+        shas.push(sha);
+    }
+    let last = shas.last().unwrap();
+    let (_, detail) = json("GET", &format!("{base}/api/commits/sample/{last}"));
+    let lost: u64 = detail["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["lost_runs"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(lost >= 1, "a run was lost: {detail:#}");
+
+    // The JSON behind the pictures.
+    let (status, runs) = json(
+        "GET",
+        &format!("{base}/api/tests/sample?classname=suite&name=test_one"),
+    );
+    assert_eq!(status, 200, "{runs}");
+    let statuses: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["passed", "failed", "passed"], "{runs}");
+    assert_eq!(
+        json("GET", &format!("{base}/api/tests/sample?classname=suite")).0,
+        400,
+        "the test's name is required"
+    );
+    let (status, page) = http("GET", &format!("{base}/history/sample?branch=main"));
+    assert_eq!(status, 200, "{page}");
+    // Three marks in the picture, three rows in its table.
+    assert_eq!(
+        page.matches("<a href=\"/commits/sample/").count(),
+        3,
+        "{page}"
+    );
+    assert_eq!(page.matches("<a class=\"sha\" href=").count(), 3, "{page}");
+    assert_eq!(
+        http("GET", &format!("{base}/history/sample?branch=a..b")).0,
+        400,
+        "not a branch name"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let (_, fleet) = json("GET", &format!("{base}/api/fleet"));
+            let samples = fleet["samples"].as_array().cloned().unwrap_or_default();
+            samples.len() >= 5
+                && samples.iter().any(|s| s["busy_slots"].as_u64() > Some(0))
+                && samples.iter().any(|s| s["jobs_waiting"].as_u64() > Some(0))
+        }),
+        "the fleet was sampled while busy, with jobs waiting: {}",
+        json("GET", &format!("{base}/api/fleet")).1
+    );
+
+    let shots = std::env::var("WARREN_SCREENSHOT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.clone());
+    let output = Command::new("node")
+        .arg(node.join("pictures.mjs"))
+        .args([
+            &base,
+            "sample",
+            last,
+            "suite::test_one",
+            shots.to_str().unwrap(),
+        ])
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{stdout}{stderr}\n{}",
+        cluster.all_logs()
+    );
+    println!("{stdout}");
+    for name in [
+        "picture-timeline.png",
+        "picture-history.png",
+        "picture-test-history.png",
+        "picture-fleet.png",
+        "picture-timeline-phone.png",
+    ] {
+        assert!(shots.join(name).exists(), "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_lists_details_workers_queues_and_health() {
     let mut options = ClusterOptions::new("o-api");
@@ -274,6 +455,72 @@ async fn metrics_count_what_happened_retry_reruns_and_cancel_stops() {
         started.elapsed() < Duration::from_secs(30),
         "the cancelled job's slot was freed"
     );
+}
+
+/// What `promtool check metrics` (Prometheus's own linter and parser)
+/// says about `text`: `None` when it is happy.
+fn promtool_problems(text: &str) -> Option<String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus): run scripts/ensure-promtool.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (!output.status.success() || !said.trim().is_empty()).then_some(said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_and_worker_metrics_pass_promtool() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut options = ClusterOptions::new("o-promtool");
+    options.workers = 1;
+    options.worker_extra = format!("http_listen = \"127.0.0.1:{port}\"\n");
+    let cluster = Cluster::start_ready(options).await;
+    let base = cluster.http_url();
+    // Every family has samples: a commit passed, one failed, a job ran.
+    let first = cluster.upstream.commit(
+        "main",
+        "passes",
+        &[("warren.toml", Some("command = \"echo ok\"\n"))],
+    );
+    cluster
+        .wait_for_results(std::slice::from_ref(&first), DEADLINE)
+        .unwrap();
+    let second = cluster.upstream.commit(
+        "main",
+        "fails",
+        &[("warren.toml", Some("command = \"exit 1\"\n"))],
+    );
+    cluster
+        .wait_for_results(std::slice::from_ref(&second), DEADLINE)
+        .unwrap();
+
+    let worker = format!("http://127.0.0.1:{port}");
+    for (who, url) in [("dispatcher", &base), ("worker", &worker)] {
+        let (status, text) = http("GET", &format!("{url}/metrics"));
+        assert_eq!(status, 200, "{who}: {text}");
+        assert!(text.contains("warren_"), "{who}: {text}");
+        if let Some(problems) = promtool_problems(&text) {
+            panic!("promtool check metrics, {who}:\n{problems}\n--- the metrics:\n{text}");
+        }
+    }
 }
 
 /// A tiny HTTP server that records the bodies POSTed to it; the first

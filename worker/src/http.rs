@@ -6,15 +6,16 @@
 //! whether it is connected). There is no authentication: bind it to
 //! loopback or a trusted network.
 
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+use warren_common::exposition;
 
 /// The routes, serving `metrics`.
 pub(crate) fn router(metrics: Metrics) -> Router {
@@ -38,9 +39,12 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn serve_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics.encode(),
-    )
+/// OpenMetrics for scrapers that ask for it, the Prometheus text format
+/// for the rest (`warren_common::exposition`).
+async fn serve_metrics(State(metrics): State<Metrics>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let (content_type, body) = exposition::negotiate(metrics.encode(), accept);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }

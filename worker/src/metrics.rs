@@ -24,10 +24,6 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The `Content-Type` of [`Metrics::encode`]'s text: the OpenMetrics text
-/// format, which Prometheus asks for and parses.
-pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// Upper bounds of the job run time buckets, in seconds: from a trivial
 /// test (0.1 s) to the longest job a default dispatcher allows (1 h).
 const RUN_BUCKETS: [f64; 15] = [
@@ -144,7 +140,8 @@ impl Metrics {
         self.connected.set(i64::from(connected));
     }
 
-    /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    /// Every metric in the OpenMetrics text format (`/metrics` turns it into
+    /// the Prometheus text format for scrapers that do not ask for it).
     pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail; the encoder only forwards

@@ -33,6 +33,7 @@
 //! - `results`: the first result decides, later ones are counted;
 //! - `history`: tests, flaky history and file timings of a decided result;
 //! - `reports`: the read side (summaries, reports, output, workers);
+//! - `trends`: a test's runs across commits (the pictures' read side);
 //! - `testing` (tests only): the fixtures of the unit tests in each file.
 //!
 //! # The interface
@@ -49,7 +50,7 @@
 //! | leases | `expire_leases`, `dead_lettered` |
 //! | result files | `unwritten_results`, `commit_report`, `mark_written` |
 //! | operator | `retry`, `cancel` |
-//! | read side (API, pages) | `commit_summaries`, `commit_summary`, `commit_id`, `commit_report`, `job_output`, `workers` |
+//! | read side (API, pages) | `commit_summaries`, `commit_summary`, `commit_id`, `commit_report`, `job_output`, `workers`, `test_history` |
 //!
 //! Every write method is one transaction: it decides and records together,
 //! so a crash between two calls leaves the books consistent and the caller
@@ -65,6 +66,7 @@ mod reports;
 mod results;
 mod row;
 mod schema;
+mod trends;
 
 use self::history::*;
 use self::jobs::*;
@@ -74,7 +76,7 @@ use self::row::{at, get, json, opt_at, opt_json, verdict};
 use crate::config::SyncMode;
 use crate::report::{
     AttemptReport, CommitReport, CommitSummary, CurrentJob, FlakyReport, JobReport, TestCounts,
-    TestReport, WorkerReport,
+    TestReport, TestRun, WorkerReport,
 };
 use crate::select::Selection;
 use crate::spec::Plan;

@@ -163,6 +163,13 @@ ALTER TABLE jobs ADD COLUMN result_key TEXT;
 ALTER TABLE jobs ADD COLUMN image TEXT;
 ",
     },
+    Migration {
+        version: 6,
+        what: "a test's history across commits (the test history page)",
+        sql: "
+CREATE INDEX tests_name ON tests (classname, name);
+",
+    },
 ];
 
 /// The version this build reads and writes: the last migration's.
@@ -411,6 +418,36 @@ mod tests {
         let workers = store.workers(Utc::now() - Duration::hours(1)).unwrap();
         assert_eq!(workers.len(), 1, "{workers:?}");
         assert_eq!(workers[0].jobs_done, 7);
+    }
+
+    #[test]
+    fn a_version_3_database_keeps_its_tests_and_answers_their_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.db");
+        let conn = database_at(&path, 3);
+        insert_v1_rows(&conn);
+        conn.execute(
+            "INSERT INTO tests (job_id, name, classname, file, duration_ms, status, message, flaky)
+             VALUES ('6f1d2f43-4b0e-4a53-9a8e-5d7e0d3f0c11', 't', 'suite', NULL, 7, 'passed', NULL, 1)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = Store::open(&path, SyncMode::Normal).unwrap();
+        let runs = store.test_history("api", "suite", "t", 10).unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!((runs[0].duration_ms, runs[0].flaky), (7, true));
+        assert_eq!(runs[0].commit_status, Some(JobStatus::Passed));
+        let indexed: bool = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'tests_name')",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(indexed, "migration 6 made the index");
     }
 
     #[test]

@@ -23,14 +23,20 @@ fn wait_started(cluster: &Cluster, marks: &Path) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_live_page_shows_a_commit_go_from_running_to_passed_and_follows_its_log() {
+/// The browser tests' folder, once Chromium and playwright-core are there.
+fn browser_dir() -> std::path::PathBuf {
     let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     assert!(
         node.join("node_modules/playwright-core").exists()
             && Path::new("/usr/bin/chromium").exists(),
         "run scripts/ensure-browser.sh first (Chromium and playwright-core)"
     );
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_shows_a_commit_go_from_running_to_passed_and_follows_its_log() {
+    let node = browser_dir();
     let mut options = ClusterOptions::new("o-browser");
     options.workers = 1;
     let cluster = Cluster::start(options);
@@ -88,12 +94,7 @@ fn suite_file(name: &str, seconds: u32, outcome: &str, wobble: &Path, started: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pictures_render_from_a_real_run_timeline_history_and_fleet() {
-    let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    assert!(
-        node.join("node_modules/playwright-core").exists()
-            && Path::new("/usr/bin/chromium").exists(),
-        "run scripts/ensure-browser.sh first (Chromium and playwright-core)"
-    );
+    let node = browser_dir();
     // Two workers of two slots; six shards, so two wait in the queue.
     let mut options = ClusterOptions::new("o-pictures");
     options.workers = 2;

@@ -569,6 +569,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_folder_shown_read_only_from_under_tmp_is_there_despite_the_private_tmp() {
+        // tempdir() is under /tmp, which the sandbox replaces with its own.
+        let work = tempfile::tempdir().unwrap();
+        let tools = tempfile::tempdir().unwrap();
+        std::fs::write(tools.path().join("tool"), "a tool").unwrap();
+        let checkout = work.path().join("slot-0/repo");
+        std::fs::create_dir_all(&checkout).unwrap();
+        let executor = Executor::start(&ExecutorConfig {
+            kind: ExecutorKind::Sandbox,
+            hidden: vec![work.path().to_path_buf()],
+            read_only: vec![tools.path().to_path_buf()],
+            ..ExecutorConfig::default()
+        })
+        .expect("bwrap works on this machine");
+        let script = format!(
+            "cat '{0}/tool'; echo; touch '{0}/new' || echo read-only",
+            tools.path().display()
+        );
+        let finished = run_script(&executor, &checkout, &script, false, Limits::default()).await;
+        let text = finished.output.text;
+        assert!(text.starts_with("a tool\n"), "{text}");
+        assert!(text.contains("read-only"), "{text}");
+        assert!(!tools.path().join("new").exists());
+    }
+
+    #[tokio::test]
     async fn a_sandbox_without_network_reaches_nothing_not_even_the_hosts_loopback() {
         let work = tempfile::tempdir().unwrap();
         let executor = sandbox(work.path(), &work.path().join("none"));

@@ -82,6 +82,7 @@ mod tests {
                 case("t<1>", status, ms, flaky),
                 case("other", status, 1, false),
             ];
+            warren_common::proof::sign(&mut result, jobs[0].result_key.as_deref().unwrap());
             store.record_result(&result, now).unwrap();
         }
         let runs = store.test_history("api", "suite", "t<1>", 10).unwrap();

@@ -150,9 +150,6 @@ impl Sandbox {
                 Err(_) => {}
             }
         }
-        for path in &self.read_only {
-            push(&[&"--ro-bind", path, path]);
-        }
         push(&[
             &"--proc",
             &"/proc",
@@ -165,6 +162,11 @@ impl Sandbox {
             &"--tmpfs",
             &"/var/tmp",
         ]);
+        // After the private /tmp: a folder shown from under /tmp (a build
+        // tree in a temporary folder) would be covered by it otherwise.
+        for path in &self.read_only {
+            push(&[&"--ro-bind", path, path]);
+        }
         // Covers go after the binds they cover, and only where something
         // would show: a path outside the shown folders is not there at all.
         for path in &self.hidden {

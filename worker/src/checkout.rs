@@ -12,9 +12,9 @@
 
 use git2::build::CheckoutBuilder;
 use git2::{Oid, Repository, RepositoryOpenFlags, ResetType, Status, StatusOptions};
+use nix::unistd::{getegid, geteuid};
 use std::fs;
 use std::io;
-use nix::unistd::{getegid, geteuid};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -117,7 +117,8 @@ fn take_back(path: &Path) {
     if !uid.is_root() {
         return;
     }
-    let foreign = |path: &Path| fs::symlink_metadata(path).is_ok_and(|meta| meta.uid() != uid.as_raw());
+    let foreign =
+        |path: &Path| fs::symlink_metadata(path).is_ok_and(|meta| meta.uid() != uid.as_raw());
     if !foreign(path) && !foreign(&path.join(".git")) {
         return;
     }
@@ -469,10 +470,23 @@ mod tests {
         assert!(!again.fetched);
         assert_eq!(read(&again.path.join(".git/kept")), "same clone");
         assert_eq!(read(&again.path.join("a.txt")), "one");
-        for path in [&again.path, &again.path.join(".git/HEAD"), &again.path.join("a.txt")] {
-            assert_eq!(fs::symlink_metadata(path).unwrap().uid(), 0, "{}", path.display());
+        for path in [
+            &again.path,
+            &again.path.join(".git/HEAD"),
+            &again.path.join("a.txt"),
+        ] {
+            assert_eq!(
+                fs::symlink_metadata(path).unwrap().uid(),
+                0,
+                "{}",
+                path.display()
+            );
         }
-        assert_eq!(fs::metadata(&target).unwrap().uid(), 65534, "the link was not followed");
+        assert_eq!(
+            fs::metadata(&target).unwrap().uid(),
+            65534,
+            "the link was not followed"
+        );
     }
 
     #[test]

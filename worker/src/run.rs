@@ -281,7 +281,7 @@ fn engine_message(output: &str) -> String {
     let lines: Vec<&str> = output
         .lines()
         .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with("See 'docker run --help'"))
+        .filter(|line| !line.is_empty() && !line.contains("'docker run --help'"))
         .collect();
     if lines.is_empty() {
         return format!("docker run exited with status {DOCKER_RUN_FAILED} and said nothing");
@@ -600,6 +600,17 @@ mod tests {
         let finished = run(&spec, &Executor::process(), &abort).await.unwrap();
         assert_eq!(finished.ending, Ending::Aborted);
         assert!(!alive(read_pid(&pid_file)));
+    }
+
+    #[test]
+    fn the_engines_message_is_docker_runs_text_without_its_usage_hint() {
+        let said = "docker: Error response from daemon: Minimum memory limit allowed is 6MB\n\n\
+                    Run 'docker run --help' for more information\n";
+        assert_eq!(
+            engine_message(said),
+            "docker: Error response from daemon: Minimum memory limit allowed is 6MB"
+        );
+        assert!(engine_message("").contains("status 125"));
     }
 
     #[tokio::test]

@@ -8,7 +8,10 @@
 //!   environment (not the worker's), a user that is not root, its output
 //!   streaming while it runs;
 //! - a timeout and a cancel kill the container, and it is removed; the
-//!   container of a worker killed mid-job is removed when it starts again;
+//!   container of a worker killed mid-job is removed when it starts again,
+//!   and its checkout taken back (not cloned again) for the next job;
+//! - a container the engine refuses (`docker run`'s 125) is an `error`; a
+//!   command that itself exits 125 fails with that status;
 //! - an image the worker does not allow, or does not have, is an `error`;
 //!   `network = false` leaves the container only its own loopback;
 //! - without a docker CLI or an engine that answers, the worker does not

@@ -8,7 +8,10 @@
 //!   environment (not the worker's), a user that is not root, its output
 //!   streaming while it runs;
 //! - a timeout and a cancel kill the container, and it is removed; the
-//!   container of a worker killed mid-job is removed when it starts again;
+//!   container of a worker killed mid-job is removed when it starts again,
+//!   and its checkout taken back (not cloned again) for the next job;
+//! - a container the engine refuses (`docker run`'s 125) is an `error`; a
+//!   command that itself exits 125 fails with that status;
 //! - an image the worker does not allow, or does not have, is an `error`;
 //!   `network = false` leaves the container only its own loopback;
 //! - without a docker CLI or an engine that answers, the worker does not
@@ -22,6 +25,7 @@
 //! how a test finds (only) its containers.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -400,6 +404,39 @@ async fn an_image_not_allowed_or_not_present_is_an_error_and_network_false_is_no
     assert_eq!(report["jobs"][0]["output"], "lo\n", "{report:#}");
 }
 
+/// `docker run` exits 125 when the engine refuses the container (here a
+/// memory limit below docker's minimum of 6 MB): nothing of the job ran, so
+/// it is an `error` quoting docker; a command that itself exits 125 ran, and
+/// fails with its own status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_the_engine_refuses_is_an_error_and_a_commands_own_125_a_failure() {
+    let image = TestImage::build("refused");
+    let cluster = one_container_worker("ctr-refused", &image, "").await;
+    let report = run_commit(
+        &cluster,
+        "refused",
+        "command = \"touch ran\"\n[limits]\nmemory = \"1 MiB\"\n",
+    );
+    assert_eq!(report["status"], "error", "{report:#}");
+    let message = report["jobs"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the container could not be started")
+            && message.contains("Minimum memory limit"),
+        "{message}"
+    );
+    assert!(!checkout(&cluster, 0).join("ran").exists(), "nothing ran");
+    assert!(
+        no_container_left(&cluster),
+        "{:?}",
+        containers_of(&cluster, 0)
+    );
+
+    let report = run_commit(&cluster, "own 125", "command = \"echo mine; exit 125\"\n");
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["jobs"][0]["exit_code"], 125, "{report:#}");
+    assert_eq!(report["jobs"][0]["output"], "mine\n", "{report:#}");
+}
+
 #[test]
 fn without_docker_or_its_engine_the_worker_does_not_start() {
     docker_ready();
@@ -607,8 +644,11 @@ async fn hostile_jobs_are_contained_and_the_next_job_passes() {
 }
 
 /// A worker killed mid-job (SIGKILL: no clean-up) leaves its container
-/// running; the next worker with the same `work_dir` removes it at start.
-/// (The job, given back by the broker, then runs again; it is cancelled.)
+/// running, and the checkout owned by the job's user (`nobody`: the worker
+/// runs as root); the next worker with the same `work_dir` removes the
+/// container at start and takes the checkout back rather than clone it
+/// again. (The job, given back by the broker, then runs again; it is
+/// cancelled, and the next job passes on the same slot.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_workers_container_is_removed_when_it_starts_again() {
     let image = TestImage::build("crash");
@@ -636,11 +676,33 @@ async fn a_crashed_workers_container_is_removed_when_it_starts_again() {
         "a killed worker cannot remove its container"
     );
 
+    let clone = checkout(&cluster, 0);
+    assert_eq!(
+        std::fs::metadata(&clone).unwrap().uid(),
+        65534,
+        "the killed worker's checkout is still the job user's"
+    );
+    // Lost if the clone were deleted and made again; `started` shows when
+    // the job, given back, has gone through its checkout again.
+    let kept = clone.join(".git/warren-test-kept");
+    std::fs::write(&kept, "same clone").unwrap();
+    std::fs::remove_file(&marker).unwrap();
+
     cluster.workers.clear();
     cluster.start_worker(0);
     assert!(
         wait_until(DEADLINE, || !containers_of(&cluster, 0).contains(&left[0])),
         "the restarted worker did not remove the leftover container\n{}",
+        cluster.all_logs()
+    );
+    assert!(
+        wait_until(DEADLINE, || marker.exists()),
+        "{}",
+        cluster.all_logs()
+    );
+    assert!(
+        kept.exists(),
+        "the checkout was cloned again\n{}",
         cluster.all_logs()
     );
     let url = format!("{}/api/commits/sample/{sha}/cancel", cluster.http_url());
@@ -651,5 +713,16 @@ async fn a_crashed_workers_container_is_removed_when_it_starts_again() {
         no_container_left(&cluster),
         "{:?}",
         containers_of(&cluster, 0)
+    );
+
+    let report = run_commit(&cluster, "next", "command = \"echo next\"\n");
+    assert_eq!(report["status"], "passed", "{report:#}");
+    assert_eq!(report["jobs"][0]["output"], "next\n");
+    assert!(kept.exists(), "the same clone, on the same slot");
+    assert_eq!(std::fs::metadata(&clone).unwrap().uid(), 0);
+    assert!(
+        !cluster.all_logs().contains("cloning again"),
+        "{}",
+        cluster.all_logs()
     );
 }

@@ -6,13 +6,17 @@
 //! and ignored files (libgit2 has no `git clean`, so the paths come from
 //! `statuses`), empty folders, and changes to tracked files. A clone that
 //! cannot be opened or fails in any other way is deleted and made again,
-//! once. Everything here blocks: call it from `spawn_blocking`.
+//! once. A clone a container job's user still owns (its worker was killed
+//! mid-job) is first given back to the worker's user. Everything here
+//! blocks: call it from `spawn_blocking`.
 
 use git2::build::CheckoutBuilder;
 use git2::{Oid, Repository, RepositoryOpenFlags, ResetType, Status, StatusOptions};
+use nix::unistd::{getegid, geteuid};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +82,9 @@ pub(crate) fn prepare(
 ) -> Result<PreparedTree, CheckoutError> {
     let path = request.slot_dir.join(request.repo.as_str());
     let reused = path.exists();
+    if reused {
+        take_back(&path);
+    }
     match attempt(request, &path, interrupt) {
         Ok(fetched) => Ok(PreparedTree { path, fetched }),
         Err(Failure::Interrupted) => Err(CheckoutError::Interrupted),
@@ -96,6 +103,29 @@ pub(crate) fn prepare(
                 .map_err(|failure| failure.into_error(request, &path))
         }
         Err(failure) => Err(failure.into_error(request, &path)),
+    }
+}
+
+/// Gives a clone back to the worker's own user when the container
+/// executor's job user (`nobody`) still owns it: a worker killed mid-job
+/// never took it back, and git refuses to open a clone its user does not
+/// own (it would be deleted and cloned again). Only a worker running as
+/// root hands a clone over, and only root can take it back; only what is
+/// under the clone, never through a symbolic link.
+fn take_back(path: &Path) {
+    let (uid, gid) = (geteuid(), getegid());
+    if !uid.is_root() {
+        return;
+    }
+    let foreign =
+        |path: &Path| fs::symlink_metadata(path).is_ok_and(|meta| meta.uid() != uid.as_raw());
+    if !foreign(path) && !foreign(&path.join(".git")) {
+        return;
+    }
+    warn!(path = %path.display(),
+        "the clone is owned by another user (a container job's, its worker killed mid-job?); taking it back");
+    if let Err(error) = crate::executor::chown_tree(path, uid.as_raw(), gid.as_raw()) {
+        warn!(path = %path.display(), %error, "could not take the clone back");
     }
 }
 
@@ -410,6 +440,53 @@ mod tests {
         assert_eq!(names, [".git", ".gitignore", "src"]);
         assert_eq!(read(&tree.path.join("src/lib.rs")), "fn a() {}\n");
         assert_eq!(read(&outside.path().join("keep.txt")), "keep");
+    }
+
+    #[test]
+    fn a_clone_left_to_a_container_user_is_taken_back_not_cloned_again() {
+        // What a container job's worker killed mid-job leaves: the clone
+        // owned by `nobody`. Only root can hand it over (and take it back).
+        if !geteuid().is_root() {
+            eprintln!("skipped: only a worker running as root hands a clone over");
+            return;
+        }
+        let nobody = Some(65534);
+        let fixture = Fixture::new();
+        let sha = fixture
+            .upstream
+            .commit("main", "one", &[("a.txt", Some("one"))]);
+        let tree = fixture.prepare(&sha).unwrap();
+        // A file of the clone's own (lost if it were cloned again), and a
+        // link out of the clone whose target must stay the job user's.
+        fs::write(tree.path.join(".git/kept"), "same clone").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("target.txt");
+        fs::write(&target, "outside").unwrap();
+        std::os::unix::fs::lchown(&target, nobody, nobody).unwrap();
+        std::os::unix::fs::symlink(&target, tree.path.join(".git/link")).unwrap();
+        crate::executor::chown_tree(&tree.path, 65534, 65534).unwrap();
+
+        let again = fixture.prepare(&sha).unwrap();
+        assert!(!again.fetched);
+        assert_eq!(read(&again.path.join(".git/kept")), "same clone");
+        assert_eq!(read(&again.path.join("a.txt")), "one");
+        for path in [
+            &again.path,
+            &again.path.join(".git/HEAD"),
+            &again.path.join("a.txt"),
+        ] {
+            assert_eq!(
+                fs::symlink_metadata(path).unwrap().uid(),
+                0,
+                "{}",
+                path.display()
+            );
+        }
+        assert_eq!(
+            fs::metadata(&target).unwrap().uid(),
+            65534,
+            "the link was not followed"
+        );
     }
 
     #[test]

@@ -17,13 +17,15 @@
 //!    killed through its engine: its processes are not in the group);
 //! 3. after the group is gone, [`Guard::finish`] (always, once): removes what
 //!    the launch made and says whether a limit was hit after all (a process
-//!    the kernel killed at the memory limit).
+//!    the kernel killed at the memory limit), and whether a container never
+//!    started (the engine refused it: the job's `error`, not its failure).
 
 mod container;
 mod limits;
 mod sandbox;
 
-use self::container::{ContainerGuard, Docker};
+pub(crate) use self::container::chown_tree;
+use self::container::{ContainerEnd, ContainerGuard, Docker};
 use self::limits::{Enforcement, Watch};
 use self::sandbox::Sandbox;
 use crate::images::ImagePolicy;
@@ -469,19 +471,33 @@ impl Guard {
 
     /// After the process group is gone: clean up (what is left of the run
     /// is killed), and the limit that ended the run if one did.
-    pub(crate) async fn finish(self) -> Option<LimitHit> {
+    pub(crate) async fn finish(self) -> GuardEnd {
         // The container first: it is gone before the checkout is measured
         // and given back.
         let contained = match self.container {
             Some(container) => container.finish().await,
-            None => None,
+            None => ContainerEnd::default(),
         };
         let watched = match self.watch {
             Some(watch) => watch.finish().await,
             None => None,
         };
-        self.hit.or(contained).or(watched)
+        GuardEnd {
+            hit: self.hit.or(contained.hit).or(watched),
+            never_started: contained.never_started,
+        }
     }
+}
+
+/// What [`Guard::finish`] found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GuardEnd {
+    /// The limit that ended the run, if one did.
+    pub hit: Option<LimitHit>,
+    /// The run's container never started: the engine refused it (`docker
+    /// run` then exits 125, its message as the output); nothing of the job
+    /// ran. Always false without a container.
+    pub never_started: bool,
 }
 
 #[cfg(test)]

@@ -113,7 +113,14 @@ pub(crate) enum RunError {
     NotExecutable { program: String },
     #[error("could not start {program}: {source}")]
     Spawn { program: String, source: io::Error },
+    /// `docker run` exited 125 and no container ran: the engine's failure
+    /// (a bad mount, an image gone since the check), not the test's.
+    #[error("the container could not be started: {message}")]
+    ContainerNotStarted { message: String },
 }
+
+/// `docker run`'s exit status when the engine (not the command) failed.
+const DOCKER_RUN_FAILED: i32 = 125;
 
 /// Makes this process adopt the orphans of its descendants (Linux "child
 /// subreaper"), so a background process that a job's command left behind can
@@ -231,7 +238,8 @@ pub(crate) async fn run(
     stop_group(group, &mut child, grace).await;
     // A limit found only now (the kernel killed a process at the memory
     // limit and the command then exited) is what ended the run.
-    let ending = match (launch.guard.finish().await, ending) {
+    let end = launch.guard.finish().await;
+    let ending = match (end.hit, ending) {
         (Some(hit), Ending::Exited(_) | Ending::Signalled(_)) => Ending::LimitReached(hit),
         (_, ending) => ending,
     };
@@ -247,6 +255,13 @@ pub(crate) async fn run(
     };
     spec.live.end_of_run();
     let mut output = capture.finish();
+    // A container that never ran: what `docker run` wrote is the engine's
+    // message. (A command that itself exits 125 ran: its own status.)
+    if end.never_started && ending == Ending::Exited(DOCKER_RUN_FAILED) {
+        return Err(RunError::ContainerNotStarted {
+            message: engine_message(&output.text),
+        });
+    }
     if !complete {
         warn!("a process outside the command's group keeps its output open; stopped reading");
         output.text.push_str(
@@ -258,6 +273,20 @@ pub(crate) async fn run(
         output,
         duration,
     })
+}
+
+/// Docker's own message from what `docker run` wrote: its text without the
+/// usage hint, on one line.
+fn engine_message(output: &str) -> String {
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.contains("'docker run --help'"))
+        .collect();
+    if lines.is_empty() {
+        return format!("docker run exited with status {DOCKER_RUN_FAILED} and said nothing");
+    }
+    lines.join(" ")
 }
 
 fn ending_of(status: ExitStatus) -> Ending {
@@ -571,6 +600,17 @@ mod tests {
         let finished = run(&spec, &Executor::process(), &abort).await.unwrap();
         assert_eq!(finished.ending, Ending::Aborted);
         assert!(!alive(read_pid(&pid_file)));
+    }
+
+    #[test]
+    fn the_engines_message_is_docker_runs_text_without_its_usage_hint() {
+        let said = "docker: Error response from daemon: Minimum memory limit allowed is 6MB\n\n\
+                    Run 'docker run --help' for more information\n";
+        assert_eq!(
+            engine_message(said),
+            "docker: Error response from daemon: Minimum memory limit allowed is 6MB"
+        );
+        assert!(engine_message("").contains("status 125"));
     }
 
     #[tokio::test]

@@ -243,7 +243,7 @@ fn user_for(checkout: &Path) -> std::io::Result<ContainerUser> {
 
 /// `chown -R` without following symbolic links (a link in a commit must not
 /// hand a file outside the checkout to the job).
-fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+pub(crate) fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     let mut pending = vec![root.to_path_buf()];
     while let Some(path) = pending.pop() {
         let meta = std::fs::symlink_metadata(&path)?;
@@ -450,30 +450,44 @@ impl ContainerGuard {
     }
 
     /// After the run: the limit that ended it, if one did (a process killed
-    /// at the memory limit, the CPU time limit's signal), then removes the
-    /// container.
-    pub(crate) async fn finish(mut self) -> Option<LimitHit> {
+    /// at the memory limit, the CPU time limit's signal), and whether the
+    /// container never started (the engine refused to create or start it:
+    /// no container, or one that never ran); then removes the container.
+    pub(crate) async fn finish(mut self) -> ContainerEnd {
         let state = docker(&[
             "inspect",
             "--format",
-            "{{.State.OOMKilled}} {{.State.ExitCode}}",
+            "{{.State.OOMKilled}} {{.State.ExitCode}} {{.State.StartedAt}}",
             &self.name,
         ])
         .await;
-        let hit = match state {
+        let end = match state {
             Ok(state) => {
                 let mut fields = state.split_whitespace();
                 let oom = fields.next() == Some("true");
                 let code: Option<i64> = fields.next().and_then(|code| code.parse().ok());
-                match (self.limits.memory, self.limits.cpu_time) {
+                let hit = match (self.limits.memory, self.limits.cpu_time) {
                     (Some(memory), _) if oom => Some(LimitHit::Memory(memory)),
                     (_, Some(cpu)) if code == Some(128 + SIGXCPU) => Some(LimitHit::CpuTime(cpu)),
                     _ => None,
+                };
+                ContainerEnd {
+                    hit,
+                    never_started: fields.next().is_some_and(never_started),
                 }
             }
+            // Not even created: `docker run` failed before (a bad mount, an
+            // image gone since the check).
+            Err(CliError::Failed { message, .. }) if message.contains("No such") => ContainerEnd {
+                hit: None,
+                never_started: true,
+            },
             Err(error) => {
                 debug!(container = %self.name, %error, "docker inspect after the run");
-                None
+                ContainerEnd {
+                    hit: None,
+                    never_started: false,
+                }
             }
         };
         match docker(&["rm", "--force", &self.name]).await {
@@ -485,11 +499,26 @@ impl ContainerGuard {
             let taken = tokio::task::spawn_blocking(move || chown_tree(&checkout, uid, gid)).await;
             if let Ok(Err(error)) | Err(error) = taken.map_err(std::io::Error::other) {
                 warn!(container = %self.name, %error,
-                    "could not take the checkout back from the container's user; the next checkout may clone again");
+                    "could not take the checkout back from the container's user; the next checkout takes it back");
             }
         }
-        hit
+        end
     }
+}
+
+/// What [`ContainerGuard::finish`] found of the container.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ContainerEnd {
+    /// The limit that ended the run, if one did.
+    pub hit: Option<LimitHit>,
+    /// The engine never started the container (nothing of the job ran).
+    pub never_started: bool,
+}
+
+/// Whether `State.StartedAt` says the container never started: the zero
+/// time (`0001-01-01T00:00:00Z`).
+fn never_started(started_at: &str) -> bool {
+    started_at.is_empty() || started_at.starts_with("0001-01-01")
 }
 
 impl Drop for ContainerGuard {

@@ -244,7 +244,7 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<JobLimits>,
     /// The key the worker proves its result with (hex, see
-    /// [`crate::proof`]); never given to the command. Absent from jobs of a
+    /// [`proof`](super::proof)); never given to the command. Absent from jobs of a
     /// dispatcher that does not check results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_key: Option<String>,
@@ -472,7 +472,7 @@ pub struct JobResult {
     pub report_problem: Option<String>,
     /// HMAC-SHA256 of this result (without `proof`) under its job's
     /// `result_key`, hex: the dispatcher accepts a result for a job that has
-    /// a key only with a valid proof (see [`crate::proof`]).
+    /// a key only with a valid proof (see [`proof`](super::proof)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
 }

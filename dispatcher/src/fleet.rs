@@ -11,17 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
-use warren_common::topology::Queue;
-
-use crate::app::AppState;
 
 /// How far back the samples go.
 pub(crate) const WINDOW: Duration = Duration::from_secs(3600);
-/// Workers counted in a sample: heard from within this long (a worker
-/// reports its status every heartbeat interval, a few seconds).
-const WORKERS_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
-
 /// One look at the queue and the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub(crate) struct Sample {
@@ -76,52 +68,6 @@ impl FleetHistory {
             .filter(|sample| sample.at >= since)
             .copied()
             .collect()
-    }
-}
-
-/// Takes a sample every interval until `stop`.
-pub(crate) async fn run(state: AppState, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(state.fleet.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let sample = sample(&state).await;
-        state.fleet.push(sample);
-    }
-}
-
-/// One sample: the jobs queue's depth from the broker (a passive declare),
-/// the slots from the workers' latest statuses in the store.
-async fn sample(state: &AppState) -> Sample {
-    let now = Utc::now();
-    let jobs_queue = state.broker.topology.queue(Queue::Jobs);
-    let jobs_waiting = if *state.ready.borrow() {
-        match state.queue_depths().await {
-            Ok(queues) => queues
-                .into_iter()
-                .find(|(name, _, _)| *name == jobs_queue)
-                .map(|(_, messages, _)| messages),
-            Err(error) => {
-                tracing::debug!(error = %error.message, "fleet sample: no queue depth");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let workers = state
-        .read(move |store| store.workers(now - WORKERS_WITHIN))
-        .await
-        .unwrap_or_default();
-    Sample {
-        at: now,
-        jobs_waiting,
-        busy_slots: workers.iter().map(|w| u32::from(w.busy)).sum(),
-        slots: workers.iter().map(|w| u32::from(w.slots)).sum(),
-        workers: u32::try_from(workers.len()).unwrap_or(u32::MAX),
     }
 }
 

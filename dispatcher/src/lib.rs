@@ -23,7 +23,7 @@
 //!   registry; `notify` webhooks.
 //! - `pictures`: the pages' SVG pictures (shard timeline, branch and test
 //!   history, queue and fleet); `fleet` the last hour of queue and slot
-//!   samples behind the last one.
+//!   samples behind the last one, taken by `sampler`.
 //!
 //! Public: [`run`] and [`DispatcherConfig`] for the binary and the tests,
 //! and the store with its vocabulary ([`store`], [`report`], [`spec`],
@@ -59,6 +59,7 @@ mod notify;
 mod pictures;
 pub mod report;
 mod results;
+mod sampler;
 pub mod select;
 mod service;
 pub mod spec;

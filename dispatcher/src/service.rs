@@ -71,7 +71,7 @@ pub async fn run(config: DispatcherConfig, shutdown: Shutdown) -> anyhow::Result
         Arc::clone(&live),
     );
     let http_stop = tokio_util::sync::CancellationToken::new();
-    let sampler = tokio::spawn(crate::fleet::run(state.clone(), http_stop.clone()));
+    let sampler = tokio::spawn(crate::sampler::run(state.clone(), http_stop.clone()));
     let server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
     let live_output = tokio::spawn(live::run(live, config.broker.clone(), http_stop.clone()));
     let notifier = Notifier::start(

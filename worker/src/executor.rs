@@ -1,5 +1,5 @@
 //! How a job's command is started: the one place that turns a
-//! [`CommandSpec`] into the process [`crate::run`] spawns.
+//! [`CommandSpec`] into the process `run.rs` spawns.
 //!
 //! - `process` (the default): the command itself, as the worker's user.
 //! - `sandbox`: the command inside bubblewrap (`executor/sandbox.rs`).
@@ -11,7 +11,7 @@
 //! watches the run's limits and cleans up after it. run.rs drives the guard:
 //!
 //! 1. while the command runs, [`Guard::breached`] resolves when a limit is hit
-//!    (the run then ends as [`crate::run::Ending::LimitReached`]);
+//!    (the run then ends as `Ending::LimitReached`);
 //! 2. when the run must end early (timeout, cancel, limit),
 //!    [`Guard::stop`] before the process group is signalled (a container is
 //!    killed through its engine: its processes are not in the group);
@@ -20,16 +20,17 @@
 //!    the kernel killed at the memory limit), and whether a container never
 //!    started (the engine refused it: the job's `error`, not its failure).
 
+mod command;
 mod container;
 mod limits;
 mod sandbox;
 
+pub(crate) use self::command::{CommandSpec, RunError};
 pub(crate) use self::container::chown_tree;
 use self::container::{ContainerEnd, ContainerGuard, Docker};
 use self::limits::{Enforcement, Watch};
 use self::sandbox::Sandbox;
 use crate::images::ImagePolicy;
-use crate::run::{CommandSpec, RunError};
 use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;

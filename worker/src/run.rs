@@ -11,18 +11,16 @@
 //! gone the rest is drained for a bounded time only, because a grandchild that
 //! escaped the group (`setsid`) may hold the pipe open for ever.
 
-use crate::executor::{Executor, Isolation, LimitHit};
+use crate::executor::{CommandSpec, Executor, LimitHit, RunError};
 use crate::live::LiveSink;
 use crate::output::{CapturedOutput, OutputCapture};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -53,29 +51,6 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Size of one read from the output pipe, in bytes (a Linux pipe's buffer).
 const READ_CHUNK: usize = 64 * 1024;
 
-/// What to run, where, and under which limits.
-#[derive(Debug, Clone)]
-pub(crate) struct CommandSpec {
-    /// The program (looked up in the command's `PATH` when it has no `/`).
-    pub program: OsString,
-    /// Its arguments.
-    pub args: Vec<OsString>,
-    /// The working directory.
-    pub cwd: PathBuf,
-    /// The complete environment (nothing else is inherited).
-    pub env: Vec<(OsString, OsString)>,
-    /// Time allowed before the group is stopped.
-    pub timeout: Duration,
-    /// SIGTERM → SIGKILL delay when the group is stopped.
-    pub kill_grace: Duration,
-    /// Bytes of output kept.
-    pub output_limit: usize,
-    /// Where the output also goes as it is read (never waits).
-    pub live: LiveSink,
-    /// The run's name, network and limits, for the executor.
-    pub isolation: Isolation,
-}
-
 /// How the command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ending {
@@ -101,22 +76,6 @@ pub(crate) struct Finished {
     pub output: CapturedOutput,
     /// From start to the end of the command (not of the output drain).
     pub duration: Duration,
-}
-
-/// The command could not be started; nothing ran. The job's status is
-/// `error`, with this text as its message.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RunError {
-    #[error("command not found: {program}")]
-    NotFound { program: String },
-    #[error("command not executable: {program} (permission denied)")]
-    NotExecutable { program: String },
-    #[error("could not start {program}: {source}")]
-    Spawn { program: String, source: io::Error },
-    /// `docker run` exited 125 and no container ran: the engine's failure
-    /// (a bad mount, an image gone since the check), not the test's.
-    #[error("the container could not be started: {message}")]
-    ContainerNotStarted { message: String },
 }
 
 /// `docker run`'s exit status when the engine (not the command) failed.
@@ -411,6 +370,7 @@ fn reap_orphans(group: Pid) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::Isolation;
     use std::path::Path;
 
     fn shell(script: &str, dir: &Path) -> CommandSpec {

@@ -22,12 +22,13 @@ mod verdict;
 
 use self::verdict::{Problems, Step, Tally, Verdict};
 
+use crate::executor::CommandSpec;
 use crate::executor::{Isolation, Limits};
 use crate::flaky::{self, TestBook};
 use crate::junit::{self, MAX_TEST_CASES};
 use crate::live::LiveSink;
 use crate::output::{CapturedOutput, Transcript};
-use crate::run::{self, CommandSpec, Ending};
+use crate::run::{self, Ending};
 use crate::runner::{JobRunner, job_environment};
 use crate::substitute::{self, Placeholder};
 use crate::timings;

@@ -34,9 +34,9 @@
 //! limit?) and `docker rm -f`, also when the job future is dropped.
 
 use super::limits::counter;
+use super::{CommandSpec, RunError};
 use super::{ExecutorError, LimitHit, Limits};
 use crate::images::ImagePolicy;
-use crate::run::{CommandSpec, RunError};
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;

@@ -15,6 +15,17 @@ scripts/ensure-broker.sh
 if ! scripts/ensure-browser.sh; then
     echo "warning: no browser for the status page's test (see above); it will fail" >&2
 fi
+# The sandbox executor's tests run real bubblewrap; the container
+# executor's tests start the Docker engine themselves (ensure-docker.sh).
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing bubblewrap (Debian package) for the sandbox tests ..." >&2
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null
+    else
+        echo "warning: no bwrap (apt-get install bubblewrap); the sandbox tests will fail" >&2
+    fi
+fi
 # The metrics test checks /metrics with promtool (Debian's prometheus).
 if ! scripts/ensure-promtool.sh; then
     echo "warning: no promtool for the metrics test (see above); it will fail" >&2

@@ -33,31 +33,29 @@
 //! after every run `docker inspect` (was a process killed at the memory
 //! limit?) and `docker rm -f`, also when the job future is dropped.
 
+mod cgroups;
+mod cli;
+
+use self::cgroups::{Cgroups, find_cgroups};
+use self::cli::{CliError, ENGINE_TIMEOUT, blocking_docker, docker};
 use super::limits::counter;
 use super::{CommandSpec, RunError};
 use super::{ExecutorError, LimitHit, Limits};
 use crate::images::ImagePolicy;
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
-use tokio::time::Instant;
 use tracing::{debug, warn};
 use warren_common::ids::ImageRef;
 
 /// The docker CLI, looked up in the worker's `PATH`.
-const DOCKER: &str = "docker";
+pub(super) const DOCKER: &str = "docker";
 
 /// Label naming the worker's `work_dir` on its containers: what a restarted
 /// worker removes at start. The work_dir, not the worker id, because the
 /// default id is new at every start while the work_dir stays.
 const LABEL_WORK_DIR: &str = "warren.work_dir";
-
-/// Longest wait for one engine command (inspect, kill, rm, image inspect):
-/// a hung engine must not hold a job for ever.
-const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest wait for the engine at the worker's start.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -337,40 +335,6 @@ fn run_args(run: &RunArgs<'_>) -> Vec<OsString> {
     args
 }
 
-/// The cgroup files of a running container that say a limit was hit.
-#[derive(Debug, Clone)]
-struct Cgroups {
-    /// `pids.events` (`max N`: forks refused at the process limit).
-    pids_events: Option<PathBuf>,
-    /// `memory.events` (v2) or `memory.oom_control` (v1): `oom_kill N`.
-    memory_events: Option<PathBuf>,
-    /// CPU time of all the container's processes.
-    cpu_usage: Option<CpuUsage>,
-}
-
-/// Where a cgroup counts its CPU time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum CpuUsage {
-    /// v1 `cpuacct.usage`: nanoseconds.
-    Nanos(PathBuf),
-    /// v2 `cpu.stat`: `usage_usec N`.
-    Stat(PathBuf),
-}
-
-impl CpuUsage {
-    fn read(&self) -> Duration {
-        match self {
-            Self::Nanos(file) => Duration::from_nanos(
-                std::fs::read_to_string(file)
-                    .ok()
-                    .and_then(|text| text.trim().parse().ok())
-                    .unwrap_or(0),
-            ),
-            Self::Stat(file) => Duration::from_micros(counter(file, "usage_usec")),
-        }
-    }
-}
-
 /// Watches one container and removes it after its run.
 #[derive(Debug)]
 pub(crate) struct ContainerGuard {
@@ -536,162 +500,6 @@ impl Drop for ContainerGuard {
     }
 }
 
-/// Where the container's limits show in its cgroup: from its init process's
-/// `/proc/<pid>/cgroup` (cgroup v1 or v2). `None` until it runs, and when
-/// the table does not name the container (a process that has exited shows
-/// the root cgroup, whose counters are the whole host's).
-async fn find_cgroups(name: &str) -> Option<Cgroups> {
-    let state = docker(&["inspect", "--format", "{{.State.Pid}} {{.Id}}", name])
-        .await
-        .ok()?;
-    let (pid, id) = state.trim().split_once(' ')?;
-    let pid: u32 = pid.parse().ok().filter(|pid| *pid > 0)?;
-    let table = tokio::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .await
-        .ok()?;
-    cgroups_of(&table, id, Path::new("/sys/fs/cgroup"))
-}
-
-/// The limit files of the cgroups in a `/proc/<pid>/cgroup` table: the v1
-/// hierarchies' when there are any (a hybrid system lists an empty v2 line
-/// too), else the one v2 hierarchy's; only cgroups whose path names the
-/// container `id`.
-fn cgroups_of(table: &str, id: &str, root: &Path) -> Option<Cgroups> {
-    let mut found = Cgroups {
-        pids_events: None,
-        memory_events: None,
-        cpu_usage: None,
-    };
-    let mut unified = None;
-    for line in table.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if id.is_empty() || !path.contains(id) {
-            continue;
-        }
-        let relative = path.trim_start_matches('/');
-        if controllers.is_empty() {
-            unified = Some(root.join(relative));
-            continue;
-        }
-        for controller in controllers.split(',') {
-            let dir = || root.join(controller).join(relative);
-            match controller {
-                "pids" => found.pids_events = Some(dir().join("pids.events")),
-                "memory" => found.memory_events = Some(dir().join("memory.oom_control")),
-                // Where systems that mount it with `cpu` link it, too.
-                "cpuacct" => found.cpu_usage = Some(CpuUsage::Nanos(dir().join("cpuacct.usage"))),
-                _ => {}
-            }
-        }
-    }
-    let v1 = found.pids_events.is_some() || found.memory_events.is_some();
-    if let (false, Some(dir)) = (v1, unified) {
-        found.pids_events = Some(dir.join("pids.events"));
-        found.memory_events = Some(dir.join("memory.events"));
-        found.cpu_usage = Some(CpuUsage::Stat(dir.join("cpu.stat")));
-    }
-    let any = found.pids_events.is_some() || found.memory_events.is_some();
-    any.then_some(found)
-}
-
-/// Why a docker CLI command did not do its work.
-#[derive(Debug, thiserror::Error)]
-enum CliError {
-    #[error("the docker command is not installed")]
-    Missing,
-    #[error("docker {command}: {message}")]
-    Failed { command: String, message: String },
-    #[error("docker {command} did not answer within {timeout:?}")]
-    TimedOut { command: String, timeout: Duration },
-}
-
-/// Runs `docker args` to its end (at most [`ENGINE_TIMEOUT`]); its stdout,
-/// or its stderr's text as the error.
-async fn docker(args: &[&str]) -> Result<String, CliError> {
-    let command = args.first().copied().unwrap_or_default().to_owned();
-    let child = tokio::process::Command::new(DOCKER)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| spawn_error(&command, &error))?;
-    let output = tokio::time::timeout(ENGINE_TIMEOUT, child.wait_with_output())
-        .await
-        .map_err(|_| CliError::TimedOut {
-            command: command.clone(),
-            timeout: ENGINE_TIMEOUT,
-        })?
-        .map_err(|error| spawn_error(&command, &error))?;
-    cli_result(
-        command,
-        output.status.success(),
-        &output.stdout,
-        &output.stderr,
-    )
-}
-
-/// [`docker`] for the worker's start, before the async runtime.
-fn blocking_docker(args: &[&str], timeout: Duration) -> Result<String, CliError> {
-    let command = args.first().copied().unwrap_or_default().to_owned();
-    let mut child = Command::new(DOCKER)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| spawn_error(&command, &error))?;
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(CliError::TimedOut { command, timeout });
-            }
-        }
-    };
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    if let Some(mut pipe) = child.stdout.take() {
-        let _ = pipe.read_to_end(&mut stdout);
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_end(&mut stderr);
-    }
-    cli_result(command, status.success(), &stdout, &stderr)
-}
-
-fn spawn_error(command: &str, error: &std::io::Error) -> CliError {
-    if error.kind() == std::io::ErrorKind::NotFound {
-        CliError::Missing
-    } else {
-        CliError::Failed {
-            command: command.to_owned(),
-            message: error.to_string(),
-        }
-    }
-}
-
-fn cli_result(
-    command: String,
-    success: bool,
-    stdout: &[u8],
-    stderr: &[u8],
-) -> Result<String, CliError> {
-    if success {
-        return Ok(String::from_utf8_lossy(stdout).into_owned());
-    }
-    let message = String::from_utf8_lossy(stderr).trim().to_owned();
-    Err(CliError::Failed { command, message })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,34 +601,6 @@ mod tests {
                 .iter()
                 .any(|a| a.starts_with("--memory") || a.starts_with("--pids"))
         );
-    }
-
-    #[test]
-    fn the_limit_files_are_found_for_both_cgroup_versions() {
-        // A hybrid system: v1 hierarchies and an empty v2 one.
-        let v1 = "8:pids:/docker/abc\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n0::/\n";
-        let found = cgroups_of(v1, "abc", Path::new("/sys/fs/cgroup")).unwrap();
-        assert_eq!(
-            found.pids_events.unwrap(),
-            Path::new("/sys/fs/cgroup/pids/docker/abc/pids.events")
-        );
-        assert_eq!(
-            found.memory_events.unwrap(),
-            Path::new("/sys/fs/cgroup/memory/docker/abc/memory.oom_control")
-        );
-        assert_eq!(
-            found.cpu_usage.unwrap(),
-            CpuUsage::Nanos("/sys/fs/cgroup/cpuacct/docker/abc/cpuacct.usage".into())
-        );
-        let v2 = "0::/system.slice/docker-abc.scope\n";
-        let found = cgroups_of(v2, "abc", Path::new("/sys/fs/cgroup")).unwrap();
-        assert_eq!(
-            found.pids_events.unwrap(),
-            Path::new("/sys/fs/cgroup/system.slice/docker-abc.scope/pids.events")
-        );
-        // An exited process shows the root cgroup: the host's counters.
-        let exited = "8:pids:/\n4:memory:/\n2:cpuacct:/\n0::/\n";
-        assert!(cgroups_of(exited, "abc", Path::new("/sys/fs/cgroup")).is_none());
     }
 
     #[test]

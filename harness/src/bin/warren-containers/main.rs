@@ -41,6 +41,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warren_harness::broker::TestBroker;
+use warren_harness::process::wait_until_every;
 
 /// The repository's name in `docker/config/watcher.toml`.
 pub(crate) const REPO: &str = "sample";
@@ -373,14 +374,10 @@ fn free_port() -> Result<u16> {
 
 /// Polls `check` until it gives a value, for at most [`DEADLINE`].
 pub(crate) fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check() {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("waited {DEADLINE:?} for {what}");
-        }
-        std::thread::sleep(POLL);
-    }
+    let mut found = None;
+    wait_until_every(DEADLINE, POLL, || {
+        found = check();
+        found.is_some()
+    });
+    found.with_context(|| format!("waited {DEADLINE:?} for {what}"))
 }

@@ -201,6 +201,23 @@ impl Cluster {
         }
     }
 
+    /// Commits `warren_toml` on `main` as the commit `summary` and waits
+    /// for its result file; panics with every component's log if none
+    /// comes within `timeout`.
+    pub fn commit_and_wait(
+        &self,
+        summary: &str,
+        warren_toml: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let sha = self
+            .upstream
+            .commit("main", summary, &[("warren.toml", Some(warren_toml))]);
+        self.wait_for_results(&[sha], timeout)
+            .unwrap_or_else(|missing| panic!("no result for {missing:?}\n{}", self.all_logs()))
+            .remove(0)
+    }
+
     /// [`Cluster::start`], then waits until every worker consumes (so that
     /// work spreads over all of them); panics with the logs if they do not
     /// within 90 s.

@@ -174,10 +174,16 @@ fn result_of(cluster: &Cluster, sha: &str) -> serde_json::Value {
 
 /// Commits a `warren.toml` and waits for the verdict.
 fn run_commit(cluster: &Cluster, label: &str, spec: &str) -> serde_json::Value {
-    let sha = cluster
-        .upstream
-        .commit("main", label, &[("warren.toml", Some(spec))]);
-    result_of(cluster, &sha)
+    cluster.commit_and_wait(label, spec, DEADLINE)
+}
+
+/// A job refused before anything of it ran: an `error` whose message says
+/// each of `says`, and no file the command would have made.
+fn refused_before_running(cluster: &Cluster, report: &serde_json::Value, says: &[&str]) {
+    assert_eq!(report["status"], "error", "{report:#}");
+    let message = report["jobs"][0]["message"].as_str().unwrap();
+    assert!(says.iter().all(|text| message.contains(text)), "{message}");
+    assert!(!checkout(cluster, 0).join("ran").exists(), "nothing ran");
 }
 
 /// Whether none of the cluster's worker-0 containers is left, waiting a
@@ -354,14 +360,14 @@ async fn an_image_not_allowed_or_not_present_is_an_error_and_network_false_is_no
         "forbidden",
         "command = \"touch ran\"\nimage = \"debian:bookworm-slim\"\n",
     );
-    assert_eq!(report["status"], "error", "{report:#}");
-    let message = report["jobs"][0]["message"].as_str().unwrap();
-    assert!(
-        message.contains("`debian:bookworm-slim` is not allowed")
-            && message.contains("worker.allowed_images"),
-        "{message}"
+    refused_before_running(
+        &cluster,
+        &report,
+        &[
+            "`debian:bookworm-slim` is not allowed",
+            "worker.allowed_images",
+        ],
     );
-    assert!(!checkout(&cluster, 0).join("ran").exists(), "nothing ran");
 
     let absent = format!("{}:absent", image.repository);
     let report = run_commit(
@@ -417,14 +423,11 @@ async fn a_container_the_engine_refuses_is_an_error_and_a_commands_own_125_a_fai
         "refused",
         "command = \"touch ran\"\n[limits]\nmemory = \"1 MiB\"\n",
     );
-    assert_eq!(report["status"], "error", "{report:#}");
-    let message = report["jobs"][0]["message"].as_str().unwrap();
-    assert!(
-        message.contains("the container could not be started")
-            && message.contains("Minimum memory limit"),
-        "{message}"
+    refused_before_running(
+        &cluster,
+        &report,
+        &["the container could not be started", "Minimum memory limit"],
     );
-    assert!(!checkout(&cluster, 0).join("ran").exists(), "nothing ran");
     assert!(
         no_container_left(&cluster),
         "{:?}",

@@ -496,22 +496,8 @@ async fn the_dispatcher_and_worker_metrics_pass_promtool() {
     let cluster = Cluster::start_ready(options).await;
     let base = cluster.http_url();
     // Every family has samples: a commit passed, one failed, a job ran.
-    let first = cluster.upstream.commit(
-        "main",
-        "passes",
-        &[("warren.toml", Some("command = \"echo ok\"\n"))],
-    );
-    cluster
-        .wait_for_results(std::slice::from_ref(&first), DEADLINE)
-        .unwrap();
-    let second = cluster.upstream.commit(
-        "main",
-        "fails",
-        &[("warren.toml", Some("command = \"exit 1\"\n"))],
-    );
-    cluster
-        .wait_for_results(std::slice::from_ref(&second), DEADLINE)
-        .unwrap();
+    cluster.commit_and_wait("passes", "command = \"echo ok\"\n", DEADLINE);
+    cluster.commit_and_wait("fails", "command = \"exit 1\"\n", DEADLINE);
 
     let worker = format!("http://127.0.0.1:{port}");
     for (who, url) in [("dispatcher", &base), ("worker", &worker)] {
